@@ -1,0 +1,544 @@
+//! The compiled configuration: one immutable, versioned snapshot.
+//!
+//! A request takes an `Arc<Snapshot>` once when it starts and uses it to the
+//! end, so it sees either the old or the new config, never a mix. Every
+//! value here is already checked and typed; the data path never re-parses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+use meshgate_policy::authz::IdentityPolicy;
+use meshgate_policy::breaker::{Limits, OutlierConfig};
+use meshgate_policy::lb::{Algorithm, EwmaConfig};
+use meshgate_policy::retry::RetryBudgetConfig;
+use meshgate_policy::route::RouteTable;
+use meshgate_policy::split::Split;
+
+/// A secret value (token, key). Never printed by `Debug` or dumps.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for comparison or use. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one on every applied change; 0 before the store
+    /// applies it.
+    pub version: u64,
+    /// Hex digest of the source text, to tell whether a file changed.
+    pub digest: String,
+    /// Where it came from: a file path or `<embedded default>`.
+    pub origin: String,
+    /// When it was compiled.
+    pub loaded_at: SystemTime,
+    /// The admin API.
+    pub admin: AdminSpec,
+    /// Listeners, in file order.
+    pub listeners: Vec<ListenerSpec>,
+    /// JWT providers by name.
+    pub jwt_providers: BTreeMap<String, Arc<JwtProviderSpec>>,
+    /// Services, in file order.
+    pub services: Vec<Arc<ServiceSpec>>,
+    pub(crate) service_index: HashMap<String, usize>,
+    /// Every route once, for listings and diffs.
+    pub routes: Vec<RouteSummary>,
+    /// The mesh: trust domain, CA, authorization.
+    pub mesh: MeshSpec,
+    /// Metrics, logs, traces.
+    pub observability: ObservabilitySpec,
+}
+
+impl Snapshot {
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceSpec>> {
+        self.service_index
+            .get(name)
+            .and_then(|&i| self.services.get(i))
+    }
+
+    /// A listener by name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// The admin HTTP API.
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    /// Bind address. Default `127.0.0.1:9901`.
+    pub address: SocketAddr,
+    /// Bearer token required for writes (and for everything when bound
+    /// beyond loopback).
+    pub token: Option<Secret>,
+}
+
+/// Application protocols a listener accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protocols {
+    /// HTTP/1.1 (and 1.0).
+    pub http1: bool,
+    /// HTTP/2 over TLS, negotiated with ALPN `h2`.
+    pub http2: bool,
+    /// HTTP/2 over plaintext TCP, prior knowledge.
+    pub h2c: bool,
+    /// HTTP/3 over QUIC on the same port (UDP).
+    pub http3: bool,
+}
+
+impl Protocols {
+    /// The configured words, in canonical order.
+    pub fn words(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (on, w) in [
+            (self.http1, "http1"),
+            (self.http2, "http2"),
+            (self.h2c, "h2c"),
+            (self.http3, "http3"),
+        ] {
+            if on {
+                out.push(w);
+            }
+        }
+        out
+    }
+}
+
+/// One listener and the routes it serves.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Unique name, used by routes and in metrics.
+    pub name: String,
+    /// Bind address (TCP; UDP too when `http3` is on).
+    pub address: SocketAddr,
+    /// Protocols accepted.
+    pub protocols: Protocols,
+    /// TLS settings; `None` = plaintext.
+    pub tls: Option<TlsSpec>,
+    /// Limits and timeouts.
+    pub limits: ListenerLimits,
+    /// The routes bound to this listener, compiled.
+    pub routes: Arc<RouteTable>,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    /// Certificates; the first is the default when SNI matches none.
+    pub certificates: Vec<CertSpec>,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// Client certificate requirement.
+    pub client_auth: ClientAuth,
+}
+
+/// A certificate chain and its key.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// SNI names it serves; empty = taken from nothing, only the default.
+    pub server_names: Vec<String>,
+}
+
+/// TLS protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// Client certificate verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// Asked for and verified if sent.
+    Optional {
+        /// Trusted CA bundle.
+        ca: PathBuf,
+    },
+    /// Required and verified.
+    Require {
+        /// Trusted CA bundle.
+        ca: PathBuf,
+    },
+}
+
+/// Listener limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Largest request head (request line and headers). Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request. Default 100.
+    pub max_headers: usize,
+    /// Most concurrent connections. Default 10 000.
+    pub max_connections: u32,
+    /// Largest request body; `None` = unlimited (streamed).
+    pub max_request_body_bytes: Option<u64>,
+    /// Time allowed to receive the request head. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connection lifetime. Default 60 s.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for in-flight requests. Default 30 s.
+    pub drain_timeout: Duration,
+}
+
+/// JWT signature algorithms we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    Rs384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    Rs512,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// RSASSA-PSS with SHA-384.
+    Ps384,
+    /// RSASSA-PSS with SHA-512.
+    Ps512,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// ECDSA P-384 with SHA-384.
+    Es384,
+    /// Ed25519.
+    EdDsa,
+    /// HMAC SHA-256 (shared secret; only when configured explicitly).
+    Hs256,
+    /// HMAC SHA-384.
+    Hs384,
+    /// HMAC SHA-512.
+    Hs512,
+}
+
+impl JwtAlgorithm {
+    /// All algorithms with their JOSE names.
+    pub const ALL: [(&'static str, JwtAlgorithm); 12] = [
+        ("RS256", JwtAlgorithm::Rs256),
+        ("RS384", JwtAlgorithm::Rs384),
+        ("RS512", JwtAlgorithm::Rs512),
+        ("PS256", JwtAlgorithm::Ps256),
+        ("PS384", JwtAlgorithm::Ps384),
+        ("PS512", JwtAlgorithm::Ps512),
+        ("ES256", JwtAlgorithm::Es256),
+        ("ES384", JwtAlgorithm::Es384),
+        ("EdDSA", JwtAlgorithm::EdDsa),
+        ("HS256", JwtAlgorithm::Hs256),
+        ("HS384", JwtAlgorithm::Hs384),
+        ("HS512", JwtAlgorithm::Hs512),
+    ];
+
+    /// The JOSE name (`RS256`).
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// Shared-secret (HMAC) algorithm?
+    pub fn is_symmetric(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::Hs256 | JwtAlgorithm::Hs384 | JwtAlgorithm::Hs512
+        )
+    }
+}
+
+/// Where a JWT provider's verification keys come from.
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    /// A JWKS document on disk, re-read on reload.
+    JwksFile(PathBuf),
+    /// A JWKS document fetched over HTTPS (HTTP only on loopback).
+    JwksUrl(String),
+    /// An HMAC secret on disk (HS* algorithms only).
+    SecretFile(PathBuf),
+}
+
+/// One JWT issuer we trust.
+#[derive(Debug, Clone)]
+pub struct JwtProviderSpec {
+    /// Name routes refer to.
+    pub name: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; the token must carry one of them.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms (pinned; the token's `alg` must be one).
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Key source.
+    pub keys: JwtKeySource,
+    /// How often a JWKS URL is refreshed. Default 5 min.
+    pub refresh_interval: Duration,
+    /// Clock skew allowed on `exp`/`nbf`. Default 30 s.
+    pub leeway: Duration,
+    /// Header the token is read from (as `Bearer <token>`). Default
+    /// `authorization`.
+    pub from_header: HeaderName,
+    /// Cookie the token may be read from instead.
+    pub from_cookie: Option<String>,
+    /// Pass the token on to the upstream. Default false.
+    pub forward_token: bool,
+    /// Claims copied into request headers: (claim, header).
+    pub forward_claims: Vec<(String, HeaderName)>,
+}
+
+/// Where a per-request key (sticky split, consistent hash) is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKey {
+    /// A request header.
+    Header(HeaderName),
+    /// A verified JWT claim.
+    Claim(String),
+    /// A cookie.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
+}
+
+/// How a service's endpoints are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Listed in the config.
+    Static,
+    /// Registered by sidecars with the control plane.
+    Mesh,
+}
+
+/// Protocol spoken to upstream endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 (over TLS when `tls` is on, else prior knowledge).
+    Http2,
+}
+
+/// Transport security towards upstream endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plaintext (only for endpoints outside the mesh).
+    None,
+    /// Server-authenticated TLS (public endpoints).
+    Tls,
+    /// Mesh mTLS with SPIFFE identities.
+    Mesh,
+}
+
+/// One static endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Address.
+    pub address: SocketAddr,
+    /// Labels (`version = "v2"`) that subsets select on.
+    pub labels: BTreeMap<String, String>,
+    /// Relative weight for balancing. Default 1.
+    pub weight: u32,
+}
+
+/// A named group of endpoints selected by labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubsetSpec {
+    /// Name split targets refer to.
+    pub name: String,
+    /// All of these labels must be on an endpoint.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl SubsetSpec {
+    /// Does an endpoint with these labels belong here?
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A weighted split over subsets.
+#[derive(Debug, Clone)]
+pub struct SplitSpec {
+    /// Targets are subset names; weights are percentages summing to 100.
+    pub split: Split,
+    /// Key that makes the choice sticky per user.
+    pub sticky: Option<RequestKey>,
+    /// Header whose value names a subset to force (for testers).
+    pub override_header: Option<HeaderName>,
+}
+
+/// One upstream service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Name routes and splits refer to.
+    pub name: String,
+    /// How endpoints are found.
+    pub discovery: Discovery,
+    /// Static endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Subsets by labels.
+    pub subsets: Vec<SubsetSpec>,
+    /// Weighted split over subsets.
+    pub split: Option<SplitSpec>,
+    /// Load-balancing algorithm. Default peak-EWMA.
+    pub lb: Algorithm,
+    /// EWMA parameters for peak-EWMA.
+    pub ewma: EwmaConfig,
+    /// Key for consistent hashing.
+    pub hash_on: Option<RequestKey>,
+    /// Protocol to the endpoints. Default http1.
+    pub protocol: UpstreamProtocol,
+    /// Transport security. Default mesh for mesh services, none for static.
+    pub tls: UpstreamTls,
+    /// TCP+TLS connect timeout. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Idle pooled connection lifetime. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per endpoint. Default 128.
+    pub max_idle_per_endpoint: u32,
+    /// Circuit-breaker limits.
+    pub limits: Limits,
+    /// Outlier detection.
+    pub outlier: OutlierConfig,
+    /// Retry budget shared by the service's routes.
+    pub retry_budget: RetryBudgetConfig,
+    /// Which mesh identities may call it.
+    pub callers: IdentityPolicy,
+}
+
+/// Mesh enforcement mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshMode {
+    /// Inbound ports take mTLS only.
+    Strict,
+    /// Inbound ports also take plaintext (migration only).
+    Permissive,
+}
+
+/// Where the mesh CA comes from.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    /// Generated on first start and kept under the state directory.
+    Generated,
+    /// Supplied by the operator.
+    Files {
+        /// Root (or intermediate) certificate, PEM.
+        cert: PathBuf,
+        /// Its key, PEM.
+        key: PathBuf,
+    },
+}
+
+/// The mesh.
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    /// SPIFFE trust domain. Default `meshgate.local`.
+    pub trust_domain: String,
+    /// Workload certificate lifetime. Default 24 h.
+    pub workload_cert_ttl: Duration,
+    /// Enforcement mode. Default strict.
+    pub mode: MeshMode,
+    /// Where sidecars reach the control plane. Default `127.0.0.1:15012`.
+    pub control_plane_address: SocketAddr,
+    /// CA.
+    pub ca: CaSource,
+    /// State directory (CA, issued certificates). Default
+    /// `/var/lib/meshgate`.
+    pub state_dir: PathBuf,
+    /// Token sidecars present to join.
+    pub join_token: Option<Secret>,
+}
+
+/// Access log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx combined log format.
+    Combined,
+    /// No access log.
+    Off,
+}
+
+/// Where a log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// Trace exporters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceExporter {
+    /// Propagate W3C trace context but export nothing.
+    None,
+    /// OTLP over HTTP/JSON to a collector.
+    OtlpHttp {
+        /// Collector URL.
+        endpoint: String,
+    },
+    /// Spans written to the log.
+    Log,
+}
+
+/// Metrics, logs and traces.
+#[derive(Debug, Clone)]
+pub struct ObservabilitySpec {
+    /// Default log filter (`info`, `debug`, `meshgate=debug,warn`).
+    pub log_level: String,
+    /// Prometheus metrics on the admin API.
+    pub metrics_enabled: bool,
+    /// Path of the metrics endpoint. Default `/metrics`.
+    pub metrics_path: String,
+    /// Access log format. Default json.
+    pub access_log_format: AccessLogFormat,
+    /// Access log target. Default stdout.
+    pub access_log_target: LogTarget,
+    /// Trace exporter.
+    pub trace_exporter: TraceExporter,
+    /// Share of requests traced when the caller did not decide, 0-100.
+    pub trace_sample_percent: u8,
+    /// `service.name` on exported spans.
+    pub trace_service_name: String,
+}
+
+/// A route as listed by the admin API and `check --diff`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSummary {
+    /// Route name.
+    pub name: String,
+    /// Host patterns as written.
+    pub hosts: Vec<String>,
+    /// Listener names it is bound to.
+    pub listeners: Vec<String>,
+    /// A one-line description of what it matches and does.
+    pub description: String,
+}

@@ -1,0 +1,80 @@
+//! `meshgate`: the edge-to-mesh gateway appliance.
+//!
+//! The binary is thin: parse the command line, load and check the config,
+//! then either print diagnostics (`check`) or build and run the pingora
+//! server (`run`). Decisions live in `meshgate-policy`, the schema in
+//! `meshgate-config`; this crate adapts them to pingora's request phases.
+
+mod check;
+mod edge;
+mod reload;
+mod runtime;
+mod server;
+mod status_page;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// meshgate — an edge gateway and service mesh in one appliance.
+///
+/// Terminates HTTP/1.1 and HTTP/2 (and HTTP/3) at the edge, authenticates
+/// users, routes into the mesh and applies retries, timeouts, circuit
+/// breaking and load balancing on the way. One TOML file configures it all;
+/// see config/README.md for every key.
+#[derive(Debug, Parser)]
+#[command(name = "meshgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    ///
+    /// Without --config it serves the embedded default: a status page on
+    /// http://127.0.0.1:8080/. SIGHUP or a change to the config file reloads
+    /// it (a bad file is rejected and the running config keeps serving);
+    /// SIGTERM drains in-flight requests and exits; SIGINT exits at once.
+    Run {
+        /// Config file (TOML). Omit to run the embedded default.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Worker threads per listener (default: number of CPUs).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Check the config for changes every this many milliseconds
+        /// (0 turns the file watch off; SIGHUP still reloads).
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        watch_interval_ms: u64,
+    },
+    /// Check config files without running anything.
+    ///
+    /// Exits 0 when every file is valid. Otherwise prints every problem as
+    /// `FILE:LINE:COL: error: WHAT` with the offending line and a hint, and
+    /// exits 1. With --diff OLD NEW, checks both and prints what reloading
+    /// from OLD to NEW would change (routes, services, split weights,
+    /// endpoints, listeners) without applying anything.
+    Check {
+        /// Print what changes between two files (exactly two FILES: OLD NEW).
+        #[arg(long)]
+        diff: bool,
+        /// Config files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { diff, files } => check::run(diff, &files),
+        Command::Run {
+            config,
+            threads,
+            watch_interval_ms,
+        } => server::run(config, threads, watch_interval_ms),
+    }
+}

@@ -1,0 +1,189 @@
+//! `meshgate run`: build the pingora server from the config and run it.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use meshgate_config::{ConfigSource, ConfigStore, LogTarget, Snapshot, load_embedded};
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use tracing_subscriber::EnvFilter;
+
+use crate::edge::Edge;
+use crate::reload::Reloader;
+use crate::runtime::Runtimes;
+
+pub(crate) fn run(config: Option<PathBuf>, threads: Option<usize>, watch_ms: u64) -> ExitCode {
+    let store = match &config {
+        Some(path) => match ConfigStore::from_file(path) {
+            Ok(s) => s,
+            Err(diags) => {
+                eprintln!("{diags}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match load_embedded() {
+            Ok(s) => ConfigStore::new(s, ConfigSource::Embedded),
+            Err(diags) => {
+                eprintln!("the embedded default config is invalid (a build defect):\n{diags}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let store = Arc::new(store);
+    let snap = store.current();
+    init_logging(&snap);
+    if let Err(e) = init_access_log(&snap) {
+        eprintln!("error: cannot open the access log: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Bind-test every listener first, so a taken port is one clear line
+    // instead of a failure deep inside the server's start-up.
+    for l in &snap.listeners {
+        if let Err(e) = TcpListener::bind(l.address) {
+            eprintln!(
+                "error: listener \"{}\" cannot bind {}: {e}",
+                l.name, l.address
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let drain = snap
+        .listeners
+        .iter()
+        .map(|l| l.limits.drain_timeout.as_secs())
+        .max()
+        .unwrap_or(30);
+    let runtime_dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let conf = ServerConf {
+        threads,
+        pid_file: runtime_dir
+            .join(format!("meshgate-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: runtime_dir
+            .join(format!("meshgate-{pid}-upgrade.sock"))
+            .display()
+            .to_string(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(drain),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let runtimes = Arc::new(Runtimes::default());
+    for l in &snap.listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let edge = Edge {
+            listener: l.name.clone(),
+            scheme,
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            edge,
+            &format!("listener {}", l.name),
+        );
+        if let Some(app) = svc.app_logic_mut() {
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = l.protocols.h2c;
+            app.server_options = Some(opts);
+        }
+        let addr = l.address.to_string();
+        match &l.tls {
+            None => svc.add_tcp(&addr),
+            Some(tls) => {
+                let Some(first) = tls.certificates.first() else {
+                    eprintln!("error: listener \"{}\" has TLS but no certificate", l.name);
+                    return ExitCode::FAILURE;
+                };
+                let settings = TlsSettings::intermediate(
+                    &first.cert.display().to_string(),
+                    &first.key.display().to_string(),
+                );
+                match settings {
+                    Ok(mut s) => {
+                        if l.protocols.http2 {
+                            s.enable_h2();
+                        }
+                        svc.add_tls_with_settings(&addr, None, s);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "error: listener \"{}\": cannot load TLS certificate: {e}",
+                            l.name
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        server.add_service(svc);
+    }
+    server.add_service(background_service(
+        "config reload",
+        Reloader::new(store.clone(), watch_ms),
+    ));
+
+    for l in &snap.listeners {
+        tracing::info!(
+            listener = %l.name,
+            address = %l.address,
+            protocols = %l.protocols.words().join(","),
+            "listening"
+        );
+    }
+    tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
+    server.run_forever()
+}
+
+fn init_logging(snap: &Snapshot) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&snap.observability.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+type Sink = Mutex<Box<dyn Write + Send>>;
+static ACCESS_LOG: OnceLock<Sink> = OnceLock::new();
+
+fn init_access_log(snap: &Snapshot) -> std::io::Result<()> {
+    let sink: Box<dyn Write + Send> = match &snap.observability.access_log_target {
+        LogTarget::Stdout => Box::new(std::io::stdout()),
+        LogTarget::Stderr => Box::new(std::io::stderr()),
+        LogTarget::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+    };
+    let _ = ACCESS_LOG.set(Mutex::new(sink));
+    Ok(())
+}
+
+/// Writes one access-log line.
+pub(crate) fn access_log(line: &str) {
+    if let Some(sink) = ACCESS_LOG.get() {
+        let mut w = sink.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(w, "{line}");
+        let _ = w.flush();
+    }
+}
