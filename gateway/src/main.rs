@@ -42,6 +42,10 @@ enum Command {
         /// Config file (TOML). Omit to run the embedded default.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// With the embedded default only: serve the status page on this
+        /// address instead of 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        listen: Option<std::net::SocketAddr>,
         /// Worker threads per listener (default: number of CPUs).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
@@ -73,8 +77,9 @@ fn main() -> ExitCode {
         Command::Check { diff, files } => check::run(diff, &files),
         Command::Run {
             config,
+            listen,
             threads,
             watch_interval_ms,
-        } => server::run(config, threads, watch_interval_ms),
+        } => server::run(config, listen, threads, watch_interval_ms),
     }
 }

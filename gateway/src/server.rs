@@ -1,7 +1,7 @@
 //! `meshgate run`: build the pingora server from the config and run it.
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,7 +18,12 @@ use crate::edge::Edge;
 use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 
-pub(crate) fn run(config: Option<PathBuf>, threads: Option<usize>, watch_ms: u64) -> ExitCode {
+pub(crate) fn run(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    threads: Option<usize>,
+    watch_ms: u64,
+) -> ExitCode {
     let store = match &config {
         Some(path) => match ConfigStore::from_file(path) {
             Ok(s) => s,
@@ -28,7 +33,12 @@ pub(crate) fn run(config: Option<PathBuf>, threads: Option<usize>, watch_ms: u64
             }
         },
         None => match load_embedded() {
-            Ok(s) => ConfigStore::new(s, ConfigSource::Embedded),
+            Ok(mut s) => {
+                if let (Some(addr), Some(l)) = (listen, s.listeners.first_mut()) {
+                    l.address = addr;
+                }
+                ConfigStore::new(s, ConfigSource::Embedded)
+            }
             Err(diags) => {
                 eprintln!("the embedded default config is invalid (a build defect):\n{diags}");
                 return ExitCode::FAILURE;

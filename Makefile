@@ -1,0 +1,39 @@
+# The two commands of the README:
+#   make demo   build meshgate and run it (installs build prerequisites when root)
+#   make test   install what the tests need, then run the whole suite
+# Everything else is optional.
+
+CARGO ?= cargo
+
+.PHONY: demo test prereqs test-deps build build-release unit e2e lint fmt bench-micro clean-results
+
+demo: prereqs
+	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
+	./scripts/demo.sh
+
+test: test-deps lint
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+prereqs:
+	./scripts/prereqs.sh build
+
+test-deps:
+	./scripts/prereqs.sh test
+
+build:
+	$(CARGO) build --workspace --bins
+
+build-release:
+	$(CARGO) build --release --bins
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Criterion micro-benchmarks of the policy hot paths.
+bench-micro:
+	$(CARGO) bench -p meshgate-bench --bench policy

@@ -1,0 +1,363 @@
+//! Support for meshgate's end-to-end tests: find the real binaries, start
+//! them on free loopback ports, wait for conditions (never sleep and hope),
+//! and drive them with real clients (curl, nghttp, h2load).
+//!
+//! The binaries are built by `make test` (`cargo build --workspace --bins`)
+//! before the tests run; `MESHGATE_BIN` overrides the path.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Path of a workspace binary (`meshgate`, `meshgate-sidecar`).
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&var) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    profile_dir.join(name)
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr) -> Result<()> {
+    wait_for(Duration::from_secs(20), &format!("{addr} to accept"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// A running process whose output is collected; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output.
+    pub fn spawn(mut cmd: Command) -> Result<Proc> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            pump(out, stdout.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            pump(err, stderr.clone());
+        }
+        Ok(Proc {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for exit up to `limit`; returns the exit code (None when
+    /// killed by a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.code());
+            }
+            if start.elapsed() > limit {
+                bail!("process did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Is it still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pump(mut src: impl Read + Send + 'static, dst: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(&mut src);
+        let mut line = String::new();
+        while let Ok(n) = r.read_line(&mut line) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut d) = dst.lock() {
+                d.push_str(&line);
+            }
+            line.clear();
+        }
+    });
+}
+
+/// A meshgate gateway started with `meshgate run`.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The process.
+    pub proc: Proc,
+    /// Its config file, if any (tests rewrite it to trigger reloads).
+    pub config: Option<PathBuf>,
+}
+
+impl Gateway {
+    /// Starts `meshgate run --config FILE` and waits until `ready` accepts.
+    pub fn start(config: &Path, ready: SocketAddr) -> Result<Gateway> {
+        let mut cmd = Command::new(bin("meshgate"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--threads")
+            .arg("1")
+            .arg("--watch-interval-ms")
+            .arg("100");
+        let mut proc = Proc::spawn(cmd)?;
+        if let Err(e) = wait_for_port(ready) {
+            let _ = proc.running();
+            bail!("{e}\nstderr:\n{}", proc.stderr());
+        }
+        Ok(Gateway {
+            proc,
+            config: Some(config.to_path_buf()),
+        })
+    }
+}
+
+/// Runs a command to completion with a time limit.
+pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let start = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The result of one curl request.
+#[derive(Debug, Clone)]
+pub struct CurlResponse {
+    /// Status code.
+    pub status: u16,
+    /// HTTP version curl reports (`1.1`, `2`).
+    pub version: String,
+    /// Response headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl CurlResponse {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs curl with `args` plus what is needed to capture status, headers
+/// and body.
+pub fn curl(args: &[&str]) -> Result<CurlResponse> {
+    let dir = tempdir()?;
+    let head = dir.join("head");
+    let out = run(
+        Command::new("curl")
+            .args(["-s", "-S", "--max-time", "10", "-D"])
+            .arg(&head)
+            .args(["-w", "%{http_code} %{http_version}"])
+            .args(["-o"])
+            .arg(dir.join("body"))
+            .args(args),
+        Duration::from_secs(15),
+    )?;
+    let meta = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "curl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            meta
+        );
+    }
+    let mut it = meta.split_whitespace();
+    let status = it.next().unwrap_or("0").parse().unwrap_or(0);
+    let version = it.next().unwrap_or("").to_owned();
+    let head_text = std::fs::read_to_string(&head).unwrap_or_default();
+    let headers = head_text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = std::fs::read_to_string(dir.join("body")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CurlResponse {
+        status,
+        version,
+        headers,
+        body,
+    })
+}
+
+/// A fresh private directory under the system temp dir.
+pub fn tempdir() -> Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "meshgate-test-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A real HTTP/1.1 origin server: Python's standard-library
+/// `ThreadingHTTPServer`, answering every GET/POST with a body naming
+/// itself and echoing the request path and selected headers as response
+/// headers. Bound to a port the OS picked; the port is read back from its
+/// first output line.
+#[derive(Debug)]
+pub struct Origin {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+const ORIGIN_PY: &str = r#"
+import http.server, sys
+name = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _answer(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        body = ("origin=%s path=%s\n" % (name, self.path)).encode()
+        self.send_response(int(self.headers.get("x-want-status") or 200))
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-origin", name)
+        self.send_header("x-seen-host", self.headers.get("host") or "")
+        self.send_header("x-seen-xff", self.headers.get("x-forwarded-for") or "")
+        self.send_header("x-seen-added", self.headers.get("x-added") or "")
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = _answer
+    do_POST = _answer
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+impl Origin {
+    /// Starts an origin that names itself `name` in every response.
+    pub fn start(name: &str) -> Result<Origin> {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-u", "-c", ORIGIN_PY, name]);
+        let proc = Proc::spawn(cmd)?;
+        let mut port = 0u16;
+        wait_for(Duration::from_secs(10), "the origin to print its port", || {
+            port = proc
+                .stdout()
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            port != 0
+        })?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr)?;
+        Ok(Origin { proc, addr })
+    }
+}

@@ -1,0 +1,157 @@
+//! `meshgate check`, `meshgate check --diff` and `--help`, through the real
+//! binary.
+
+use std::process::Command;
+use std::time::Duration;
+
+use meshgate_tests::{bin, run, tempdir, workspace};
+
+fn meshgate(args: &[&str]) -> (i32, String, String) {
+    let out = run(Command::new(bin("meshgate")).args(args), Duration::from_secs(30))
+        .expect("meshgate runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_example_config_checks_clean() {
+    let dir = workspace().join("config/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("examples dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            n += 1;
+            let (code, out, err) = meshgate(&["check", p.to_str().expect("utf8")]);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+            assert!(out.contains(": ok ("), "{out}");
+        }
+    }
+    assert!(n >= 2, "expected the seed and edge examples, found {n}");
+}
+
+#[test]
+fn every_broken_config_fails_with_line_and_column() {
+    let dir = workspace().join("tests/broken");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("broken dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&p).expect("read");
+        let path = p.to_str().expect("utf8");
+        let (code, out, err) = meshgate(&["check", path]);
+        assert_eq!(code, 1, "{path} must be rejected: {out}{err}");
+        for expect in text.lines().filter_map(|l| l.strip_prefix("# expect: ")) {
+            let (pos, what) = expect.split_once(' ').unwrap_or((expect, ""));
+            let head = format!("{path}:{pos}: error: ");
+            let found = err
+                .lines()
+                .any(|l| l.starts_with(&head) && l.contains(what.trim()));
+            assert!(found, "{path}: no `{head}...{what}` in:\n{err}");
+        }
+        assert!(err.contains("hint:"), "{path}: every error should carry a hint:\n{err}");
+        assert!(!err.contains("panicked"), "{path}: {err}");
+    }
+    assert!(n >= 10, "expected a set of broken configs, found {n}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = meshgate(&["check", "/nonexistent/meshgate.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/meshgate.toml:1:1: error: cannot read the config file"), "{err}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let (code, out, _) = meshgate(&["--help"]);
+    assert_eq!(code, 0);
+    for word in ["run", "check", "Usage: meshgate"] {
+        assert!(out.contains(word), "{out}");
+    }
+    let (code, out, _) = meshgate(&["check", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("FILE:LINE:COL"), "{out}");
+    assert!(out.contains("--diff"), "{out}");
+    let (code, out, _) = meshgate(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--config") && out.contains("SIGHUP"), "{out}");
+}
+
+#[test]
+fn diff_shows_weight_route_and_endpoint_changes() {
+    let dir = tempdir().expect("tempdir");
+    let old = r#"
+[[listener]]
+name = "web"
+address = "127.0.0.1:18080"
+
+[[route]]
+name = "catalog"
+match = { path_prefix = "/products" }
+service = "catalog"
+
+[[service]]
+name = "catalog"
+endpoints = [
+  { address = "127.0.0.1:19001", labels = { version = "v1" } },
+  { address = "127.0.0.1:19002", labels = { version = "v2" } },
+]
+[[service.subset]]
+name = "v1"
+labels = { version = "v1" }
+[[service.subset]]
+name = "v2"
+labels = { version = "v2" }
+[service.split]
+targets = [{ subset = "v1", weight = 95 }, { subset = "v2", weight = 5 }]
+"#;
+    let new = old
+        .replace("weight = 95", "weight = 90")
+        .replace("weight = 5 }", "weight = 10 }")
+        .replace("127.0.0.1:19002", "127.0.0.1:19003")
+        + "\n[[route]]\nname = \"health\"\nmatch = { path = \"/healthz\" }\nrespond = { status = 200, body = \"ok\" }\n";
+    std::fs::write(dir.join("old.toml"), old).expect("write");
+    std::fs::write(dir.join("new.toml"), new).expect("write");
+    let (code, out, err) = meshgate(&[
+        "check",
+        "--diff",
+        dir.join("old.toml").to_str().expect("utf8"),
+        dir.join("new.toml").to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("~ service catalog"), "{out}");
+    assert!(out.contains("split v1: 95% => 90%"), "{out}");
+    assert!(out.contains("split v2: 5% => 10%"), "{out}");
+    assert!(out.contains("endpoint 127.0.0.1:19003 added"), "{out}");
+    assert!(out.contains("endpoint 127.0.0.1:19002 removed"), "{out}");
+    assert!(out.contains("+ route health"), "{out}");
+
+    let (code, out, _) = meshgate(&[
+        "check",
+        "--diff",
+        dir.join("old.toml").to_str().expect("utf8"),
+        dir.join("old.toml").to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "no changes");
+
+    let (code, _, err) = meshgate(&["check", "--diff", dir.join("old.toml").to_str().expect("utf8")]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn sidecar_says_plainly_that_it_cannot_run_yet() {
+    let out = run(
+        Command::new(bin("meshgate-sidecar")).args(["--service", "orders", "--app", "127.0.0.1:9000"]),
+        Duration::from_secs(10),
+    )
+    .expect("sidecar runs");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run yet"));
+}

@@ -1,0 +1,268 @@
+//! The gateway end to end: `meshgate run` on free loopback ports, real
+//! origin servers (Python's standard-library HTTP server), and curl as the
+//! client over HTTP/1.1 and h2c.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use meshgate_tests::{Gateway, Origin, Proc, bin, curl, free_port, tempdir, wait_for, wait_for_port};
+
+struct Setup {
+    gw: Gateway,
+    base: String,
+    config: PathBuf,
+    _origins: Vec<Origin>,
+}
+
+fn config_text(port: u16, v1: SocketAddr, v2: SocketAddr, dead: u16, hello: &str) -> String {
+    format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "web"
+address = "127.0.0.1:{port}"
+protocols = ["http1", "h2c"]
+limits = {{ drain_timeout = "2s" }}
+
+[[route]]
+name = "hello"
+match = {{ path = "/hello" }}
+respond = {{ status = 200, body = "{hello}" }}
+
+[[route]]
+name = "old-docs"
+match = {{ path_prefix = "/old" }}
+redirect = {{ status = 301, path_prefix = "/docs" }}
+
+[[route]]
+name = "status"
+match = {{ path = "/status" }}
+respond = {{ builtin = "status-page" }}
+
+[[route]]
+name = "catalog"
+match = {{ path_prefix = "/api/products", methods = ["GET", "POST"] }}
+service = "product-catalog"
+rewrite = {{ path_prefix = "/products" }}
+timeout = "5s"
+request_headers = {{ set = {{ x-added = "yes" }} }}
+response_headers = {{ set = {{ x-served-by = "meshgate" }}, remove = ["x-seen-xff"] }}
+
+[[route]]
+name = "broken"
+match = {{ path_prefix = "/broken" }}
+service = "nowhere"
+
+[[service]]
+name = "product-catalog"
+endpoints = [
+  {{ address = "{v1}", labels = {{ version = "v1" }} }},
+  {{ address = "{v2}", labels = {{ version = "v2" }} }},
+]
+[[service.subset]]
+name = "v1"
+labels = {{ version = "v1" }}
+[[service.subset]]
+name = "v2"
+labels = {{ version = "v2" }}
+[service.split]
+targets = [{{ subset = "v1", weight = 80 }}, {{ subset = "v2", weight = 20 }}]
+sticky = {{ header = "x-user-id" }}
+override_header = "x-canary"
+
+[[service]]
+name = "nowhere"
+endpoints = [{{ address = "127.0.0.1:{dead}" }}]
+connect_timeout = "500ms"
+
+[observability]
+access_log = {{ format = "json", path = "stdout" }}
+"#,
+        admin = free_port(),
+    )
+}
+
+fn setup(hello: &str) -> Setup {
+    let v1 = Origin::start("v1").expect("origin v1");
+    let v2 = Origin::start("v2").expect("origin v2");
+    let port = free_port();
+    let dead = free_port();
+    let dir = tempdir().expect("tempdir");
+    let config = dir.join("meshgate.toml");
+    std::fs::write(&config, config_text(port, v1.addr, v2.addr, dead, hello)).expect("write");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let gw = Gateway::start(&config, addr).expect("gateway starts");
+    Setup {
+        gw,
+        base: format!("http://127.0.0.1:{port}"),
+        config,
+        _origins: vec![v1, v2],
+    }
+}
+
+#[test]
+fn embedded_default_serves_the_status_page() {
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()]);
+    let proc = Proc::spawn(cmd).expect("spawn");
+    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let mut args = extra.to_vec();
+        let url = format!("http://{addr}/anything");
+        args.push(&url);
+        let r = curl(&args).expect("curl");
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("meshgate is running"), "{}", r.body);
+        assert!(r.body.contains("&lt;embedded default&gt;"), "{}", r.body);
+    }
+}
+
+#[test]
+fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
+    let s = setup("hello there");
+    for proto in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let want_version = if proto.is_empty() { "1.1" } else { "2" };
+        let get = |path: &str, extra: &[&str]| {
+            let url = format!("{}{path}", s.base);
+            let mut args: Vec<&str> = proto.to_vec();
+            args.extend_from_slice(extra);
+            args.push(&url);
+            curl(&args).expect("curl")
+        };
+        let r = get("/hello", &[]);
+        assert_eq!((r.status, r.version.as_str()), (200, want_version));
+        assert_eq!(r.body, "hello there");
+
+        let r = get("/old/guide?x=1", &[]);
+        assert_eq!(r.status, 301);
+        assert_eq!(
+            r.header("location"),
+            Some(format!("http://127.0.0.1:{}/docs/guide?x=1", s.base.rsplit(':').next().unwrap_or("")).as_str())
+        );
+
+        let r = get("/status", &[]);
+        assert!(r.body.contains("product-catalog"), "{}", r.body);
+
+        let r = get("/api/products/42?q=a", &["-H", "x-canary: v2"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "origin=v2 path=/products/42?q=a\n");
+        assert_eq!(r.header("x-served-by"), Some("meshgate"));
+        assert_eq!(r.header("x-seen-added"), Some("yes"));
+        assert_eq!(r.header("x-seen-xff"), None, "response header removal");
+
+        let r = get("/nope", &[]);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("x-meshgate-reason"), Some("no-route"));
+
+        let r = get("/api/products", &["-X", "DELETE"]);
+        assert_eq!(r.status, 404, "method not matched");
+
+        let r = get("/broken", &[]);
+        assert_eq!(r.status, 502);
+        assert_eq!(r.header("x-meshgate-reason"), Some("upstream-connect-failure"));
+    }
+    let log = s.gw.proc.stdout();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["route"] == "catalog" && l["upstream"].is_string() && l["proto"] == "http2"),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l["reason"] == "upstream-connect-failure" && l["status"] == 502), "{log}");
+}
+
+#[test]
+fn split_is_weighted_and_sticky_per_user() {
+    let s = setup("x");
+    let url = format!("{}/api/products/1", s.base);
+    let mut by_user: HashMap<String, String> = HashMap::new();
+    let mut v2 = 0;
+    let users = 60;
+    for u in 0..users {
+        let user = format!("user-{u}");
+        let hdr = format!("x-user-id: {user}");
+        let first = curl(&["-H", &hdr, &url]).expect("curl").header("x-origin").map(str::to_owned);
+        let again = curl(&["-H", &hdr, &url]).expect("curl").header("x-origin").map(str::to_owned);
+        assert_eq!(first, again, "{user} must stick to one version");
+        let origin = first.expect("x-origin");
+        if origin == "v2" {
+            v2 += 1;
+        }
+        by_user.insert(user, origin);
+    }
+    // 20% of 60 users: expect about 12; binomial sd ~3.1, so 2..=24 is
+    // far outside chance and still catches a broken split (0 or 60).
+    assert!((2..=24).contains(&v2), "v2 got {v2} of {users} users");
+}
+
+#[test]
+fn reload_applies_good_files_and_keeps_serving_on_bad_ones() {
+    let mut s = setup("before");
+    let hello = format!("{}/hello", s.base);
+    assert_eq!(curl(&[&hello]).expect("curl").body, "before");
+
+    // A file change is picked up by the watcher.
+    let text = std::fs::read_to_string(&s.config).expect("read");
+    std::fs::write(&s.config, text.replace("\"before\"", "\"after-watch\"")).expect("write");
+    wait_for(Duration::from_secs(10), "the file change to apply", || {
+        curl(&[&hello]).is_ok_and(|r| r.body == "after-watch")
+    })
+    .expect("reload by file change");
+
+    // A bad file is rejected; the running config keeps serving.
+    let good = std::fs::read_to_string(&s.config).expect("read");
+    std::fs::write(&s.config, good.replace("service = \"nowhere\"", "service = \"nowher\"")).expect("write");
+    s.gw.proc.signal("HUP").expect("SIGHUP");
+    wait_for(Duration::from_secs(10), "the rejection to be logged", || {
+        s.gw.proc.stderr().contains("config reload rejected")
+    })
+    .expect("rejection logged");
+    let err = s.gw.proc.stderr();
+    assert!(err.contains("unknown service \"nowher\""), "{err}");
+    assert!(err.contains("did you mean \"nowhere\"?"), "{err}");
+    assert_eq!(curl(&[&hello]).expect("curl").body, "after-watch");
+
+    // SIGHUP applies a good file.
+    std::fs::write(&s.config, good.replace("\"after-watch\"", "\"after-hup\"")).expect("write");
+    s.gw.proc.signal("HUP").expect("SIGHUP");
+    wait_for(Duration::from_secs(10), "SIGHUP reload", || {
+        curl(&[&hello]).is_ok_and(|r| r.body == "after-hup")
+    })
+    .expect("reload by SIGHUP");
+    assert!(s.gw.proc.stderr().contains("config reloaded"));
+
+    // SIGTERM drains and exits cleanly.
+    s.gw.proc.signal("TERM").expect("SIGTERM");
+    let code = s.gw.proc.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn bad_config_exits_non_zero_before_listening() {
+    let dir = tempdir().expect("tempdir");
+    let config = dir.join("bad.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!("[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\nprotocol = [\"http1\"]\n"),
+    )
+    .expect("write");
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.args(["run", "--config", config.to_str().expect("utf8")]);
+    let mut p = Proc::spawn(cmd).expect("spawn");
+    let code = p.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(code, Some(1));
+    let err = p.stderr();
+    assert!(err.contains(":4:1: error: unknown key `protocol`"), "{err}");
+    assert!(err.contains("did you mean `protocols`?"), "{err}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
