@@ -2,12 +2,14 @@
 # `make demo`: run the meshgate appliance on its embedded default config,
 # show that it answers over HTTP/1.1 and HTTP/2 (h2c), check the example
 # configs, then keep running until Ctrl-C.
-# Set DEMO_EXIT=1 to stop after the checks (used by the test suite).
+# Set DEMO_EXIT=1 to stop after the checks and DEMO_ADDR to move it off
+# 127.0.0.1:8080 (both used by the test suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin="${MESHGATE_BIN:-target/release/meshgate}"
-addr="127.0.0.1:8080"
+addr="${DEMO_ADDR:-127.0.0.1:8080}"
+port="${addr##*:}"
 log="$(mktemp -d)/meshgate.log"
 
 if ! "$bin" --version >/dev/null; then
@@ -19,7 +21,7 @@ echo "== checking the example configs"
 "$bin" check config/examples/*.toml
 
 echo "== starting meshgate on the embedded default config (log: $log)"
-"$bin" run >"$log" 2>&1 &
+"$bin" run --listen "$addr" >"$log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 
@@ -29,7 +31,7 @@ for _ in $(seq 1 100); do
         cat "$log" >&2
         exit 1
     fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/8080") 2>/dev/null; then
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         break
     fi
     sleep 0.1

@@ -155,3 +155,21 @@ fn sidecar_says_plainly_that_it_cannot_run_yet() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run yet"));
 }
+
+#[test]
+fn demo_script_runs_the_appliance_and_fetches_the_status_page() {
+    let port = meshgate_tests::free_port();
+    let out = run(
+        Command::new(workspace().join("scripts/demo.sh"))
+            .env("DEMO_EXIT", "1")
+            .env("DEMO_ADDR", format!("127.0.0.1:{port}"))
+            .env("MESHGATE_BIN", bin("meshgate")),
+        Duration::from_secs(60),
+    )
+    .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("over HTTP/1.1: 200 1.1"), "{stdout}");
+    assert!(stdout.contains("over h2c:      200 2"), "{stdout}");
+    assert!(stdout.contains("\"route\":\"status-page\""), "{stdout}");
+}
