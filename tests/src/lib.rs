@@ -60,9 +60,11 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> 
 
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_port(addr: SocketAddr) -> Result<()> {
-    wait_for(Duration::from_secs(20), &format!("{addr} to accept"), || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{addr} to accept"),
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    )
 }
 
 /// A running process whose output is collected; killed on drop.
@@ -291,10 +293,8 @@ pub fn tempdir() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "meshgate-test-{}-{n}-{nanos}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("meshgate-test-{}-{n}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -347,15 +347,19 @@ impl Origin {
         cmd.args(["-u", "-c", ORIGIN_PY, name]);
         let proc = Proc::spawn(cmd)?;
         let mut port = 0u16;
-        wait_for(Duration::from_secs(10), "the origin to print its port", || {
-            port = proc
-                .stdout()
-                .lines()
-                .next()
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(0);
-            port != 0
-        })?;
+        wait_for(
+            Duration::from_secs(10),
+            "the origin to print its port",
+            || {
+                port = proc
+                    .stdout()
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0);
+                port != 0
+            },
+        )?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(addr)?;
         Ok(Origin { proc, addr })

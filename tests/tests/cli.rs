@@ -7,8 +7,11 @@ use std::time::Duration;
 use meshgate_tests::{bin, run, tempdir, workspace};
 
 fn meshgate(args: &[&str]) -> (i32, String, String) {
-    let out = run(Command::new(bin("meshgate")).args(args), Duration::from_secs(30))
-        .expect("meshgate runs");
+    let out = run(
+        Command::new(bin("meshgate")).args(args),
+        Duration::from_secs(30),
+    )
+    .expect("meshgate runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -54,7 +57,10 @@ fn every_broken_config_fails_with_line_and_column() {
                 .any(|l| l.starts_with(&head) && l.contains(what.trim()));
             assert!(found, "{path}: no `{head}...{what}` in:\n{err}");
         }
-        assert!(err.contains("hint:"), "{path}: every error should carry a hint:\n{err}");
+        assert!(
+            err.contains("hint:"),
+            "{path}: every error should carry a hint:\n{err}"
+        );
         assert!(!err.contains("panicked"), "{path}: {err}");
     }
     assert!(n >= 10, "expected a set of broken configs, found {n}");
@@ -64,7 +70,10 @@ fn every_broken_config_fails_with_line_and_column() {
 fn missing_file_is_a_clear_error() {
     let (code, _, err) = meshgate(&["check", "/nonexistent/meshgate.toml"]);
     assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent/meshgate.toml:1:1: error: cannot read the config file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/meshgate.toml:1:1: error: cannot read the config file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,14 +150,23 @@ targets = [{ subset = "v1", weight = 95 }, { subset = "v2", weight = 5 }]
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "no changes");
 
-    let (code, _, err) = meshgate(&["check", "--diff", dir.join("old.toml").to_str().expect("utf8")]);
+    let (code, _, err) = meshgate(&[
+        "check",
+        "--diff",
+        dir.join("old.toml").to_str().expect("utf8"),
+    ]);
     assert_eq!(code, 2, "{err}");
 }
 
 #[test]
 fn sidecar_says_plainly_that_it_cannot_run_yet() {
     let out = run(
-        Command::new(bin("meshgate-sidecar")).args(["--service", "orders", "--app", "127.0.0.1:9000"]),
+        Command::new(bin("meshgate-sidecar")).args([
+            "--service",
+            "orders",
+            "--app",
+            "127.0.0.1:9000",
+        ]),
         Duration::from_secs(10),
     )
     .expect("sidecar runs");
@@ -168,7 +186,11 @@ fn demo_script_runs_the_appliance_and_fetches_the_status_page() {
     )
     .expect("demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("over HTTP/1.1: 200 1.1"), "{stdout}");
     assert!(stdout.contains("over h2c:      200 2"), "{stdout}");
     assert!(stdout.contains("\"route\":\"status-page\""), "{stdout}");

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use meshgate_tests::{Gateway, Origin, Proc, bin, curl, free_port, tempdir, wait_for, wait_for_port};
+use meshgate_tests::{
+    Gateway, Origin, Proc, bin, curl, free_port, tempdir, wait_for, wait_for_port,
+};
 
 struct Setup {
     gw: Gateway,
@@ -144,7 +146,13 @@ fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
         assert_eq!(r.status, 301);
         assert_eq!(
             r.header("location"),
-            Some(format!("http://127.0.0.1:{}/docs/guide?x=1", s.base.rsplit(':').next().unwrap_or("")).as_str())
+            Some(
+                format!(
+                    "http://127.0.0.1:{}/docs/guide?x=1",
+                    s.base.rsplit(':').next().unwrap_or("")
+                )
+                .as_str()
+            )
         );
 
         let r = get("/status", &[]);
@@ -166,7 +174,10 @@ fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
 
         let r = get("/broken", &[]);
         assert_eq!(r.status, 502);
-        assert_eq!(r.header("x-meshgate-reason"), Some("upstream-connect-failure"));
+        assert_eq!(
+            r.header("x-meshgate-reason"),
+            Some("upstream-connect-failure")
+        );
     }
     let log = s.gw.proc.stdout();
     let lines: Vec<serde_json::Value> = log
@@ -174,10 +185,17 @@ fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert!(
-        lines.iter().any(|l| l["route"] == "catalog" && l["upstream"].is_string() && l["proto"] == "http2"),
+        lines
+            .iter()
+            .any(|l| l["route"] == "catalog" && l["upstream"].is_string() && l["proto"] == "http2"),
         "{log}"
     );
-    assert!(lines.iter().any(|l| l["reason"] == "upstream-connect-failure" && l["status"] == 502), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["reason"] == "upstream-connect-failure" && l["status"] == 502),
+        "{log}"
+    );
 }
 
 #[test]
@@ -190,8 +208,14 @@ fn split_is_weighted_and_sticky_per_user() {
     for u in 0..users {
         let user = format!("user-{u}");
         let hdr = format!("x-user-id: {user}");
-        let first = curl(&["-H", &hdr, &url]).expect("curl").header("x-origin").map(str::to_owned);
-        let again = curl(&["-H", &hdr, &url]).expect("curl").header("x-origin").map(str::to_owned);
+        let first = curl(&["-H", &hdr, &url])
+            .expect("curl")
+            .header("x-origin")
+            .map(str::to_owned);
+        let again = curl(&["-H", &hdr, &url])
+            .expect("curl")
+            .header("x-origin")
+            .map(str::to_owned);
         assert_eq!(first, again, "{user} must stick to one version");
         let origin = first.expect("x-origin");
         if origin == "v2" {
@@ -220,11 +244,17 @@ fn reload_applies_good_files_and_keeps_serving_on_bad_ones() {
 
     // A bad file is rejected; the running config keeps serving.
     let good = std::fs::read_to_string(&s.config).expect("read");
-    std::fs::write(&s.config, good.replace("service = \"nowhere\"", "service = \"nowher\"")).expect("write");
+    std::fs::write(
+        &s.config,
+        good.replace("service = \"nowhere\"", "service = \"nowher\""),
+    )
+    .expect("write");
     s.gw.proc.signal("HUP").expect("SIGHUP");
-    wait_for(Duration::from_secs(10), "the rejection to be logged", || {
-        s.gw.proc.stderr().contains("config reload rejected")
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the rejection to be logged",
+        || s.gw.proc.stderr().contains("config reload rejected"),
+    )
     .expect("rejection logged");
     let err = s.gw.proc.stderr();
     assert!(err.contains("unknown service \"nowher\""), "{err}");
@@ -253,7 +283,9 @@ fn bad_config_exits_non_zero_before_listening() {
     let port = free_port();
     std::fs::write(
         &config,
-        format!("[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\nprotocol = [\"http1\"]\n"),
+        format!(
+            "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\nprotocol = [\"http1\"]\n"
+        ),
     )
     .expect("write");
     let mut cmd = Command::new(bin("meshgate"));
