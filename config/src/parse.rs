@@ -120,9 +120,13 @@ fn report(sink: &mut Sink<'_>, span: Range<usize>, message: &str) {
 }
 
 fn friendly_type(serde_word: &str) -> String {
+    // serde names our internal structs ("struct RawSplit"); the user wrote
+    // a TOML table.
+    if serde_word.starts_with("struct ") {
+        return "a table".to_owned();
+    }
     serde_word
         .replace("a sequence", "a list")
-        .replace("struct ", "table ")
         .replace("a map", "a table")
         .replace("i64", "an integer")
 }

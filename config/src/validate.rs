@@ -38,7 +38,11 @@ pub(crate) fn compile(
     origin: &str,
     digest: String,
 ) -> Option<Snapshot> {
-    let mut cx = Cx { sink, base };
+    let mut cx = Cx {
+        sink,
+        base,
+        files: Vec::new(),
+    };
     let services_raw = &raw.services;
     let service_names: Vec<String> = services_raw
         .iter()
@@ -56,9 +60,8 @@ pub(crate) fn compile(
     cx.address_clashes(
         &listeners,
         &admin,
-        &mesh,
+        mesh_raw.map(|m| (&mesh, m)),
         raw.admin.as_ref(),
-        &raw.listeners,
     );
 
     let services_by_name: HashMap<String, &ServiceSpec> =
@@ -83,6 +86,7 @@ pub(crate) fn compile(
     if !cx.sink.is_empty() {
         return None;
     }
+    let digest = digest_with_files(&digest, &cx.files);
     let services: Vec<Arc<ServiceSpec>> = services.into_iter().map(Arc::new).collect();
     let service_index = services
         .iter()
@@ -111,6 +115,10 @@ pub(crate) fn compile(
 struct Cx<'a, 's> {
     sink: &'a mut Sink<'s>,
     base: &'a Path,
+    /// Files the config refers to (certificates, keys, JWKS, tokens): their
+    /// contents are part of the snapshot's digest, so a reload notices a
+    /// renewed certificate even when the TOML text is unchanged.
+    files: Vec<PathBuf>,
 }
 
 const DURATION_HINT: &str = "write a duration with a unit, e.g. \"250ms\", \"5s\", \"2m\", \"24h\"";
@@ -252,7 +260,10 @@ impl Cx<'_, '_> {
         let path = self.resolve(v);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => match std::fs::File::open(&path) {
-                Ok(_) => Some(path),
+                Ok(_) => {
+                    self.files.push(path.clone());
+                    Some(path)
+                }
                 Err(e) => {
                     self.hint(
                         v.span(),
@@ -755,9 +766,8 @@ impl Cx<'_, '_> {
         &mut self,
         listeners: &[(ListenerSpec, Range<usize>)],
         admin: &AdminSpec,
-        mesh: &MeshSpec,
+        mesh: Option<(&MeshSpec, &Spanned<RawMesh>)>,
         raw_admin: Option<&Spanned<RawAdmin>>,
-        _raw: &[Spanned<RawListener>],
     ) {
         // Two sockets clash when ports match and either address is the
         // wildcard or both are equal.
@@ -781,7 +791,6 @@ impl Cx<'_, '_> {
                 );
             }
             if clash(l.address, admin.address) {
-                let _ = raw_admin;
                 self.hint(
                     span.clone(),
                     format!(
@@ -791,7 +800,7 @@ impl Cx<'_, '_> {
                     "move the listener or set [admin] address",
                 );
             }
-            if clash(l.address, mesh.control_plane_address) {
+            if mesh.is_some_and(|(m, _)| clash(l.address, m.control_plane_address)) {
                 self.hint(
                     span.clone(),
                     format!(
@@ -799,6 +808,21 @@ impl Cx<'_, '_> {
                         l.name, l.address
                     ),
                     "move the listener or set [mesh] control_plane_address",
+                );
+            }
+        }
+        if let Some((mesh, raw_mesh)) = mesh {
+            if clash(admin.address, mesh.control_plane_address) {
+                let span = raw_admin
+                    .and_then(|a| a.get_ref().address.as_ref().map(|x| x.span()))
+                    .unwrap_or_else(|| raw_mesh.span());
+                self.hint(
+                    span,
+                    format!(
+                        "the admin API and the mesh control plane both use {}",
+                        admin.address
+                    ),
+                    "give [admin] address and [mesh] control_plane_address different ports",
                 );
             }
         }
@@ -868,9 +892,7 @@ impl Cx<'_, '_> {
                 (Some(f), _, _) => self.jwks_file(f).map(JwtKeySource::JwksFile),
                 (_, Some(u), _) => {
                     let url = u.get_ref().trim();
-                    let loopback_http = url.starts_with("http://127.")
-                        || url.starts_with("http://localhost")
-                        || url.starts_with("http://[::1]");
+                    let loopback_http = url.starts_with("http://") && url_host_is_loopback(url);
                     if !(url.starts_with("https://") || loopback_http) {
                         self.hint(
                             u.span(),
@@ -996,7 +1018,9 @@ impl Cx<'_, '_> {
             let mut addrs = HashSet::new();
             for e in &r.endpoints {
                 let er = e.get_ref();
-                let weight = self.opt_u32(er.weight.as_ref(), "weight", 1, 10_000, 1);
+                // Weight 0 drains an endpoint: it keeps its connections but gets
+                // no new requests while others can take them.
+                let weight = self.opt_u32(er.weight.as_ref(), "weight", 0, 10_000, 1);
                 if let Some(address) = self.addr(&er.address, "endpoints.address") {
                     if !addrs.insert(address) {
                         self.err(
@@ -1317,7 +1341,7 @@ impl Cx<'_, '_> {
                 ),
             })
         });
-        if failure_rate.is_none() && (r.min_requests.is_some() || r.window.is_some()) {
+        if r.failure_rate_percent.is_none() && (r.min_requests.is_some() || r.window.is_some()) {
             self.hint(
                 o.span(),
                 "`min_requests` and `window` only apply with `failure_rate_percent`",
@@ -1650,6 +1674,13 @@ impl Cx<'_, '_> {
             let r = rt.get_ref();
             self.name(&r.name, "route", &mut seen);
             let mut listeners = Vec::new();
+            if r.listeners.as_ref().is_some_and(Vec::is_empty) {
+                self.hint(
+                    r.name.span(),
+                    format!("route \"{}\" has `listeners = []`", r.name.get_ref()),
+                    "omit `listeners` to serve the route on every listener, or name them",
+                );
+            }
             for l in r.listeners.iter().flatten() {
                 if self.reference(l, "listener", listener_names) {
                     listeners.push(l.get_ref().clone());
@@ -1751,7 +1782,7 @@ impl Cx<'_, '_> {
                 None => self.hint(
                     h.span(),
                     format!("invalid host \"{}\"", h.get_ref()),
-                    "write a host name like \"shop.example.com\" or a wildcard \"*.example.com\"",
+                    "write a host name without a port, like \"shop.example.com\", or a wildcard \"*.example.com\"",
                 ),
             }
         }
@@ -1898,7 +1929,7 @@ impl Cx<'_, '_> {
         }
         if let Some(rd) = &r.redirect {
             let x = rd.get_ref();
-            let status = self.opt_int(x.status.as_ref(), "redirect.status", 300, 399, 302);
+            let status = x.status.as_ref().map_or(302, |v| *v.get_ref());
             if ![301, 302, 303, 307, 308].contains(&status) {
                 self.hint(
                     x.status.as_ref().map_or(rd.span(), |s| s.span()),
@@ -1922,6 +1953,13 @@ impl Cx<'_, '_> {
         let resp = r.respond.as_ref()?;
         let x = resp.get_ref();
         if let Some(b) = &x.builtin {
+            if x.status.is_some() || x.body.is_some() {
+                self.hint(
+                    b.span(),
+                    "`builtin` responses set their own status and body",
+                    "remove `status` and `body`, or drop `builtin`",
+                );
+            }
             self.word(b, "respond.builtin", &[("status-page", ())])?;
             return Some(Action::StatusPage);
         }
@@ -2207,4 +2245,50 @@ pub(crate) fn split_weights(s: &ServiceSpec) -> BTreeMap<String, u32> {
 /// Names of endpoints per service, for diffs.
 pub(crate) fn endpoint_set(s: &ServiceSpec) -> BTreeSet<String> {
     s.endpoints.iter().map(|e| e.address.to_string()).collect()
+}
+
+/// Folds the contents of every referenced file into the text's digest.
+fn digest_with_files(text_digest: &str, files: &[PathBuf]) -> String {
+    let mut h = meshgate_policy::random::stable_hash(text_digest.as_bytes());
+    for f in files {
+        let mut bytes = format!("{h:016x}{}", f.display()).into_bytes();
+        bytes.extend(std::fs::read(f).unwrap_or_default());
+        h = meshgate_policy::random::stable_hash(&bytes);
+    }
+    format!("{h:016x}")
+}
+
+/// True when an `http://` URL's host is a loopback name or address. The
+/// host is parsed, not prefix-matched: `http://localhost.example.com` and
+/// `http://127.evil.example` are not loopback.
+fn url_host_is_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host_is_loopback;
+
+    #[test]
+    fn loopback_urls_are_parsed_not_prefix_matched() {
+        assert!(url_host_is_loopback("http://127.0.0.1:8080/jwks.json"));
+        assert!(url_host_is_loopback("http://localhost/jwks.json"));
+        assert!(url_host_is_loopback("http://[::1]:9000/k"));
+        assert!(!url_host_is_loopback(
+            "http://localhost.attacker.example/jwks.json"
+        ));
+        assert!(!url_host_is_loopback(
+            "http://127.attacker.example/jwks.json"
+        ));
+        assert!(!url_host_is_loopback("http://10.0.0.1/jwks.json"));
+        assert!(!url_host_is_loopback("not a url"));
+    }
 }

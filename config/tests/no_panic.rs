@@ -16,7 +16,10 @@ fn check(text: &str) {
             assert!(!d.is_empty(), "a rejection must say why");
             let lines = text.lines().count().max(1);
             for diag in d.iter() {
-                assert!(diag.line >= 1 && diag.line <= lines + 1, "{diag} in\n{text}");
+                assert!(
+                    diag.line >= 1 && diag.line <= lines + 1,
+                    "{diag} in\n{text}"
+                );
                 assert!(diag.column >= 1, "{diag}");
                 assert!(!diag.message.is_empty());
             }
@@ -26,31 +29,114 @@ fn check(text: &str) {
 }
 
 const KEYS: &[&str] = &[
-    "name", "address", "protocols", "service", "endpoints", "labels", "weight", "lb", "timeout",
-    "retry", "max_retries", "on", "split", "targets", "subset", "sticky", "header", "claim",
-    "match", "hosts", "path", "path_prefix", "path_regex", "methods", "redirect", "respond",
-    "status", "body", "tls", "certificates", "cert", "key", "issuer", "audiences", "algorithms",
-    "jwks_file", "jwks_url", "trust_domain", "workload_cert_ttl", "allow", "format", "exporter",
-    "connect_timeout", "outlier_detection", "consecutive_failures", "base_ejection", "mirror",
-    "percent", "rewrite", "host", "token", "mode", "ca",
+    "name",
+    "address",
+    "protocols",
+    "service",
+    "endpoints",
+    "labels",
+    "weight",
+    "lb",
+    "timeout",
+    "retry",
+    "max_retries",
+    "on",
+    "split",
+    "targets",
+    "subset",
+    "sticky",
+    "header",
+    "claim",
+    "match",
+    "hosts",
+    "path",
+    "path_prefix",
+    "path_regex",
+    "methods",
+    "redirect",
+    "respond",
+    "status",
+    "body",
+    "tls",
+    "certificates",
+    "cert",
+    "key",
+    "issuer",
+    "audiences",
+    "algorithms",
+    "jwks_file",
+    "jwks_url",
+    "trust_domain",
+    "workload_cert_ttl",
+    "allow",
+    "format",
+    "exporter",
+    "connect_timeout",
+    "outlier_detection",
+    "consecutive_failures",
+    "base_ejection",
+    "mirror",
+    "percent",
+    "rewrite",
+    "host",
+    "token",
+    "mode",
+    "ca",
 ];
 const TABLES: &[&str] = &[
-    "[admin]", "[[listener]]", "[listener.tls]", "[listener.limits]", "[[jwt_provider]]",
-    "[[route]]", "[route.match]", "[route.retry]", "[[service]]", "[[service.subset]]",
-    "[service.split]", "[service.outlier_detection]", "[mesh]", "[[mesh.authorization]]",
-    "[observability]", "[observability.tracing]", "[bogus]",
+    "[admin]",
+    "[[listener]]",
+    "[listener.tls]",
+    "[listener.limits]",
+    "[[jwt_provider]]",
+    "[[route]]",
+    "[route.match]",
+    "[route.retry]",
+    "[[service]]",
+    "[[service.subset]]",
+    "[service.split]",
+    "[service.outlier_detection]",
+    "[mesh]",
+    "[[mesh.authorization]]",
+    "[observability]",
+    "[observability.tracing]",
+    "[bogus]",
 ];
 const VALUES: &[&str] = &[
-    "\"x\"", "\"127.0.0.1:8080\"", "\"5s\"", "\"5\"", "\"-1s\"", "0", "-7", "100", "101",
-    "99999999999", "true", "[]", "[\"http1\", \"h2c\"]", "[\"http2\"]", "{}",
-    "{ header = \"x-user-id\" }", "[{ subset = \"v1\", weight = 95 }]", "\"[\"", "\"(unclosed\"",
-    "\"spiffe://td/a/*\"", "\"ñ\"", "1.5", "2024-01-01", "\"RS256\"", "[{ address = \"127.0.0.1:1\" }]",
+    "\"x\"",
+    "\"127.0.0.1:8080\"",
+    "\"5s\"",
+    "\"5\"",
+    "\"-1s\"",
+    "0",
+    "-7",
+    "100",
+    "101",
+    "99999999999",
+    "true",
+    "[]",
+    "[\"http1\", \"h2c\"]",
+    "[\"http2\"]",
+    "{}",
+    "{ header = \"x-user-id\" }",
+    "[{ subset = \"v1\", weight = 95 }]",
+    "\"[\"",
+    "\"(unclosed\"",
+    "\"spiffe://td/a/*\"",
+    "\"ñ\"",
+    "1.5",
+    "2024-01-01",
+    "\"RS256\"",
+    "[{ address = \"127.0.0.1:1\" }]",
 ];
 
 fn schema_doc() -> impl Strategy<Value = String> {
     let line = prop_oneof![
         proptest::sample::select(TABLES).prop_map(str::to_owned),
-        (proptest::sample::select(KEYS), proptest::sample::select(VALUES))
+        (
+            proptest::sample::select(KEYS),
+            proptest::sample::select(VALUES)
+        )
             .prop_map(|(k, v)| format!("{k} = {v}")),
     ];
     proptest::collection::vec(line, 0..40).prop_map(|l| l.join("\n"))
@@ -110,7 +196,10 @@ fn apply(text: &str, edits: &[Edit]) -> String {
             Edit::Truncate(i) => {
                 let l = &mut lines[i % n];
                 let cut = (i / n) % (l.len() + 1);
-                let cut = (0..=cut).rev().find(|c| l.is_char_boundary(*c)).unwrap_or(0);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|c| l.is_char_boundary(*c))
+                    .unwrap_or(0);
                 l.truncate(cut);
             }
         }

@@ -429,7 +429,10 @@ impl HostPattern {
             }
             return Some(HostPattern::Suffix(format!(".{rest}")));
         }
-        if p.is_empty() || p.contains('*') {
+        // Requests are matched on the host without its port, so a pattern
+        // with a port could never match: refuse it rather than load a dead
+        // route. Bracketed IPv6 literals keep their colons.
+        if p.is_empty() || p.contains('*') || (p.contains(':') && !p.starts_with('[')) {
             return None;
         }
         Some(HostPattern::Exact(p))
@@ -807,6 +810,8 @@ mod tests {
         assert!(matches!(normalize_host("plain.host"), Cow::Borrowed(_)));
         assert_eq!(HostPattern::parse("a.*.b"), None);
         assert_eq!(HostPattern::parse("*."), None);
+        assert_eq!(HostPattern::parse("shop.example.com:8080"), None);
+        assert!(HostPattern::parse("[::1]").is_some());
     }
 
     #[test]
