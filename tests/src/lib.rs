@@ -39,7 +39,33 @@ pub fn workspace() -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Chosen at random below the kernel's ephemeral range (32768 and up on
+/// Linux), so servers that bind port 0 themselves (the test origins) can
+/// never be handed the same port between our check and the gateway's bind;
+/// ports already handed out by this process are never repeated.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(17);
+    let mut x = seed | 1;
+    for _ in 0..2000 {
+        // xorshift: cheap, good enough to spread picks.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
