@@ -7,21 +7,22 @@
 set -euo pipefail
 
 mode="${1:-build}"
-need_cmds=(cmake)
-need_pkgs=(cmake)
+# command:package pairs
+needs=(cmake:cmake)
 if [[ "$mode" == "test" ]]; then
-    need_cmds+=(curl nghttp h2load)
-    need_pkgs+=(curl nghttp2-client)
+    needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client)
 fi
 
 missing=()
-for i in "${!need_cmds[@]}"; do
-    if ! command -v "${need_cmds[$i]}" >/dev/null 2>&1; then
-        missing+=("${need_pkgs[$i]}")
+for pair in "${needs[@]}"; do
+    if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+        missing+=("${pair#*:}")
     fi
 done
 # de-duplicate package names
-mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
+if ((${#missing[@]} > 0)); then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+fi
 
 if ((${#missing[@]} == 0)); then
     exit 0
