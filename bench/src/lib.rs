@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, Method};
 use meshgate_policy::lb::{Candidate, EndpointLoad, EwmaConfig};
 use meshgate_policy::route::{
-    Action, HeaderRules, HostPattern, PathMatch, RequestView, Route, RouteEntry, RouteMatch,
-    RouteTable,
+    Action, HostPattern, PathMatch, RequestView, Route, RouteEntry, RouteMatch, RouteTable,
 };
 use meshgate_policy::split::{Split, SplitTarget};
 use regex::Regex;
@@ -80,23 +79,15 @@ fn wildcard_suffix(j: usize) -> String {
 }
 
 fn route(name: String, path: PathMatch) -> Route {
-    Route {
-        action: Action::Respond {
-            status: 200,
-            body: name.clone(),
-        },
-        name,
-        matcher: RouteMatch {
-            path,
-            ..RouteMatch::default()
-        },
-        timeout: None,
-        retry: None,
-        auth: None,
-        request_headers: HeaderRules::default(),
-        response_headers: HeaderRules::default(),
-        mirror: None,
-    }
+    let action = Action::Respond {
+        status: 200,
+        body: name.clone(),
+    };
+    let matcher = RouteMatch {
+        path,
+        ..RouteMatch::default()
+    };
+    Route::new(name, matcher, action)
 }
 
 fn host(pattern: &str) -> HostPattern {

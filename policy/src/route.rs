@@ -408,6 +408,24 @@ pub struct Route {
     pub mirror: Option<Mirror>,
 }
 
+impl Route {
+    /// A route with no timeout, retries, authentication, header rules or
+    /// mirroring; set those fields afterwards as needed.
+    pub fn new(name: impl Into<String>, matcher: RouteMatch, action: Action) -> Route {
+        Route {
+            name: name.into(),
+            matcher,
+            action,
+            timeout: None,
+            retry: None,
+            auth: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            mirror: None,
+        }
+    }
+}
+
 /// A host pattern a route is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -588,20 +606,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn route(name: &str, matcher: RouteMatch) -> Route {
-        Route {
-            name: name.to_owned(),
-            matcher,
-            action: Action::Respond {
-                status: 200,
-                body: name.to_owned(),
-            },
-            timeout: None,
-            retry: None,
-            auth: None,
-            request_headers: HeaderRules::default(),
-            response_headers: HeaderRules::default(),
-            mirror: None,
-        }
+        let action = Action::Respond {
+            status: 200,
+            body: name.to_owned(),
+        };
+        Route::new(name, matcher, action)
     }
 
     fn entry(hosts: &[&str], name: &str, path: PathMatch) -> RouteEntry {
