@@ -13,7 +13,7 @@ demo: prereqs
 
 test: test-deps lint
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	./scripts/run-tests.sh
 
 prereqs:
 	./scripts/prereqs.sh build
