@@ -11,15 +11,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use meshgate_config::{ConfigStore, RequestKey, ServiceSpec, Snapshot};
-use meshgate_policy::lb::EndpointLoad;
+use meshgate_config::{ConfigStore, RequestKey, ServiceSpec, Snapshot, UpstreamProtocol};
+use meshgate_policy::deadline::Deadline;
 use meshgate_policy::random::stable_hash;
+use meshgate_policy::retry::{Outcome, RetryPolicy, is_idempotent};
 use meshgate_policy::route::{Action, RequestView, Route};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::runtime::{Runtimes, below};
+use crate::resilience::{Flight, LimitExceeded, response_outcome, retryable_response};
+use crate::runtime::{NoEndpoint, Runtimes, below};
 use crate::status_page;
 
 /// Header naming the reason of a proxy-generated response.
@@ -52,9 +54,10 @@ pub(crate) struct RequestCtx {
     route: Option<usize>,
     service: Option<Arc<ServiceSpec>>,
     upstream: Option<SocketAddr>,
-    load: Option<Arc<EndpointLoad>>,
-    sent_at: Option<Instant>,
+    flight: Flight,
     subset: Option<String>,
+    /// The subset and hash key of the first pick, reused by retries.
+    pick_key: (Option<meshgate_config::SubsetSpec>, Option<u64>),
     reason: Option<&'static str>,
     status: u16,
 }
@@ -63,6 +66,33 @@ impl RequestCtx {
     fn route<'s>(&'s self, snap: &'s Snapshot) -> Option<&'s Route> {
         let l = snap.listeners.get(self.listener)?;
         l.routes.routes().get(self.route?)
+    }
+
+    /// The matched route's retry policy.
+    fn retry_policy(&self) -> Option<Arc<RetryPolicy>> {
+        let snap = self.snap.as_ref()?;
+        self.route(snap)?.retry.clone()
+    }
+}
+
+/// Idempotent by method, or made so by the client's idempotency key.
+fn request_is_idempotent(req: &RequestHeader) -> bool {
+    is_idempotent(&req.method) || req.headers.contains_key("idempotency-key")
+}
+
+/// The retry-policy view of a pingora error.
+fn error_outcome(e: &Error) -> Outcome {
+    use pingora::ErrorType as T;
+    match e.etype() {
+        T::ConnectTimedout | T::ReadTimedout | T::WriteTimedout => Outcome::Timeout,
+        T::ConnectRefused
+        | T::ConnectNoRoute
+        | T::ConnectError
+        | T::SocketError
+        | T::BindError
+        | T::TLSHandshakeFailure
+        | T::TLSHandshakeTimedout => Outcome::ConnectFailure,
+        _ => Outcome::Reset,
     }
 }
 
@@ -157,9 +187,9 @@ impl ProxyHttp for Edge {
             route: None,
             service: None,
             upstream: None,
-            load: None,
-            sent_at: None,
+            flight: Flight::default(),
             subset: None,
+            pick_key: (None, None),
             reason: None,
             status: 0,
         }
@@ -279,19 +309,27 @@ impl ProxyHttp for Edge {
                     .as_ref()
                     .and_then(|k| request_key(k, req, client.clone()))
                     .map(|b| stable_hash(&b));
+                let now = Instant::now();
                 let state = self.runtimes.service(&snap, &svc);
-                let picked = state
-                    .pick(subset.as_ref(), hash, Instant::now())
-                    .map(|e| (e.spec.address, e.load.clone()));
-                ctx.subset = subset.map(|s| s.name);
-                ctx.service = Some(svc);
-                match picked {
-                    Some((addr, load)) => {
-                        ctx.upstream = Some(addr);
-                        ctx.load = Some(load);
+                state.budget.deposit(now);
+                ctx.flight.deadline = Deadline::new(ctx.start, route.timeout);
+                ctx.flight.state = Some(state.clone());
+                ctx.subset = subset.as_ref().map(|s| s.name.clone());
+                ctx.service = Some(svc.clone());
+                if let Err(LimitExceeded(kind)) = ctx
+                    .flight
+                    .admit(&svc, svc.protocol == UpstreamProtocol::Http1)
+                {
+                    ctx.flight.give_up = Some(kind.as_str());
+                    return self.proxy_error(session, ctx, 503, "circuit-open").await;
+                }
+                match state.pick(subset.as_ref(), hash, None, now) {
+                    Ok(picked) => {
+                        ctx.flight.next = Some(picked);
+                        ctx.pick_key = (subset, hash);
                         Ok(false)
                     }
-                    None => {
+                    Err(NoEndpoint::Empty | NoEndpoint::AllEjected) => {
                         self.proxy_error(session, ctx, 503, "no-healthy-endpoint")
                             .await
                     }
@@ -305,31 +343,181 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(addr), Some(svc)) = (ctx.upstream, ctx.service.as_ref()) else {
+        let Some(svc) = ctx.service.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen",
             ));
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(svc.connect_timeout);
-        peer.options.idle_timeout = Some(svc.idle_timeout);
-        if let Some(t) = ctx
-            .snap
-            .as_ref()
-            .and_then(|s| ctx.route(s))
-            .and_then(|r| r.timeout)
-        {
-            peer.options.read_timeout = Some(t);
-            peer.options.write_timeout = Some(t);
+        if let Some(wait) = ctx.flight.backoff.take() {
+            tokio::time::sleep(wait).await;
         }
-        if let Some(load) = &ctx.load {
-            if ctx.sent_at.is_none() {
-                load.begin();
+        let now = Instant::now();
+        if ctx.flight.deadline.expired(now) {
+            ctx.reason = Some("upstream-timeout");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "route timeout expired before the next try",
+            ));
+        }
+        if ctx.flight.next.is_none() {
+            // A retry: pick again, away from the endpoint that just failed
+            // when another is available.
+            let state = ctx.flight.state.clone();
+            let (subset, hash) = &ctx.pick_key;
+            match state.map(|s| s.pick(subset.as_ref(), *hash, ctx.flight.last_failed, now)) {
+                Some(Ok(picked)) => ctx.flight.next = Some(picked),
+                _ => {
+                    ctx.reason = Some("no-healthy-endpoint");
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "no healthy endpoint left to retry on",
+                    ));
+                }
             }
         }
-        ctx.sent_at = Some(Instant::now());
+        let Some(addr) = ctx.flight.begin(now) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen",
+            ));
+        };
+        ctx.upstream = Some(addr);
+        let per_try = ctx.retry_policy().and_then(|p| p.per_try_timeout);
+        let try_timeout = ctx.flight.deadline.try_timeout(now, per_try);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(match try_timeout {
+            Some(t) => t.min(svc.connect_timeout),
+            None => svc.connect_timeout,
+        });
+        peer.options.idle_timeout = Some(svc.idle_timeout);
+        peer.options.read_timeout = try_timeout;
+        peer.options.write_timeout = try_timeout;
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(svc) = ctx.service.clone() else {
+            return e;
+        };
+        let now = Instant::now();
+        ctx.flight.finish(&svc, true, now);
+        let policy = ctx.retry_policy();
+        let idempotent = request_is_idempotent(session.req_header());
+        // Nothing was sent: the body is still replayable.
+        let retry = ctx.flight.decide(
+            policy.as_deref(),
+            &svc,
+            &error_outcome(&e),
+            idempotent,
+            true,
+            now,
+        );
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {peer}"));
+        if std::mem::take(&mut ctx.flight.response_retry) {
+            // upstream_response_filter already decided to retry.
+            e.set_retry(true);
+            return e;
+        }
+        let Some(svc) = ctx.service.clone() else {
+            e.set_retry(false);
+            return e;
+        };
+        let now = Instant::now();
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let idempotent = request_is_idempotent(session.req_header());
+        let nothing_sent = session.response_written().is_none();
+        // A pooled keep-alive connection the upstream had already closed
+        // is not the endpoint's fault: one free retry, as every proxy does.
+        if client_reused
+            && replayable
+            && idempotent
+            && nothing_sent
+            && !ctx.flight.stale_retry_used
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+        {
+            ctx.flight.stale_retry_used = true;
+            if let Some(t) = ctx.flight.current.take() {
+                t.endpoint.load.end(None, now, &svc.ewma);
+                ctx.flight.next = Some((t.endpoint, t.probe));
+            }
+            e.set_retry(true);
+            return e;
+        }
+        ctx.flight.finish(&svc, true, now);
+        let retry = nothing_sent
+            && ctx.flight.decide(
+                ctx.retry_policy().as_deref(),
+                &svc,
+                &error_outcome(&e),
+                idempotent,
+                replayable,
+                now,
+            );
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(svc) = ctx.service.clone() else {
+            return Ok(());
+        };
+        // Informational responses (100 Continue, 101 for upgrades are
+        // final) are not an outcome.
+        let status = resp.status.as_u16();
+        if (100..200).contains(&status) && status != 101 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let outcome = response_outcome(resp);
+        let policy = ctx.retry_policy();
+        let failure = status >= 500;
+        ctx.flight.finish(&svc, failure, now);
+        if retryable_response(policy.as_deref(), &outcome) {
+            let replayable = !session.as_ref().retry_buffer_truncated();
+            let idempotent = request_is_idempotent(session.req_header());
+            if ctx.flight.decide(
+                policy.as_deref(),
+                &svc,
+                &outcome,
+                idempotent,
+                replayable,
+                now,
+            ) {
+                ctx.flight.response_retry = true;
+                let mut e =
+                    Error::explain(ErrorType::HTTPStatus(status), "retryable upstream response");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -434,7 +622,10 @@ impl ProxyHttp for Edge {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, reason) = classify(e);
+        let (code, classified) = classify(e);
+        // A reason set while deciding (no endpoint left, deadline) is more
+        // precise than the error type.
+        let reason = ctx.reason.unwrap_or(classified);
         ctx.reason = Some(reason);
         ctx.status = code;
         if code > 0 {
@@ -467,10 +658,11 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let now = Instant::now();
-        if let (Some(load), Some(sent)) = (&ctx.load, ctx.sent_at) {
-            let ok = e.is_none() && ctx.status < 500;
-            let ewma = ctx.service.as_ref().map(|s| s.ewma).unwrap_or_default();
-            load.end(ok.then(|| now.duration_since(sent)), now, &ewma);
+        if let Some(svc) = ctx.service.clone() {
+            // A try still open here ended without a response header
+            // (downstream went away, or an error we did not see).
+            let failed = e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream);
+            ctx.flight.finish(&svc, failed, now);
         }
         let Some(snap) = ctx.snap.as_ref() else {
             return;
@@ -498,6 +690,8 @@ impl ProxyHttp for Edge {
             "subset": ctx.subset,
             "upstream": ctx.upstream.map(|a| a.to_string()),
             "reason": ctx.reason,
+            "retries": ctx.flight.retries_done,
+            "retry_stop": ctx.flight.give_up,
             "duration_ms": duration_ms(now.duration_since(ctx.start)),
             "error": e.map(|e| e.to_string()),
         });
@@ -524,6 +718,9 @@ fn classify(e: &Error) -> (u16, &'static str) {
             (502, "upstream-reset")
         }
         T::ConnectionClosed | T::ReadError | T::WriteError => (0, "downstream-closed"),
+        T::HTTPStatus(code) if e.esource() == &pingora::ErrorSource::Upstream => {
+            (*code, "upstream-status")
+        }
         T::HTTPStatus(code) if *code >= 400 => (*code, "bad-request"),
         T::InvalidHTTPHeader | T::H1Error | T::H2Error
             if e.esource() == &pingora::ErrorSource::Downstream =>

@@ -8,6 +8,7 @@
 mod check;
 mod edge;
 mod reload;
+mod resilience;
 mod runtime;
 mod server;
 mod status_page;

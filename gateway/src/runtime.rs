@@ -1,7 +1,8 @@
 //! Live per-service state that outlives config snapshots: each endpoint's
-//! load (in-flight requests, peak-EWMA latency) and each service's
-//! balancer. Keyed by service name and endpoint address, so a reload that
-//! keeps an endpoint keeps what we learned about it.
+//! load (in-flight requests, peak-EWMA latency) and outlier state, and each
+//! service's balancer, retry budget and limit counters. Keyed by service
+//! name and endpoint address, so a reload that keeps an endpoint keeps what
+//! we learned about it (an ejected endpoint stays ejected).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,8 +12,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use meshgate_config::{EndpointSpec, ServiceSpec, Snapshot, SubsetSpec};
+use meshgate_policy::breaker::{Health, LimitCounters, OutlierState, ejection_allowed};
 use meshgate_policy::lb::{Balancer, Candidate, EndpointLoad};
 use meshgate_policy::random::{Random, SplitMix64};
+use meshgate_policy::retry::RetryBudget;
 
 /// One endpoint as the data path sees it.
 #[derive(Debug)]
@@ -20,38 +23,99 @@ pub(crate) struct Endpoint {
     pub(crate) spec: EndpointSpec,
     pub(crate) key: String,
     pub(crate) load: Arc<EndpointLoad>,
+    pub(crate) outlier: Arc<OutlierState>,
 }
 
 /// One service's live state.
 #[derive(Debug)]
 pub(crate) struct ServiceState {
     pub(crate) balancer: Balancer,
-    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) limits: Arc<LimitCounters>,
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoEndpoint {
+    /// The subset has no members at all.
+    Empty,
+    /// Every member is ejected (or being probed by another request).
+    AllEjected,
 }
 
 impl ServiceState {
-    /// Picks an endpoint, within `subset` when given.
+    /// Picks an endpoint within `subset` (when given), skipping ejected
+    /// endpoints and `avoid` (the endpoint a retry just failed on) when
+    /// another is available. Returns the endpoint and whether this request
+    /// is its half-open probe.
     pub(crate) fn pick(
         &self,
         subset: Option<&SubsetSpec>,
         hash_key: Option<u64>,
+        avoid: Option<SocketAddr>,
         now: Instant,
-    ) -> Option<&Endpoint> {
-        let members: Vec<&Endpoint> = self
+    ) -> Result<(Arc<Endpoint>, bool), NoEndpoint> {
+        let members: Vec<&Arc<Endpoint>> = self
             .endpoints
             .iter()
             .filter(|e| subset.is_none_or(|s| s.selects(&e.spec.labels)))
             .collect();
-        let candidates: Vec<Candidate<'_>> = members
+        if members.is_empty() {
+            return Err(NoEndpoint::Empty);
+        }
+        let mut usable: Vec<&Arc<Endpoint>> = members
             .iter()
-            .map(|e| Candidate {
-                load: &e.load,
-                weight: e.spec.weight,
-                key: &e.key,
-            })
+            .copied()
+            .filter(|e| !matches!(e.outlier.health(now), Health::Ejected { .. }))
             .collect();
-        let i = with_rng(|rng| self.balancer.pick(&candidates, hash_key, now, rng))?;
-        members.get(i).copied()
+        if usable.len() > 1 {
+            if let Some(a) = avoid {
+                usable.retain(|e| e.spec.address != a);
+            }
+        }
+        // A half-open endpoint admits one probe; when another request holds
+        // it, drop the endpoint and pick again.
+        while !usable.is_empty() {
+            let candidates: Vec<Candidate<'_>> = usable
+                .iter()
+                .map(|e| Candidate {
+                    load: &e.load,
+                    weight: e.spec.weight,
+                    key: &e.key,
+                })
+                .collect();
+            let Some(i) = with_rng(|rng| self.balancer.pick(&candidates, hash_key, now, rng))
+            else {
+                break;
+            };
+            let chosen = usable[i];
+            match chosen.outlier.health(now) {
+                Health::HalfOpen => match chosen.outlier.admit(now) {
+                    meshgate_policy::breaker::Admission::Probe => {
+                        return Ok((chosen.clone(), true));
+                    }
+                    meshgate_policy::breaker::Admission::Yes => {
+                        return Ok((chosen.clone(), false));
+                    }
+                    meshgate_policy::breaker::Admission::No => {
+                        usable.remove(i);
+                    }
+                },
+                _ => return Ok((chosen.clone(), false)),
+            }
+        }
+        Err(NoEndpoint::AllEjected)
+    }
+
+    /// May one more endpoint of this service be ejected now?
+    pub(crate) fn may_eject(&self, max_percent: u8, now: Instant) -> bool {
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| !matches!(e.outlier.health(now), Health::Healthy))
+            .count();
+        ejection_allowed(ejected, self.endpoints.len(), max_percent)
     }
 }
 
@@ -81,7 +145,7 @@ impl Runtimes {
             // meanwhile gets state built for its own view of the service.
             Some(s) if gen_.version == snap.version => s.clone(),
             Some(s) if same_endpoints(s, service) => s.clone(),
-            _ => Arc::new(build(service, &HashMap::new())),
+            _ => Arc::new(build(service, None)),
         }
     }
 
@@ -91,19 +155,13 @@ impl Runtimes {
         if old.version >= snap.version {
             return;
         }
-        let loads: HashMap<(String, SocketAddr), Arc<EndpointLoad>> = old
-            .services
-            .iter()
-            .flat_map(|(name, s)| {
-                s.endpoints
-                    .iter()
-                    .map(move |e| ((name.clone(), e.spec.address), e.load.clone()))
-            })
-            .collect();
         let services = snap
             .services
             .iter()
-            .map(|s| (s.name.clone(), Arc::new(build(s, &loads))))
+            .map(|s| {
+                let state = build(s, old.services.get(&s.name).map(Arc::as_ref));
+                (s.name.clone(), Arc::new(state))
+            })
             .collect();
         self.current.store(Arc::new(Generation {
             version: snap.version,
@@ -121,25 +179,36 @@ fn same_endpoints(state: &ServiceState, spec: &ServiceSpec) -> bool {
             .all(|(a, b)| a.spec == *b)
 }
 
-fn build(
-    spec: &ServiceSpec,
-    loads: &HashMap<(String, SocketAddr), Arc<EndpointLoad>>,
-) -> ServiceState {
+/// Builds a service's state, carrying over what `previous` learned about
+/// endpoints that are still configured, and its budget and counters.
+fn build(spec: &ServiceSpec, previous: Option<&ServiceState>) -> ServiceState {
     let now = Instant::now();
+    let old: HashMap<SocketAddr, &Arc<Endpoint>> = previous
+        .map(|p| p.endpoints.iter().map(|e| (e.spec.address, e)).collect())
+        .unwrap_or_default();
     ServiceState {
         balancer: Balancer::new(spec.lb, spec.ewma),
         endpoints: spec
             .endpoints
             .iter()
-            .map(|e| Endpoint {
-                key: e.address.to_string(),
-                load: loads
-                    .get(&(spec.name.clone(), e.address))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointLoad::new(now))),
-                spec: e.clone(),
+            .map(|e| {
+                let prev = old.get(&e.address);
+                Arc::new(Endpoint {
+                    key: e.address.to_string(),
+                    load: prev.map_or_else(|| Arc::new(EndpointLoad::new(now)), |p| p.load.clone()),
+                    outlier: prev
+                        .map_or_else(|| Arc::new(OutlierState::new(now)), |p| p.outlier.clone()),
+                    spec: e.clone(),
+                })
             })
             .collect(),
+        // A changed budget config starts a fresh window; otherwise keep
+        // the counts so a reload cannot be used to reset the budget.
+        budget: previous
+            .map(|p| p.budget.clone())
+            .filter(|b| b.config() == &spec.retry_budget)
+            .unwrap_or_else(|| Arc::new(RetryBudget::new(spec.retry_budget, now))),
+        limits: previous.map_or_else(|| Arc::new(LimitCounters::new()), |p| p.limits.clone()),
     }
 }
 

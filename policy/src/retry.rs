@@ -615,6 +615,7 @@ const MIN_BUCKET: Duration = Duration::from_millis(1);
 /// request, which costs more than the overdraft.
 #[derive(Debug)]
 pub struct RetryBudget {
+    config: RetryBudgetConfig,
     origin: Instant,
     bucket_nanos: u64,
     /// `ratio` in parts per million, so the allowance is integer arithmetic
@@ -631,6 +632,12 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
+    /// The settings this budget was built with (a data path keeps the
+    /// budget across config reloads only while these stay the same).
+    pub fn config(&self) -> &RetryBudgetConfig {
+        &self.config
+    }
+
     /// An empty budget (only the floor is available) whose clock starts at
     /// `now`.
     pub fn new(cfg: RetryBudgetConfig, now: Instant) -> Self {
@@ -639,6 +646,7 @@ impl RetryBudget {
         let ratio_ppm = (cfg.ratio * 1_000_000.0).round() as u64;
         let floor = u128::from(cfg.min_per_second) * cfg.ttl.as_millis() / 1000;
         Self {
+            config: cfg,
             origin: now,
             bucket_nanos: duration_nanos(bucket),
             ratio_ppm,

@@ -1,0 +1,191 @@
+//! Resilience on the data path: per-try bookkeeping (endpoint load, outlier
+//! detection), retry decisions, deadlines and service limits. The policy
+//! crate decides; this module feeds it what pingora reports and keeps the
+//! per-request state those decisions need.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use meshgate_config::ServiceSpec;
+use meshgate_policy::breaker::{LimitKind, LimitPermit, Transition};
+use meshgate_policy::deadline::Deadline;
+use meshgate_policy::retry::{Outcome, RetryDecision, RetryPolicy, parse_retry_after};
+use pingora::http::ResponseHeader;
+
+use crate::runtime::{Endpoint, ServiceState, with_rng};
+
+/// One try in flight.
+#[derive(Debug)]
+pub(crate) struct Try {
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) probe: bool,
+    pub(crate) started: Instant,
+}
+
+/// The resilience half of a request's state.
+#[derive(Debug, Default)]
+pub(crate) struct Flight {
+    pub(crate) state: Option<Arc<ServiceState>>,
+    pub(crate) deadline: Deadline,
+    /// The endpoint picked for the next try (picked early so that "no
+    /// healthy endpoint" is answered before anything is proxied).
+    pub(crate) next: Option<(Arc<Endpoint>, bool)>,
+    pub(crate) current: Option<Try>,
+    pub(crate) last_failed: Option<SocketAddr>,
+    pub(crate) retries_done: u32,
+    /// Set when a retry was decided: wait this long before the next try.
+    pub(crate) backoff: Option<Duration>,
+    /// Set by `upstream_response_filter` when it turned a retryable
+    /// response into an error, so `error_while_proxy` keeps the decision.
+    pub(crate) response_retry: bool,
+    /// A free retry after a pooled connection turned out to be stale.
+    pub(crate) stale_retry_used: bool,
+    pub(crate) give_up: Option<&'static str>,
+    pub(crate) request_permit: Option<LimitPermit>,
+    pub(crate) connection_permit: Option<LimitPermit>,
+    pub(crate) retry_permit: Option<LimitPermit>,
+}
+
+/// Refusal from the service's limits.
+#[derive(Debug)]
+pub(crate) struct LimitExceeded(pub(crate) LimitKind);
+
+impl Flight {
+    /// Takes the per-request permits of the service's circuit-breaker
+    /// limits. HTTP/1.1 upstreams carry one request per connection, so the
+    /// connection limit is also counted per request there.
+    pub(crate) fn admit(&mut self, svc: &ServiceSpec, http1: bool) -> Result<(), LimitExceeded> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        self.request_permit = Some(
+            state
+                .limits
+                .try_acquire(LimitKind::Requests, &svc.limits)
+                .ok_or(LimitExceeded(LimitKind::Requests))?,
+        );
+        if http1 {
+            self.connection_permit = Some(
+                state
+                    .limits
+                    .try_acquire(LimitKind::Connections, &svc.limits)
+                    .ok_or(LimitExceeded(LimitKind::Connections))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a try on the endpoint picked for it.
+    pub(crate) fn begin(&mut self, now: Instant) -> Option<SocketAddr> {
+        let (endpoint, probe) = self.next.take()?;
+        endpoint.load.begin();
+        let addr = endpoint.spec.address;
+        self.current = Some(Try {
+            endpoint,
+            probe,
+            started: now,
+        });
+        Some(addr)
+    }
+
+    /// Ends the current try: records its latency and its outcome for
+    /// outlier detection. Idempotent (a try is recorded once).
+    pub(crate) fn finish(&mut self, svc: &ServiceSpec, failure: bool, now: Instant) {
+        let Some(t) = self.current.take() else {
+            return;
+        };
+        let rtt = (!failure).then(|| now.saturating_duration_since(t.started));
+        t.endpoint.load.end(rtt, now, &svc.ewma);
+        if failure {
+            self.last_failed = Some(t.endpoint.spec.address);
+        }
+        let may_eject = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.may_eject(svc.outlier.max_ejected_percent, now));
+        match t
+            .endpoint
+            .outlier
+            .record(failure, t.probe, now, &svc.outlier, may_eject)
+        {
+            Some(Transition::Ejected { for_ }) => tracing::warn!(
+                service = %svc.name,
+                endpoint = %t.endpoint.spec.address,
+                ejected_for = ?for_,
+                "endpoint ejected"
+            ),
+            Some(Transition::Recovered) => tracing::info!(
+                service = %svc.name,
+                endpoint = %t.endpoint.spec.address,
+                "endpoint recovered"
+            ),
+            None => {}
+        }
+    }
+
+    /// Asks the route's retry policy whether to try again after `outcome`.
+    /// `replayable` is false when the request body can no longer be sent
+    /// again. On yes, the backoff is stored for the next `upstream_peer`.
+    pub(crate) fn decide(
+        &mut self,
+        policy: Option<&RetryPolicy>,
+        svc: &ServiceSpec,
+        outcome: &Outcome,
+        idempotent: bool,
+        replayable: bool,
+        now: Instant,
+    ) -> bool {
+        let (Some(policy), Some(state)) = (policy, self.state.clone()) else {
+            return false;
+        };
+        if !replayable {
+            self.give_up = Some("body-not-replayable");
+            return false;
+        }
+        let decision = with_rng(|rng| {
+            policy.decide(
+                self.retries_done,
+                outcome,
+                idempotent,
+                &self.deadline,
+                &state.budget,
+                now,
+                rng,
+            )
+        });
+        match decision {
+            RetryDecision::Retry { after } => {
+                let Some(permit) = state.limits.try_acquire(LimitKind::Retries, &svc.limits) else {
+                    self.give_up = Some("retry-limit");
+                    return false;
+                };
+                self.retry_permit = Some(permit);
+                self.retries_done += 1;
+                self.backoff = Some(after);
+                self.give_up = None;
+                true
+            }
+            RetryDecision::GiveUp(g) => {
+                self.give_up = Some(g.as_str());
+                false
+            }
+        }
+    }
+}
+
+/// What a response means to the retry policy.
+pub(crate) fn response_outcome(resp: &ResponseHeader) -> Outcome {
+    let header = |name: &str| resp.headers.get(name).and_then(|v| v.to_str().ok());
+    Outcome::Response {
+        status: resp.status.as_u16(),
+        grpc_status: header("grpc-status").and_then(|v| v.trim().parse().ok()),
+        retry_after: header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now())),
+    }
+}
+
+/// Whether the policy would retry this response at all (before counting
+/// attempts, budget and deadline).
+pub(crate) fn retryable_response(policy: Option<&RetryPolicy>, outcome: &Outcome) -> bool {
+    policy.is_some_and(|p| p.on.matches(outcome))
+}

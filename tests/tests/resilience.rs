@@ -1,0 +1,367 @@
+//! Resilience through the real gateway: retries that succeed after a flaky
+//! upstream fails, retries refused by the budget, connect failures moved to
+//! another endpoint, outlier ejection and recovery, service limits, and
+//! timeouts. The upstream is a real HTTP server (Python's standard library)
+//! whose failures are scripted per request path.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use meshgate_tests::{Gateway, Proc, curl, free_port, tempdir, wait_for, wait_for_port};
+
+/// Paths: `/flaky/N/KEY` fails with 503 the first N times per KEY;
+/// `/slow/MS` answers after MS milliseconds; `/slow-once/MS/KEY` is slow
+/// only the first time per KEY; `/count/KEY` returns how many requests
+/// KEY has seen; `/control/fail` and `/control/heal` switch every `/svc`
+/// path between 500 and 200.
+const SCRIPTED_ORIGIN: &str = r#"
+import http.server, sys, threading, time
+name = sys.argv[1]
+lock = threading.Lock()
+counts = {}
+state = {"fail": False}
+def bump(key):
+    with lock:
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _send(self, code, text):
+        body = text.encode()
+        self.send_response(code)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-origin", name)
+        self.end_headers()
+        self.wfile.write(body)
+    def _answer(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        kind = parts[0]
+        if kind == "flaky":
+            seen = bump("flaky/" + parts[2])
+            return self._send(503 if seen <= int(parts[1]) else 200, "try %d\n" % seen)
+        if kind == "slow":
+            time.sleep(int(parts[1]) / 1000.0)
+            return self._send(200, "slow\n")
+        if kind == "slow-once":
+            if bump("slow-once/" + parts[2]) == 1:
+                time.sleep(int(parts[1]) / 1000.0)
+            return self._send(200, "done\n")
+        if kind == "count":
+            with lock:
+                return self._send(200, str(counts.get("/".join(parts[1:]), 0)))
+        if kind == "control":
+            state["fail"] = parts[1] == "fail"
+            return self._send(200, "ok\n")
+        bump("svc")
+        return self._send(500 if state["fail"] else 200, "svc\n")
+    do_GET = _answer
+    do_POST = _answer
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+s = S(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+struct Scripted {
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+fn scripted(name: &str) -> Scripted {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", SCRIPTED_ORIGIN, name]);
+    let proc = Proc::spawn(cmd).expect("python3 origin");
+    let mut port = 0u16;
+    wait_for(Duration::from_secs(10), "origin port", || {
+        port = proc
+            .stdout()
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        port != 0
+    })
+    .expect("origin starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_port(addr).expect("origin listens");
+    Scripted { _proc: proc, addr }
+}
+
+fn get(url: &str) -> meshgate_tests::CurlResponse {
+    curl(&[url]).expect("curl")
+}
+
+/// Starts the gateway with one listener and the given routes and services.
+fn gateway(body: &str) -> (Gateway, String) {
+    let port = free_port();
+    let dir = tempdir().expect("tempdir");
+    let config = dir.join("meshgate.toml");
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:{}\"\n\n[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\n\n{body}",
+        free_port()
+    );
+    std::fs::write(&config, text).expect("write config");
+    let gw = Gateway::start(&config, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway");
+    (gw, format!("http://127.0.0.1:{port}"))
+}
+
+fn access_log(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.proc
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn retries_succeed_after_a_flaky_upstream_fails_twice() {
+    let o = scripted("a");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 2, on = ["503"], backoff_base = "5ms", backoff_max = "20ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+"#,
+        o.addr
+    ));
+    let r = get(&format!("{base}/flaky/2/k1"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "try 3\n");
+    assert_eq!(get(&format!("http://{}/count/flaky/k1", o.addr)).body, "3");
+    // Three failures with two retries allowed: the client sees the third 503.
+    let r = get(&format!("{base}/flaky/3/k2"));
+    assert_eq!(r.status, 503);
+    let log = access_log(&gw);
+    assert!(
+        log.iter()
+            .any(|l| l["path"] == "/flaky/2/k1" && l["retries"] == 2 && l["status"] == 200),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l["path"] == "/flaky/3/k2"
+            && l["retries"] == 2
+            && l["retry_stop"] == "attempts_exhausted"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn retries_stop_when_the_budget_is_spent() {
+    let o = scripted("a");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 3, on = ["503"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+retry_budget = {{ ratio_percent = 0, min_retries_per_second = 0 }}
+"#,
+        o.addr
+    ));
+    let r = get(&format!("{base}/flaky/1/k"));
+    assert_eq!(r.status, 503, "no budget: the first failure is final");
+    let log = access_log(&gw);
+    assert!(
+        log.iter()
+            .any(|l| l["retries"] == 0 && l["retry_stop"] == "budget_exhausted"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn connect_failures_move_to_another_endpoint_even_for_post() {
+    let o = scripted("live");
+    let dead = free_port();
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 1, on = ["connect-failure"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+lb = "round-robin"
+endpoints = [{{ address = "127.0.0.1:{dead}" }}, {{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        o.addr
+    ));
+    for i in 0..6 {
+        let url = format!("{base}/svc/{i}");
+        let r = curl(&["-X", "POST", "--data", "x", &url]).expect("curl");
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("x-origin"), Some("live"));
+    }
+    let log = access_log(&gw);
+    assert!(
+        log.iter().any(|l| l["retries"] == 1),
+        "some request hit the dead endpoint first: {log:?}"
+    );
+}
+
+#[test]
+fn outlier_detection_ejects_and_recovers_an_endpoint() {
+    let bad = scripted("bad");
+    let good = scripted("good");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+lb = "round-robin"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 2, base_ejection = "2s", max_ejection = "10s", max_ejected_percent = 50 }}
+"#,
+        bad.addr, good.addr
+    ));
+    assert_eq!(
+        get(&format!("http://{}/control/fail", bad.addr)).status,
+        200
+    );
+    // Round robin sends every other request to `bad` until it is ejected.
+    let mut failures = 0;
+    for _ in 0..6 {
+        if get(&format!("{base}/svc")).status == 500 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "ejected after two consecutive failures");
+    for _ in 0..10 {
+        let r = get(&format!("{base}/svc"));
+        assert_eq!((r.status, r.header("x-origin")), (200, Some("good")));
+    }
+    // Heal it: once the ejection ends (2 s), a probe succeeds and it serves
+    // again.
+    assert_eq!(
+        get(&format!("http://{}/control/heal", bad.addr)).status,
+        200
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the healed endpoint to serve again",
+        || get(&format!("{base}/svc")).header("x-origin") == Some("bad"),
+    )
+    .expect("recovery");
+}
+
+#[test]
+fn an_ejected_only_endpoint_gives_503_no_healthy_endpoint() {
+    let bad = scripted("bad");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 1, base_ejection = "30s", max_ejected_percent = 100 }}
+"#,
+        bad.addr
+    ));
+    get(&format!("http://{}/control/fail", bad.addr));
+    assert_eq!(get(&format!("{base}/svc")).status, 500);
+    let r = get(&format!("{base}/svc"));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-meshgate-reason"), Some("no-healthy-endpoint"));
+}
+
+#[test]
+fn service_limits_refuse_with_503_circuit_open() {
+    let o = scripted("a");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+circuit_breaker = {{ max_requests = 1 }}
+"#,
+        o.addr
+    ));
+    let slow_url = format!("{base}/slow/3000");
+    let mut slow = Proc::spawn({
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &slow_url]);
+        c
+    })
+    .expect("curl");
+    // The slow request holds the only permit while it is in flight; poll
+    // until a request arrives while it does.
+    let mut refused = None;
+    wait_for(Duration::from_secs(3), "a refused request", || {
+        let r = get(&format!("{base}/svc"));
+        let hit = r.status == 503;
+        if hit {
+            refused = Some(r);
+        }
+        hit
+    })
+    .expect("limit enforced");
+    let r = refused.expect("refused response");
+    assert_eq!(r.header("x-meshgate-reason"), Some("circuit-open"));
+    slow.wait_exit(Duration::from_secs(10))
+        .expect("slow request ends");
+    assert_eq!(slow.stdout(), "200");
+    assert_eq!(get(&format!("{base}/svc")).status, 200, "permit released");
+}
+
+#[test]
+fn route_timeout_is_504_and_per_try_timeout_retries() {
+    let o = scripted("a");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "bounded"
+match = {{ path_prefix = "/slow" }}
+service = "s"
+timeout = "300ms"
+
+[[route]]
+name = "per-try"
+match = {{ path_prefix = "/slow-once" }}
+service = "s"
+timeout = "5s"
+retry = {{ max_retries = 1, on = ["timeout"], per_try_timeout = "300ms", backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        o.addr
+    ));
+    let r = get(&format!("{base}/slow/2000"));
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("x-meshgate-reason"), Some("upstream-timeout"));
+    let r = get(&format!("{base}/slow-once/2000/k"));
+    assert_eq!(
+        r.status, 200,
+        "the retry after the per-try timeout succeeds: {r:?}"
+    );
+}
