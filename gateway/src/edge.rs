@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -23,6 +24,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::resilience::{Flight, LimitExceeded, response_outcome, retryable_response};
 use crate::runtime::{NoEndpoint, Runtimes, below};
 use crate::status_page;
+
+/// Requests between `new_ctx` and the end of `logging`, for draining.
+pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Header naming the reason of a proxy-generated response.
 pub(crate) const REASON_HEADER: &str = "x-meshgate-reason";
@@ -60,6 +64,12 @@ pub(crate) struct RequestCtx {
     pick_key: (Option<meshgate_config::SubsetSpec>, Option<u64>),
     reason: Option<&'static str>,
     status: u16,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RequestCtx {
@@ -180,6 +190,7 @@ impl ProxyHttp for Edge {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
             start: Instant::now(),
             snap: None,

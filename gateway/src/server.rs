@@ -14,7 +14,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use tracing_subscriber::EnvFilter;
 
-use crate::edge::Edge;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pingora::server::ExecutionPhase;
+
+use crate::edge::{Edge, IN_FLIGHT};
 use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 
@@ -86,8 +91,11 @@ pub(crate) fn run(
             .join(format!("meshgate-{pid}-upgrade.sock"))
             .display()
             .to_string(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(drain),
+        // pingora keeps serving in-flight requests through the grace
+        // period and then drops whatever is left; `drain` below ends the
+        // process as soon as nothing is in flight.
+        grace_period_seconds: Some(drain),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -157,7 +165,38 @@ pub(crate) fn run(
         );
     }
     tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
+    drain_on_terminate(&server, Duration::from_secs(drain));
     server.run_forever()
+}
+
+/// On SIGTERM pingora stops accepting and waits out its grace period;
+/// this watcher ends the process as soon as no request is in flight (or
+/// the drain deadline passes), so an idle gateway stops at once and a busy
+/// one finishes what it started.
+fn drain_on_terminate(server: &Server, limit: Duration) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => break,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+        let start = Instant::now();
+        tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
+        while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = IN_FLIGHT.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(in_flight = left, "drain deadline passed, exiting");
+        } else {
+            tracing::info!(took = ?start.elapsed(), "drained, exiting");
+        }
+        std::process::exit(0);
+    });
 }
 
 fn init_logging(snap: &Snapshot) {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod scripted;
+
 /// Path of a workspace binary (`meshgate`, `meshgate-sidecar`).
 pub fn bin(name: &str) -> PathBuf {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
@@ -99,6 +101,7 @@ pub struct Proc {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -111,16 +114,18 @@ impl Proc {
             .with_context(|| format!("spawning {cmd:?}"))?;
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            pump(out, stdout.clone());
+            pumps.push(pump(out, stdout.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            pump(err, stderr.clone());
+            pumps.push(pump(err, stderr.clone()));
         }
         Ok(Proc {
             child,
             stdout,
             stderr,
+            pumps,
         })
     }
 
@@ -157,6 +162,10 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait()? {
+                // Collect everything it wrote before it exited.
+                for p in self.pumps.drain(..) {
+                    let _ = p.join();
+                }
                 return Ok(st.code());
             }
             if start.elapsed() > limit {
@@ -179,7 +188,10 @@ impl Drop for Proc {
     }
 }
 
-fn pump(mut src: impl Read + Send + 'static, dst: Arc<Mutex<String>>) {
+fn pump(
+    mut src: impl Read + Send + 'static,
+    dst: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(&mut src);
         let mut line = String::new();
@@ -192,7 +204,7 @@ fn pump(mut src: impl Read + Send + 'static, dst: Arc<Mutex<String>>) {
             }
             line.clear();
         }
-    });
+    })
 }
 
 /// A meshgate gateway started with `meshgate run`.
@@ -361,7 +373,10 @@ class H(http.server.BaseHTTPRequestHandler):
     do_POST = _answer
     def log_message(self, *a):
         pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+s = S(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
