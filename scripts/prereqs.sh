@@ -10,7 +10,7 @@ mode="${1:-build}"
 # command:package pairs
 needs=(cmake:cmake)
 if [[ "$mode" == "test" ]]; then
-    needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client)
+    needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl)
 fi
 
 missing=()

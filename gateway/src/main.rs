@@ -12,6 +12,7 @@ mod resilience;
 mod runtime;
 mod server;
 mod status_page;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

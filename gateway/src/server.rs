@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use meshgate_config::{ConfigSource, ConfigStore, LogTarget, Snapshot, load_embedded};
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -123,31 +122,13 @@ pub(crate) fn run(
         let addr = l.address.to_string();
         match &l.tls {
             None => svc.add_tcp(&addr),
-            Some(tls) => {
-                let Some(first) = tls.certificates.first() else {
-                    eprintln!("error: listener \"{}\" has TLS but no certificate", l.name);
+            Some(tls) => match crate::tls::settings(&l.protocols, tls) {
+                Ok(settings) => svc.add_tls_with_settings(&addr, None, settings),
+                Err(e) => {
+                    eprintln!("error: listener \"{}\": {e}", l.name);
                     return ExitCode::FAILURE;
-                };
-                let settings = TlsSettings::intermediate(
-                    &first.cert.display().to_string(),
-                    &first.key.display().to_string(),
-                );
-                match settings {
-                    Ok(mut s) => {
-                        if l.protocols.http2 {
-                            s.enable_h2();
-                        }
-                        svc.add_tls_with_settings(&addr, None, s);
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "error: listener \"{}\": cannot load TLS certificate: {e}",
-                            l.name
-                        );
-                        return ExitCode::FAILURE;
-                    }
                 }
-            }
+            },
         }
         server.add_service(svc);
     }

@@ -1,0 +1,484 @@
+//! TLS termination for the pingora listeners, on rustls with the `ring`
+//! provider (the one pingora's rustls backend installs).
+//!
+//! [`settings`] turns a listener's `[listener.tls]` table into pingora
+//! [`TlsSettings`]: certificates chosen by SNI, ALPN from the listener's
+//! protocols, the lowest TLS version, and client-certificate verification.
+//! Every file is read and checked here, before the server starts, so a bad
+//! certificate is one error line naming the file instead of a panic inside
+//! pingora's listener start-up. It does not reload certificates: a listener
+//! keeps the ones it started with until a restart.
+//!
+//! # How this fits pingora 0.9
+//!
+//! pingora builds the rustls `ServerConfig` itself
+//! (`TlsSettings::build`) and offers four hooks into it: a certificate
+//! resolver, a client-certificate verifier, the ALPN list and a callback
+//! after the handshake. It always enables both TLS 1.2 and TLS 1.3 and
+//! gives no way to hand it our own `ServerConfig` for a listener
+//! (`Acceptor::from_server_config` exists, but nothing in the listener API
+//! takes an `Acceptor`). SNI, ALPN and client certificates map onto the
+//! hooks directly. `min_version = "1.3"` does not, so it rides on the
+//! resolver: see [`Tls13Only`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use meshgate_config::{CertSpec, ClientAuth, Protocols, TlsSpec, TlsVersion};
+use meshgate_policy::route::HostPattern;
+use pingora::listeners::TlsAccept;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use pingora::protocols::tls::TlsRef;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{InconsistentKeys, RootCertStore, SignatureAlgorithm, SignatureScheme};
+
+/// Why a listener's TLS settings could not be built. Each message names
+/// the file at fault and fits on one line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsError {
+    /// `[listener.tls]` lists no certificate.
+    #[error("TLS is configured without a certificate")]
+    NoCertificate,
+    /// The certificate file cannot be read or is not PEM.
+    #[error("cannot read certificate file {}: {source}", .path.display())]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: pem::Error,
+    },
+    /// The certificate file holds no `CERTIFICATE` block.
+    #[error("no certificate found in {}", .path.display())]
+    NoCertInFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The leaf certificate is not valid X.509.
+    #[error("certificate file {}: {source}", .path.display())]
+    BadCert {
+        /// The file.
+        path: PathBuf,
+        /// What rustls found wrong.
+        source: rustls::Error,
+    },
+    /// The key file cannot be read or holds no PEM private key.
+    #[error("cannot read private key file {}: {source}", .path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: pem::Error,
+    },
+    /// The key parses as PEM but is not a key type we can sign with.
+    #[error("private key file {}: {source}", .path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What rustls found wrong.
+        source: rustls::Error,
+    },
+    /// The key is not the one the leaf certificate was issued for.
+    #[error("private key file {} does not match the certificate in {}", .key.display(), .cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The client CA bundle cannot be read or is not PEM.
+    #[error("cannot read client CA file {}: {source}", .path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: pem::Error,
+    },
+    /// A certificate in the client CA bundle is not a usable trust anchor.
+    #[error("client CA file {}: {source}", .path.display())]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// What rustls found wrong.
+        source: rustls::Error,
+    },
+    /// pingora refused to create the settings (it never does in 0.9.1).
+    #[error("cannot set up TLS: {source}")]
+    Pingora {
+        /// pingora's error.
+        source: Box<pingora::Error>,
+    },
+    /// The client-certificate verifier refused the CA bundle.
+    #[error("client CA file {}: {source}", .path.display())]
+    Verifier {
+        /// The file.
+        path: PathBuf,
+        /// What rustls found wrong.
+        source: rustls::server::VerifierBuilderError,
+    },
+}
+
+/// Builds the pingora TLS settings of one listener.
+pub(crate) fn settings(protocols: &Protocols, tls: &TlsSpec) -> Result<TlsSettings, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // pingora installs the same provider as the process default when it
+    // builds the acceptor; doing it here too keeps any rustls builder that
+    // asks for the default (ours or a library's) on ring whatever runs first.
+    let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+
+    let resolver = SniResolver::load(tls, &provider)?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
+        .map_err(|source| TlsError::Pingora { source })?;
+    settings.set_cert_resolver(Arc::new(resolver));
+    settings.set_alpn(alpn(protocols));
+    match &tls.client_auth {
+        ClientAuth::None => {}
+        ClientAuth::Optional { ca } => {
+            settings.set_client_cert_verifier(client_verifier(ca, true, &provider)?);
+        }
+        ClientAuth::Require { ca } => {
+            settings.set_client_cert_verifier(client_verifier(ca, false, &provider)?);
+        }
+    }
+    Ok(settings)
+}
+
+/// ALPN for a TLS listener: `h2` first when HTTP/2 is on, `http/1.1`
+/// when HTTP/1 is on. A client whose ALPN list shares nothing with ours is
+/// refused by rustls (`no_application_protocol`).
+fn alpn(p: &Protocols) -> ALPN {
+    match (p.http2, p.http1) {
+        (true, true) => ALPN::H2H1,
+        (true, false) => ALPN::H2,
+        // `http3`-only or `http1`-only: the TCP listener speaks HTTP/1.
+        (false, _) => ALPN::H1,
+    }
+}
+
+fn client_verifier(
+    ca: &Path,
+    optional: bool,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let certs = read_certs(ca).map_err(|source| TlsError::CaFile {
+        path: ca.to_path_buf(),
+        source,
+    })?;
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|source| TlsError::BadCa {
+            path: ca.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|source| TlsError::Verifier {
+        path: ca.to_path_buf(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, pem::Error> {
+    CertificateDer::pem_file_iter(path)?.collect()
+}
+
+/// Loads one certificate chain and its key, and checks that they belong
+/// together.
+fn load_certified_key(c: &CertSpec, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certs(&c.cert).map_err(|source| TlsError::CertFile {
+        path: c.cert.clone(),
+        source,
+    })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertInFile {
+            path: c.cert.clone(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(&c.key).map_err(|source| TlsError::KeyFile {
+        path: c.key.clone(),
+        source,
+    })?;
+    let key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|source| TlsError::BadKey {
+            path: c.key.clone(),
+            source,
+        })?;
+    let ck = CertifiedKey::new(chain, key);
+    match ck.keys_match() {
+        // `Unknown`: the key cannot tell its public half, so there is
+        // nothing to compare; ring's keys always can.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(ck),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::KeyMismatch {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+        }
+        Err(source) => Err(TlsError::BadCert {
+            path: c.cert.clone(),
+            source,
+        }),
+    }
+}
+
+/// Which certificate answers which SNI name: exact names first, then the
+/// longest `*.suffix` wildcard, then the first certificate (the default,
+/// also used when the client sends no SNI). Built once per listener at
+/// start; a lookup allocates only to lower-case a mixed-case name.
+///
+/// A wildcard matches any depth below its suffix (`*.example.com` answers
+/// `a.b.example.com`), as route host patterns do. A certificate for
+/// `*.example.com` is valid for one label only, so a client will refuse it
+/// for deeper names; choosing it anyway keeps SNI selection and routing in
+/// step and is what nginx and Envoy do.
+#[derive(Debug, Default)]
+struct SniTable {
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix with its leading dot: `.example.com`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl SniTable {
+    fn new<'a>(names: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
+        let mut t = SniTable::default();
+        for (name, idx) in names {
+            // The config has already refused names HostPattern cannot
+            // parse and names served by two certificates; first wins here.
+            match HostPattern::parse(name) {
+                Some(HostPattern::Exact(h)) => {
+                    t.exact.entry(h).or_insert(idx);
+                }
+                Some(HostPattern::Suffix(s)) => {
+                    t.wildcard.entry(s).or_insert(idx);
+                }
+                None => {}
+            }
+        }
+        t
+    }
+
+    /// The index of the certificate for `sni`; 0 (the default) when none
+    /// matches.
+    fn pick(&self, sni: Option<&str>) -> usize {
+        let Some(sni) = sni else { return 0 };
+        let sni = sni.trim_end_matches('.');
+        let lower;
+        let name = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = sni.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            sni
+        };
+        if let Some(&i) = self.exact.get(name) {
+            return i;
+        }
+        // Suffixes from the longest: for `a.b.c` try `.b.c`, then `.c`.
+        for (at, _) in name.match_indices('.') {
+            if let Some(&i) = self.wildcard.get(&name[at..]) {
+                return i;
+            }
+        }
+        0
+    }
+}
+
+/// The listener's certificate resolver: [`SniTable`] over loaded keys.
+#[derive(Debug)]
+struct SniResolver {
+    table: SniTable,
+    /// Same order as the config; never empty.
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn load(tls: &TlsSpec, provider: &CryptoProvider) -> Result<Self, TlsError> {
+        if tls.certificates.is_empty() {
+            return Err(TlsError::NoCertificate);
+        }
+        let mut keys = Vec::with_capacity(tls.certificates.len());
+        for c in &tls.certificates {
+            let mut ck = load_certified_key(c, provider)?;
+            if tls.min_version == TlsVersion::Tls13 {
+                ck.key = Arc::new(Tls13Only(ck.key));
+            }
+            keys.push(Arc::new(ck));
+        }
+        let table = SniTable::new(
+            tls.certificates
+                .iter()
+                .enumerate()
+                .flat_map(|(i, c)| c.server_names.iter().map(move |n| (n.as_str(), i))),
+        );
+        Ok(SniResolver { table, keys })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let i = self.table.pick(hello.server_name());
+        self.keys.get(i).or_else(|| self.keys.first()).cloned()
+    }
+}
+
+/// A signing key that no TLS 1.2 cipher suite will take, which makes a
+/// listener TLS 1.3 only.
+///
+/// pingora enables TLS 1.2 and 1.3 on every rustls listener and lets us
+/// change neither the protocol versions nor the cipher suites of one
+/// listener. rustls picks the version before it asks the resolver for a
+/// certificate, and then chooses a cipher suite that suits both that
+/// version and the key: a TLS 1.2 suite must name the key's signature
+/// algorithm (ECDHE-ECDSA or ECDHE-RSA), a TLS 1.3 suite names none. This
+/// wrapper signs with the real key but reports the `anonymous` algorithm,
+/// which no TLS 1.2 suite names, so a TLS 1.2 handshake ends with a
+/// `handshake_failure` alert and TLS 1.3 is untouched. The outcome depends
+/// only on the negotiated version, not on guesses from the ClientHello.
+/// `tests/tests/tls.rs` checks both sides; the day pingora takes protocol
+/// versions per listener, this goes.
+#[derive(Debug)]
+struct Tls13Only(Arc<dyn SigningKey>);
+
+impl SigningKey for Tls13Only {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        self.0.choose_scheme(offered)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        self.0.public_key()
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::Anonymous
+    }
+}
+
+/// A verified client certificate, as the request sees it: stored in the
+/// connection's `SslDigest` extension, so a request phase can read it with
+/// `session.digest()` → `ssl_digest` → `extension.get::<ClientCert>()`.
+/// Present only on connections whose client sent a certificate that the
+/// listener's `client_auth.ca` verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// The subject distinguished name, e.g. `CN=client-1, O=Example`.
+    pub(crate) subject: String,
+    /// DNS names from the subject alternative names.
+    pub(crate) dns_names: Vec<String>,
+    /// URIs from the subject alternative names (SPIFFE IDs live here).
+    pub(crate) uris: Vec<String>,
+}
+
+impl ClientCert {
+    /// Reads the subject and SANs of a DER certificate. `None` if it does
+    /// not parse (rustls has verified it, so that would be a parser gap).
+    fn from_der(der: &[u8]) -> Option<ClientCert> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut out = ClientCert {
+            subject: cert.subject().to_string(),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => out.dns_names.push((*d).to_owned()),
+                    GeneralName::URI(u) => out.uris.push((*u).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// After the handshake, records the verified client certificate (if any)
+/// as a [`ClientCert`] in the connection's TLS digest.
+#[derive(Debug)]
+struct ClientCertCallback;
+
+#[async_trait]
+impl TlsAccept for ClientCertCallback {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let cert = ClientCert::from_der(tls.peer_certificate_der()?)?;
+        tracing::debug!(
+            subject = %cert.subject,
+            dns_names = ?cert.dns_names,
+            uris = ?cert.uris,
+            "client certificate verified"
+        );
+        Some(Arc::new(cert))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> SniTable {
+        SniTable::new([
+            ("a.test", 0),
+            ("*.b.test", 1),
+            ("c.b.test", 2),
+            ("*.deep.b.test", 3),
+        ])
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards() {
+        assert_eq!(table().pick(Some("a.test")), 0);
+        assert_eq!(table().pick(Some("c.b.test")), 2);
+    }
+
+    #[test]
+    fn the_longest_wildcard_wins() {
+        let t = table();
+        assert_eq!(t.pick(Some("x.b.test")), 1);
+        assert_eq!(t.pick(Some("x.y.b.test")), 1);
+        assert_eq!(t.pick(Some("x.deep.b.test")), 3);
+        // The wildcard does not cover its own suffix.
+        assert_eq!(t.pick(Some("b.test")), 0);
+    }
+
+    #[test]
+    fn unknown_or_missing_sni_gets_the_default() {
+        let t = table();
+        assert_eq!(t.pick(None), 0);
+        assert_eq!(t.pick(Some("other.test")), 0);
+        assert_eq!(t.pick(Some("")), 0);
+        assert_eq!(t.pick(Some(".")), 0);
+    }
+
+    #[test]
+    fn matching_ignores_case_and_a_trailing_dot() {
+        let t = table();
+        assert_eq!(t.pick(Some("X.B.Test")), 1);
+        assert_eq!(t.pick(Some("c.b.test.")), 2);
+    }
+
+    #[test]
+    fn alpn_follows_the_protocols() {
+        let p = |http1, http2| Protocols {
+            http1,
+            http2,
+            ..Protocols::default()
+        };
+        assert_eq!(alpn(&p(true, true)), ALPN::H2H1);
+        assert_eq!(alpn(&p(true, false)), ALPN::H1);
+        assert_eq!(alpn(&p(false, true)), ALPN::H2);
+    }
+}
