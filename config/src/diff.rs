@@ -125,7 +125,9 @@ impl ConfigDiff {
             .filter(|c| {
                 (c.section == "listener"
                     && (c.kind != ChangeKind::Changed
-                        || c.details.iter().any(|d| !d.starts_with("routes"))))
+                        || c.details
+                            .iter()
+                            .any(|d| !d.starts_with("routes") && !d.starts_with("certificates"))))
                     || (c.section == "admin")
             })
             .collect()
@@ -206,8 +208,17 @@ fn listener_details(a: &&ListenerSpec, b: &&ListenerSpec) -> Vec<String> {
             b.protocols.words().join(",")
         ));
     }
-    if format!("{:?}", a.tls) != format!("{:?}", b.tls) {
-        d.push("tls settings changed".to_owned());
+    match (&a.tls, &b.tls) {
+        (Some(x), Some(y)) => {
+            if x.certificates != y.certificates {
+                d.push("certificates changed (reloaded in place)".to_owned());
+            }
+            if x.min_version != y.min_version || x.client_auth != y.client_auth {
+                d.push("tls settings changed".to_owned());
+            }
+        }
+        (None, None) => {}
+        _ => d.push("tls turned on or off".to_owned()),
     }
     if format!("{:?}", a.limits) != format!("{:?}", b.limits) {
         d.push("limits changed".to_owned());

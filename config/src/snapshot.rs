@@ -154,7 +154,7 @@ pub struct TlsSpec {
 }
 
 /// A certificate chain and its key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSpec {
     /// PEM chain, leaf first.
     pub cert: PathBuf,

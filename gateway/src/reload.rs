@@ -4,6 +4,7 @@
 //! snapshot is swapped in. A rejected file is logged with every diagnostic
 //! and the running version keeps serving.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,18 +15,45 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::tls::LiveCerts;
+
 /// The reload task.
 #[derive(Debug)]
 pub(crate) struct Reloader {
     store: Arc<ConfigStore>,
     watch: Option<Duration>,
+    /// Live certificates of each TLS listener, by listener name.
+    certs: HashMap<String, Arc<LiveCerts>>,
 }
 
 impl Reloader {
-    pub(crate) fn new(store: Arc<ConfigStore>, watch_ms: u64) -> Self {
+    pub(crate) fn new(
+        store: Arc<ConfigStore>,
+        watch_ms: u64,
+        certs: HashMap<String, Arc<LiveCerts>>,
+    ) -> Self {
         Self {
             store,
             watch: (watch_ms > 0).then(|| Duration::from_millis(watch_ms)),
+            certs,
+        }
+    }
+
+    /// Swaps in each TLS listener's certificates from the new snapshot.
+    /// A listener whose new certificates fail to load keeps its old ones.
+    fn reload_certificates(&self) {
+        let snap = self.store.current();
+        for l in &snap.listeners {
+            let (Some(tls), Some(live)) = (&l.tls, self.certs.get(&l.name)) else {
+                continue;
+            };
+            match live.reload(tls) {
+                Ok(()) => tracing::debug!(listener = %l.name, "certificates reloaded"),
+                Err(e) => tracing::error!(
+                    listener = %l.name,
+                    "certificates not reloaded, still serving the previous ones: {e}"
+                ),
+            }
         }
     }
 
@@ -37,6 +65,7 @@ impl Reloader {
             }
             Ok(ReloadOutcome::Applied { version, diff }) => {
                 tracing::info!(version, trigger = why, "config reloaded:\n{diff}");
+                self.reload_certificates();
                 for c in diff.needs_restart() {
                     tracing::warn!(
                         "{} \"{}\" changed: this takes effect only after a restart",

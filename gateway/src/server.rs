@@ -1,5 +1,6 @@
 //! `meshgate run`: build the pingora server from the config and run it.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -101,6 +102,7 @@ pub(crate) fn run(
     server.bootstrap();
 
     let runtimes = Arc::new(Runtimes::default());
+    let mut certs = HashMap::new();
     for l in &snap.listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         let edge = Edge {
@@ -123,7 +125,10 @@ pub(crate) fn run(
         match &l.tls {
             None => svc.add_tcp(&addr),
             Some(tls) => match crate::tls::settings(&l.protocols, tls) {
-                Ok(settings) => svc.add_tls_with_settings(&addr, None, settings),
+                Ok((settings, live)) => {
+                    certs.insert(l.name.clone(), live);
+                    svc.add_tls_with_settings(&addr, None, settings);
+                }
                 Err(e) => {
                     eprintln!("error: listener \"{}\": {e}", l.name);
                     return ExitCode::FAILURE;
@@ -134,7 +139,7 @@ pub(crate) fn run(
     }
     server.add_service(background_service(
         "config reload",
-        Reloader::new(store.clone(), watch_ms),
+        Reloader::new(store.clone(), watch_ms, certs),
     ));
 
     for l in &snap.listeners {

@@ -6,8 +6,10 @@
 //! protocols, the lowest TLS version, and client-certificate verification.
 //! Every file is read and checked here, before the server starts, so a bad
 //! certificate is one error line naming the file instead of a panic inside
-//! pingora's listener start-up. It does not reload certificates: a listener
-//! keeps the ones it started with until a restart.
+//! pingora's listener start-up. Certificates and SNI names reload in place
+//! ([`LiveCerts::reload`], called after every applied config reload); the
+//! other TLS settings (client authentication, lowest version, ALPN) are
+//! fixed when the listener starts.
 //!
 //! # How this fits pingora 0.9
 //!
@@ -25,6 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use meshgate_config::{CertSpec, ClientAuth, Protocols, TlsSpec, TlsVersion};
 use meshgate_policy::route::HostPattern;
@@ -125,17 +128,23 @@ pub(crate) enum TlsError {
 }
 
 /// Builds the pingora TLS settings of one listener.
-pub(crate) fn settings(protocols: &Protocols, tls: &TlsSpec) -> Result<TlsSettings, TlsError> {
+pub(crate) fn settings(
+    protocols: &Protocols,
+    tls: &TlsSpec,
+) -> Result<(TlsSettings, Arc<LiveCerts>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // pingora installs the same provider as the process default when it
     // builds the acceptor; doing it here too keeps any rustls builder that
     // asks for the default (ours or a library's) on ring whatever runs first.
     let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
 
-    let resolver = SniResolver::load(tls, &provider)?;
+    let live = Arc::new(LiveCerts {
+        current: ArcSwap::from_pointee(SniResolver::load(tls, &provider)?),
+        provider: provider.clone(),
+    });
     let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
         .map_err(|source| TlsError::Pingora { source })?;
-    settings.set_cert_resolver(Arc::new(resolver));
+    settings.set_cert_resolver(live.clone());
     settings.set_alpn(alpn(protocols));
     match &tls.client_auth {
         ClientAuth::None => {}
@@ -146,7 +155,7 @@ pub(crate) fn settings(protocols: &Protocols, tls: &TlsSpec) -> Result<TlsSettin
             settings.set_client_cert_verifier(client_verifier(ca, false, &provider)?);
         }
     }
-    Ok(settings)
+    Ok((settings, live))
 }
 
 /// ALPN for a TLS listener: `h2` first when HTTP/2 is on, `http/1.1`
@@ -294,7 +303,31 @@ impl SniTable {
     }
 }
 
-/// The listener's certificate resolver: [`SniTable`] over loaded keys.
+/// A listener's live certificates: the resolver pingora calls on every
+/// handshake, swappable without restarting the listener.
+#[derive(Debug)]
+pub(crate) struct LiveCerts {
+    current: ArcSwap<SniResolver>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl LiveCerts {
+    /// Loads `tls`'s certificates and swaps them in; on error the running
+    /// certificates stay.
+    pub(crate) fn reload(&self, tls: &TlsSpec) -> Result<(), TlsError> {
+        let fresh = SniResolver::load(tls, &self.provider)?;
+        self.current.store(Arc::new(fresh));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for LiveCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
+}
+
+/// Certificates loaded from one `[listener.tls]`: [`SniTable`] over keys.
 #[derive(Debug)]
 struct SniResolver {
     table: SniTable,
@@ -325,7 +358,7 @@ impl SniResolver {
     }
 }
 
-impl ResolvesServerCert for SniResolver {
+impl SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let i = self.table.pick(hello.server_name());
         self.keys.get(i).or_else(|| self.keys.first()).cloned()

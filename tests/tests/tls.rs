@@ -480,3 +480,40 @@ fn certificate_that_is_not_x509_stops_start_up() {
     );
     assert!(line.contains("junk.pem"), "{line}");
 }
+
+#[test]
+fn renewed_certificates_are_served_after_sighup_without_a_restart() {
+    let s = start(r#"["http1", "http2"]"#, "");
+    assert_eq!(s.served_subject(Some("a.test")), "CN=a.test");
+    // Renew a.test in place (same paths, new key and common name), as an
+    // ACME client would, and signal a reload.
+    let ca_dir = tempdir().expect("tempdir");
+    let ca = new_ca("renewal CA");
+    leaf(
+        &ca_dir,
+        &ca,
+        "a",
+        "a.test-renewed",
+        &["a.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    for f in ["a.pem", "a.key"] {
+        std::fs::copy(ca_dir.join(f), s.pki.dir.join(f)).expect("copy renewed file");
+    }
+    s.gw.proc.signal("HUP").expect("SIGHUP");
+    wait_for(Duration::from_secs(10), "the renewed certificate", || {
+        s.served_subject(Some("a.test")) == "CN=a.test-renewed"
+    })
+    .expect("renewed certificate served");
+    // A broken renewal is refused and the last good certificate stays.
+    std::fs::write(s.pki.dir.join("a.key"), "not a key").expect("break key");
+    s.gw.proc.signal("HUP").expect("SIGHUP");
+    wait_for(
+        Duration::from_secs(10),
+        "the rejection to be logged",
+        || s.gw.proc.stderr().contains("config reload rejected"),
+    )
+    .expect("bad renewal rejected");
+    assert_eq!(s.served_subject(Some("a.test")), "CN=a.test-renewed");
+    assert_eq!(s.served_subject(Some("x.b.test")), "CN=wildcard.b.test");
+}
