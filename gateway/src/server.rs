@@ -15,6 +15,7 @@ use pingora::services::background::background_service;
 use tracing_subscriber::EnvFilter;
 
 use crate::edge::Edge;
+use crate::framing::HeadLimits;
 use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 
@@ -101,6 +102,7 @@ pub(crate) fn run(
             scheme,
             store: store.clone(),
             runtimes: runtimes.clone(),
+            head_limits: HeadLimits::from(&l.limits),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
