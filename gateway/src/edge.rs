@@ -21,6 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::framing::{self, HeadLimits};
 use crate::resilience::{Flight, LimitExceeded, response_outcome, retryable_response};
 use crate::runtime::{NoEndpoint, Runtimes, below};
 use crate::status_page;
@@ -38,6 +39,8 @@ pub(crate) struct Edge {
     pub(crate) scheme: &'static str,
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) runtimes: Arc<Runtimes>,
+    /// HTTP/1 request-head limits, fixed at start like the listener socket.
+    pub(crate) head_limits: HeadLimits,
 }
 
 /// A response the proxy writes itself.
@@ -204,6 +207,17 @@ impl ProxyHttp for Edge {
             reason: None,
             status: 0,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        framing::enforce(session, self.head_limits).inspect_err(|_| {
+            // request_filter will not run; logging needs a snapshot.
+            ctx.snap = Some(self.store.current());
+        })
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -639,6 +653,8 @@ impl ProxyHttp for Edge {
         let reason = ctx.reason.unwrap_or(classified);
         ctx.reason = Some(reason);
         ctx.status = code;
+        // The connection is never reused after this (see below); say so.
+        session.set_keepalive(None);
         if code > 0 {
             let mut resp = match ResponseHeader::build(code, Some(3)) {
                 Ok(r) => r,
@@ -732,8 +748,16 @@ fn classify(e: &Error) -> (u16, &'static str) {
         T::HTTPStatus(code) if e.esource() == &pingora::ErrorSource::Upstream => {
             (*code, "upstream-status")
         }
+        T::HTTPStatus(431) => (431, "header-too-large"),
         T::HTTPStatus(code) if *code >= 400 => (*code, "bad-request"),
         T::InvalidHTTPHeader | T::H1Error | T::H2Error
+            if e.esource() == &pingora::ErrorSource::Downstream =>
+        {
+            (400, "bad-request")
+        }
+        // A malformed chunked request body; pingora names these only as
+        // custom error types (its constants are crate-private).
+        T::Custom("InvalidChunk" | "InvalidTrailerEnd")
             if e.esource() == &pingora::ErrorSource::Downstream =>
         {
             (400, "bad-request")

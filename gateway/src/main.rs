@@ -7,6 +7,7 @@
 
 mod check;
 mod edge;
+mod framing;
 mod reload;
 mod resilience;
 mod runtime;

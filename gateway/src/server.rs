@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use pingora::server::ExecutionPhase;
 
 use crate::edge::{Edge, IN_FLIGHT};
+use crate::framing::HeadLimits;
 use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 
@@ -110,6 +111,7 @@ pub(crate) fn run(
             scheme,
             store: store.clone(),
             runtimes: runtimes.clone(),
+            head_limits: HeadLimits::from(&l.limits),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -340,8 +340,9 @@ pub fn tempdir() -> Result<PathBuf> {
 /// A real HTTP/1.1 origin server: Python's standard-library
 /// `ThreadingHTTPServer`, answering every GET/POST with a body naming
 /// itself and echoing the request path and selected headers as response
-/// headers. Bound to a port the OS picked; the port is read back from its
-/// first output line.
+/// headers. It reads request bodies framed by `Content-Length` or chunked,
+/// and logs every request it answers (see [`Origin::requests`]). Bound to a
+/// port the OS picked; the port is read back from its first output line.
 #[derive(Debug)]
 pub struct Origin {
     /// The process.
@@ -351,14 +352,35 @@ pub struct Origin {
 }
 
 const ORIGIN_PY: &str = r#"
-import http.server, sys
+import http.server, sys, threading
 name = sys.argv[1]
+log_lock = threading.Lock()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    def _answer(self):
+    def _read_body(self):
+        if (self.headers.get("transfer-encoding") or "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                if self.rfile.readline() != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
         n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
+        return self.rfile.read(n) if n else b""
+    def _answer(self):
+        try:
+            got = self._read_body()
+        except (ValueError, OSError):
+            # A body cut off or malformed on the way: not a request we answer.
+            self.close_connection = True
+            return
+        with log_lock:
+            sys.stdout.write("request %s %s %d\n" % (self.command, self.path, len(got)))
+            sys.stdout.flush()
         body = ("origin=%s path=%s\n" % (name, self.path)).encode()
         self.send_response(int(self.headers.get("x-want-status") or 200))
         self.send_header("content-type", "text/plain")
@@ -404,5 +426,18 @@ impl Origin {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(addr)?;
         Ok(Origin { proc, addr })
+    }
+
+    /// Every request the origin has answered so far, oldest first, as
+    /// `METHOD PATH BODY-BYTES` (e.g. `POST /upload 11`). A request is
+    /// logged after its body is read and before it is answered, so a client
+    /// holding the response can wait for its line.
+    pub fn requests(&self) -> Vec<String> {
+        self.proc
+            .stdout()
+            .lines()
+            .filter_map(|l| l.strip_prefix("request "))
+            .map(str::to_owned)
+            .collect()
     }
 }

@@ -1,0 +1,490 @@
+//! Strict HTTP/1 request framing, checked on the raw request head before
+//! anything routes on it, so that meshgate and the origins behind it can
+//! never disagree about where one request ends and the next begins
+//! (request smuggling).
+//!
+//! pingora's parser (httparse plus pingora's own validation) already
+//! refuses most malformed heads with a bare 400 before any of our code
+//! runs. But it also accepts or repairs some that a stricter or looser
+//! origin could read differently: it drops `Content-Length` when
+//! `Transfer-Encoding` is present, collapses duplicate or comma-listed equal
+//! lengths, accepts bare LF line endings and `gzip, chunked`, and matches
+//! `chunked` case-insensitively. The parsed header map hides most of that,
+//! so [`check_head`] reads the raw bytes of the head as they arrived.
+//!
+//! This module decides; it does not answer. A violation becomes a pingora
+//! error whose status the proxy's error path turns into the response, and
+//! the connection is closed afterwards so no byte after the rejected head
+//! is ever parsed as a request. HTTP/2 frames messages itself and is not
+//! checked here.
+
+use http::Version;
+use meshgate_config::ListenerLimits;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Limits on one request head, fixed when the listener starts (listener
+/// limits change only on restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeadLimits {
+    /// Most bytes in the head: request line, header lines and the blank
+    /// line that ends the head, line endings included.
+    pub(crate) max_bytes: usize,
+    /// Most header lines.
+    pub(crate) max_headers: usize,
+}
+
+impl From<&ListenerLimits> for HeadLimits {
+    fn from(l: &ListenerLimits) -> Self {
+        HeadLimits {
+            max_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+        }
+    }
+}
+
+/// Why a request head is refused. Messages name line numbers (the request
+/// line is line 1) and never echo the client's bytes into our logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Violation {
+    #[error("request head is {len} bytes, the listener allows {max}")]
+    HeadTooLarge { len: usize, max: usize },
+    #[error("request has more than {max} header lines")]
+    TooManyHeaders { max: usize },
+    #[error("bare LF line ending at byte {at} of the request head")]
+    BareLf { at: usize },
+    #[error("bare CR at byte {at} of the request head")]
+    BareCr { at: usize },
+    #[error("obsolete line folding on line {line}")]
+    ObsFold { line: usize },
+    #[error("header line {line} has no colon")]
+    MissingColon { line: usize },
+    #[error("whitespace before the colon on line {line}")]
+    SpaceBeforeColon { line: usize },
+    #[error("invalid header name on line {line}")]
+    InvalidName { line: usize },
+    #[error("control character in the header value on line {line}")]
+    ControlInValue { line: usize },
+    #[error("content-length together with transfer-encoding")]
+    LengthAndEncoding,
+    #[error("more than one content-length header")]
+    DuplicateLength,
+    #[error("malformed content-length")]
+    InvalidLength,
+    #[error("more than one transfer-encoding header")]
+    DuplicateEncoding,
+    #[error("transfer-encoding other than exactly \"chunked\"")]
+    UnsupportedEncoding,
+    #[error("transfer-encoding in a request older than HTTP/1.1")]
+    EncodingBeforeHttp11,
+}
+
+impl Violation {
+    /// The status the client gets: 431 for the listener's size and count
+    /// limits, 400 for everything else.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Violation::HeadTooLarge { .. } | Violation::TooManyHeaders { .. } => 431,
+            _ => 400,
+        }
+    }
+}
+
+/// Largest `Content-Length` accepted: the most a signed 64-bit length (Go,
+/// Java, nginx's `off_t`) can hold, so no origin parses a value we accepted
+/// as an error or as something else.
+const MAX_CONTENT_LENGTH: u64 = i64::MAX as u64;
+
+/// Checks one HTTP/1 request head on an early phase, before routing.
+///
+/// On a violation the connection is marked not to be kept alive and the
+/// returned error carries `HTTPStatus(400 or 431)`; the caller returns it
+/// so pingora's error path answers and drops the connection. On success,
+/// pipelining is allowed on the connection: each pipelined request comes
+/// back through this check, and pingora answers them in order (RFC 9112
+/// section 9.3.2) instead of dropping the connection after the first.
+pub(crate) fn enforce(session: &mut Session, limits: HeadLimits) -> Result<()> {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return Ok(());
+    };
+    let head = h1.get_headers_raw_bytes();
+    match check_head(&head, session.req_header().version, limits) {
+        Ok(()) => {
+            session.set_pipelining_enabled(true);
+            Ok(())
+        }
+        Err(v) => {
+            // Never read past this head: whatever follows it is exactly
+            // what a smuggling attempt wants parsed as the next request.
+            session.set_keepalive(None);
+            let status = v.status();
+            Err(
+                Error::because(ErrorType::HTTPStatus(status), "request head rejected", v)
+                    .into_down(),
+            )
+        }
+    }
+}
+
+/// Checks the raw bytes of one request head, from the request line through
+/// the blank line that ends it. `version` is the version pingora parsed
+/// from the request line.
+pub(crate) fn check_head(
+    head: &[u8],
+    version: Version,
+    limits: HeadLimits,
+) -> Result<(), Violation> {
+    if head.len() > limits.max_bytes {
+        return Err(Violation::HeadTooLarge {
+            len: head.len(),
+            max: limits.max_bytes,
+        });
+    }
+    check_line_endings(head)?;
+
+    // Every LF now follows a CR, so splitting on LF and dropping the CR
+    // yields the lines. The head ends with an empty line.
+    let lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut request_line_seen = false;
+    let mut headers = 0usize;
+    let mut length: Option<&[u8]> = None;
+    let mut lengths = 0usize;
+    let mut encoding: Option<&[u8]> = None;
+    let mut encodings = 0usize;
+    for (i, line) in lines.enumerate() {
+        let number = i + 1;
+        if !request_line_seen {
+            // RFC 9112 section 2.2: empty lines before the request line are
+            // ignored (a client may send a CRLF after a request body).
+            request_line_seen = !line.is_empty();
+            continue;
+        }
+        let Some(&first) = line.first() else {
+            break;
+        };
+        if first == b' ' || first == b'\t' {
+            return Err(Violation::ObsFold { line: number });
+        }
+        headers += 1;
+        if headers > limits.max_headers {
+            return Err(Violation::TooManyHeaders {
+                max: limits.max_headers,
+            });
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(Violation::MissingColon { line: number });
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+            return Err(Violation::SpaceBeforeColon { line: number });
+        }
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
+            return Err(Violation::InvalidName { line: number });
+        }
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(Violation::ControlInValue { line: number });
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            encodings += 1;
+            encoding = Some(value);
+        }
+    }
+
+    if lengths > 0 && encodings > 0 {
+        return Err(Violation::LengthAndEncoding);
+    }
+    if lengths > 1 {
+        return Err(Violation::DuplicateLength);
+    }
+    if let Some(v) = length {
+        content_length(framing_value(v)).ok_or(Violation::InvalidLength)?;
+    }
+    if let Some(v) = encoding {
+        if version < Version::HTTP_11 {
+            return Err(Violation::EncodingBeforeHttp11);
+        }
+        if encodings > 1 {
+            return Err(Violation::DuplicateEncoding);
+        }
+        if framing_value(v) != b"chunked" {
+            return Err(Violation::UnsupportedEncoding);
+        }
+    }
+    Ok(())
+}
+
+/// Every CR must start a CRLF and every LF must end one.
+fn check_line_endings(head: &[u8]) -> Result<(), Violation> {
+    let mut prev = 0u8;
+    for (at, &b) in head.iter().enumerate() {
+        if prev == b'\r' && b != b'\n' {
+            return Err(Violation::BareCr { at: at - 1 });
+        }
+        if b == b'\n' && prev != b'\r' {
+            return Err(Violation::BareLf { at });
+        }
+        prev = b;
+    }
+    if prev == b'\r' {
+        return Err(Violation::BareCr { at: head.len() - 1 });
+    }
+    Ok(())
+}
+
+/// The value of a framing header as we accept it: after the colon, at most
+/// one space, then the value with nothing around it. The RFC allows any
+/// SP/HTAB there, but tabs and padding around `Transfer-Encoding` and
+/// `Content-Length` are classic smuggling probes and no real client sends
+/// them. Returns the bytes to compare; anything left over fails the
+/// comparison.
+fn framing_value(raw: &[u8]) -> &[u8] {
+    raw.strip_prefix(b" ").unwrap_or(raw)
+}
+
+/// `1*DIGIT`, at most [`MAX_CONTENT_LENGTH`]; no sign, spaces or lists.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    (n <= MAX_CONTENT_LENGTH).then_some(n)
+}
+
+/// RFC 9110 section 5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 1024,
+        max_headers: 8,
+    };
+
+    fn check(head: &str) -> Result<(), Violation> {
+        check_head(head.as_bytes(), Version::HTTP_11, LIMITS)
+    }
+
+    fn with_headers(lines: &[&str]) -> String {
+        let mut s = String::from("POST /x HTTP/1.1\r\nHost: a\r\n");
+        for l in lines {
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s
+    }
+
+    #[test]
+    fn plain_heads_pass() {
+        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(check("\r\nGET / HTTP/1.1\r\n\r\n"), Ok(()));
+        for ok in [
+            "Content-Length: 0",
+            "content-length: 42",
+            "Content-Length:7",
+            "Content-Length: 007",
+            "Content-Length: 9223372036854775807",
+            "Transfer-Encoding: chunked",
+            "TRANSFER-ENCODING:chunked",
+            "X-Tab: a\tb",
+            "X-Empty:",
+            "X-Obs-Text: caf\u{e9}",
+            "X-Odd-Name!#$%&'*+.^_`|~: v",
+        ] {
+            assert_eq!(check(&with_headers(&[ok])), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn framing_headers_are_exact() {
+        use Violation::*;
+        let cases: &[(&[&str], Violation)] = &[
+            (
+                &["Content-Length: 3", "Transfer-Encoding: chunked"],
+                LengthAndEncoding,
+            ),
+            (
+                &["Transfer-Encoding: chunked", "Content-Length: 3"],
+                LengthAndEncoding,
+            ),
+            (&["Content-Length: 3", "Content-Length: 3"], DuplicateLength),
+            (&["Content-Length: 3, 3"], InvalidLength),
+            (&["Content-Length: +3"], InvalidLength),
+            (&["Content-Length: -3"], InvalidLength),
+            (&["Content-Length: 1 2"], InvalidLength),
+            (&["Content-Length: "], InvalidLength),
+            (&["Content-Length:"], InvalidLength),
+            (&["Content-Length: 0x3"], InvalidLength),
+            (&["Content-Length:  3"], InvalidLength),
+            (&["Content-Length:\t3"], InvalidLength),
+            (&["Content-Length: 3 "], InvalidLength),
+            (&["Content-Length: 9223372036854775808"], InvalidLength),
+            (&["Content-Length: 99999999999999999999999"], InvalidLength),
+            (&["Transfer-Encoding: gzip, chunked"], UnsupportedEncoding),
+            (
+                &["Transfer-Encoding: chunked, identity"],
+                UnsupportedEncoding,
+            ),
+            (
+                &["Transfer-Encoding: chunked, chunked"],
+                UnsupportedEncoding,
+            ),
+            (&["Transfer-Encoding: xchunked"], UnsupportedEncoding),
+            (&["Transfer-Encoding: Chunked"], UnsupportedEncoding),
+            (&["Transfer-Encoding:\tchunked"], UnsupportedEncoding),
+            (&["Transfer-Encoding:  chunked"], UnsupportedEncoding),
+            (&["Transfer-Encoding: chunked "], UnsupportedEncoding),
+            (&["Transfer-Encoding: "], UnsupportedEncoding),
+            (
+                &["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+                DuplicateEncoding,
+            ),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(check(&with_headers(lines)), Err(want.clone()), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_needs_http_1_1() {
+        let head = with_headers(&["Transfer-Encoding: chunked"]);
+        assert_eq!(
+            check_head(head.as_bytes(), Version::HTTP_10, LIMITS),
+            Err(Violation::EncodingBeforeHttp11)
+        );
+    }
+
+    #[test]
+    fn line_syntax() {
+        use Violation::*;
+        let cases: &[(&str, Violation)] = &[
+            ("GET / HTTP/1.1\nHost: a\r\n\r\n", BareLf { at: 14 }),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\n", BareLf { at: 25 }),
+            ("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", BareCr { at: 23 }),
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n\r", BareCr { at: 27 }),
+            ("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", ObsFold { line: 3 }),
+            ("GET / HTTP/1.1\r\n\tHost: a\r\n\r\n", ObsFold { line: 2 }),
+            ("GET / HTTP/1.1\r\nHost\r\n\r\n", MissingColon { line: 2 }),
+            (
+                "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                SpaceBeforeColon { line: 2 },
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost\t: a\r\n\r\n",
+                SpaceBeforeColon { line: 2 },
+            ),
+            ("GET / HTTP/1.1\r\n: a\r\n\r\n", InvalidName { line: 2 }),
+            ("GET / HTTP/1.1\r\nX(Y): a\r\n\r\n", InvalidName { line: 2 }),
+            ("GET / HTTP/1.1\r\nX Y: a\r\n\r\n", InvalidName { line: 2 }),
+            (
+                "GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
+                ControlInValue { line: 2 },
+            ),
+            (
+                "GET / HTTP/1.1\r\nX: a\x01\r\n\r\n",
+                ControlInValue { line: 2 },
+            ),
+            (
+                "GET / HTTP/1.1\r\nX: \x0bchunked\r\n\r\n",
+                ControlInValue { line: 2 },
+            ),
+            (
+                "GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+                ControlInValue { line: 2 },
+            ),
+        ];
+        for (head, want) in cases {
+            assert_eq!(check(head), Err(want.clone()), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let base = "GET / HTTP/1.1\r\nX: \r\n\r\n";
+        let fill = LIMITS.max_bytes - base.len();
+        let exact = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(fill));
+        assert_eq!(exact.len(), LIMITS.max_bytes);
+        assert_eq!(check(&exact), Ok(()));
+        let over = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(fill + 1));
+        assert_eq!(
+            check(&over),
+            Err(Violation::HeadTooLarge {
+                len: LIMITS.max_bytes + 1,
+                max: LIMITS.max_bytes
+            })
+        );
+        assert_eq!(Violation::HeadTooLarge { len: 0, max: 0 }.status(), 431);
+
+        let names: Vec<String> = (0..LIMITS.max_headers)
+            .map(|i| format!("X{i}: v"))
+            .collect();
+        let mut lines: Vec<&str> = names.iter().map(String::as_str).collect();
+        // with_headers adds Host, so leave room for it.
+        lines.pop();
+        assert_eq!(check(&with_headers(&lines)), Ok(()));
+        lines.push("One-Too-Many: v");
+        assert_eq!(
+            check(&with_headers(&lines)),
+            Err(Violation::TooManyHeaders {
+                max: LIMITS.max_headers
+            })
+        );
+        assert_eq!(Violation::TooManyHeaders { max: 0 }.status(), 431);
+        assert_eq!(Violation::LengthAndEncoding.status(), 400);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(head in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = check_head(&head, Version::HTTP_11, LIMITS);
+        }
+
+        #[test]
+        fn well_formed_heads_pass(
+            fields in proptest::collection::vec(("[A-Za-z0-9-]{1,16}", "[ -~]{0,24}"), 0..7),
+        ) {
+            let mut head = String::from("GET /p HTTP/1.1\r\n");
+            for (name, value) in &fields {
+                // Framing headers have rules of their own, tested above.
+                let n = name.to_ascii_lowercase();
+                prop_assume!(n != "content-length" && n != "transfer-encoding");
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            prop_assert_eq!(check_head(head.as_bytes(), Version::HTTP_11, LIMITS), Ok(()));
+        }
+    }
+}
