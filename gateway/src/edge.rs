@@ -41,6 +41,10 @@ pub(crate) struct Edge {
     pub(crate) runtimes: Arc<Runtimes>,
     /// HTTP/1 request-head limits, fixed at start like the listener socket.
     pub(crate) head_limits: HeadLimits,
+    /// Largest request body accepted; `None` = unlimited.
+    pub(crate) max_body: Option<u64>,
+    /// Idle keep-alive lifetime of a client connection, whole seconds.
+    pub(crate) idle_secs: u64,
 }
 
 /// A response the proxy writes itself.
@@ -67,6 +71,8 @@ pub(crate) struct RequestCtx {
     pick_key: (Option<meshgate_config::SubsetSpec>, Option<u64>),
     reason: Option<&'static str>,
     status: u16,
+    /// Request body bytes seen so far (for `max_request_body_bytes`).
+    body_bytes: u64,
 }
 
 impl Drop for RequestCtx {
@@ -206,6 +212,7 @@ impl ProxyHttp for Edge {
             pick_key: (None, None),
             reason: None,
             status: 0,
+            body_bytes: 0,
         }
     }
 
@@ -217,7 +224,51 @@ impl ProxyHttp for Edge {
         framing::enforce(session, self.head_limits).inspect_err(|_| {
             // request_filter will not run; logging needs a snapshot.
             ctx.snap = Some(self.store.current());
-        })
+        })?;
+        // 0 would mean "forever" to pingora; a sub-second setting rounds up.
+        session.set_keepalive(Some(self.idle_secs.max(1)));
+        if let Some(max) = self.max_body {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                ctx.snap = Some(self.store.current());
+                ctx.reason = Some("body-too-large");
+                session.set_keepalive(None);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than max_request_body_bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Bodies without a declared length (chunked, HTTP/2) are counted as
+        // they stream.
+        let (Some(max), Some(chunk)) = (self.max_body, body.as_ref()) else {
+            return Ok(());
+        };
+        ctx.body_bytes = ctx.body_bytes.saturating_add(chunk.len() as u64);
+        if ctx.body_bytes > max {
+            ctx.reason = Some("body-too-large");
+            session.set_keepalive(None);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body larger than max_request_body_bytes",
+            ));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -749,6 +800,7 @@ fn classify(e: &Error) -> (u16, &'static str) {
             (*code, "upstream-status")
         }
         T::HTTPStatus(431) => (431, "header-too-large"),
+        T::HTTPStatus(413) => (413, "body-too-large"),
         T::HTTPStatus(code) if *code >= 400 => (*code, "bad-request"),
         T::InvalidHTTPHeader | T::H1Error | T::H2Error
             if e.esource() == &pingora::ErrorSource::Downstream =>

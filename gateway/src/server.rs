@@ -112,6 +112,8 @@ pub(crate) fn run(
             store: store.clone(),
             runtimes: runtimes.clone(),
             head_limits: HeadLimits::from(&l.limits),
+            max_body: l.limits.max_request_body_bytes,
+            idle_secs: l.limits.idle_timeout.as_secs_f64().ceil() as u64,
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
