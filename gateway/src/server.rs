@@ -14,6 +14,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use tracing_subscriber::EnvFilter;
 
+use crate::authn::Authn;
 use crate::edge::Edge;
 use crate::reload::Reloader;
 use crate::runtime::Runtimes;
@@ -94,6 +95,7 @@ pub(crate) fn run(
     server.bootstrap();
 
     let runtimes = Arc::new(Runtimes::default());
+    let authn = Arc::new(Authn::new(&snap));
     for l in &snap.listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         let edge = Edge {
@@ -101,6 +103,7 @@ pub(crate) fn run(
             scheme,
             store: store.clone(),
             runtimes: runtimes.clone(),
+            authn: authn.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
@@ -146,6 +149,10 @@ pub(crate) fn run(
     server.add_service(background_service(
         "config reload",
         Reloader::new(store.clone(), watch_ms),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        authn.refresher(store.clone()),
     ));
 
     for l in &snap.listeners {
