@@ -502,20 +502,20 @@ impl Cx<'_, '_> {
         } else {
             None
         };
-        if let Some(t) = &token {
-            if t.len() < 16 {
-                let span = a
-                    .token
-                    .as_ref()
-                    .or(a.token_file.as_ref())
-                    .or(a.token_env.as_ref())
-                    .map_or(raw.span(), |s| s.span());
-                self.hint(
-                    span,
-                    "the admin token is shorter than 16 characters",
-                    "use a long random token, e.g. `openssl rand -hex 32`",
-                );
-            }
+        if let Some(t) = &token
+            && t.len() < 16
+        {
+            let span = a
+                .token
+                .as_ref()
+                .or(a.token_file.as_ref())
+                .or(a.token_env.as_ref())
+                .map_or(raw.span(), |s| s.span());
+            self.hint(
+                span,
+                "the admin token is shorter than 16 characters",
+                "use a long random token, e.g. `openssl rand -hex 32`",
+            );
         }
         if !address.ip().is_loopback() && token.is_none() {
             let span = a.address.as_ref().map_or(raw.span(), |s| s.span());
@@ -811,20 +811,20 @@ impl Cx<'_, '_> {
                 );
             }
         }
-        if let Some((mesh, raw_mesh)) = mesh {
-            if clash(admin.address, mesh.control_plane_address) {
-                let span = raw_admin
-                    .and_then(|a| a.get_ref().address.as_ref().map(|x| x.span()))
-                    .unwrap_or_else(|| raw_mesh.span());
-                self.hint(
-                    span,
-                    format!(
-                        "the admin API and the mesh control plane both use {}",
-                        admin.address
-                    ),
-                    "give [admin] address and [mesh] control_plane_address different ports",
-                );
-            }
+        if let Some((mesh, raw_mesh)) = mesh
+            && clash(admin.address, mesh.control_plane_address)
+        {
+            let span = raw_admin
+                .and_then(|a| a.get_ref().address.as_ref().map(|x| x.span()))
+                .unwrap_or_else(|| raw_mesh.span());
+            self.hint(
+                span,
+                format!(
+                    "the admin API and the mesh control plane both use {}",
+                    admin.address
+                ),
+                "give [admin] address and [mesh] control_plane_address different ports",
+            );
         }
     }
 
@@ -850,10 +850,10 @@ impl Cx<'_, '_> {
             let mut algorithms = Vec::new();
             let names: Vec<(&str, JwtAlgorithm)> = JwtAlgorithm::ALL.to_vec();
             for a in r.algorithms.get_ref() {
-                if let Some(alg) = self.word(a, "algorithms", &names) {
-                    if !algorithms.contains(&alg) {
-                        algorithms.push(alg);
-                    }
+                if let Some(alg) = self.word(a, "algorithms", &names)
+                    && !algorithms.contains(&alg)
+                {
+                    algorithms.push(alg);
                 }
             }
             if r.algorithms.get_ref().is_empty() {
@@ -1496,10 +1496,10 @@ impl Cx<'_, '_> {
                 )
                 .unwrap_or(MeshMode::Strict);
         }
-        if let Some(a) = &r.control_plane_address {
-            if let Some(addr) = self.addr(a, "control_plane_address") {
-                spec.control_plane_address = addr;
-            }
+        if let Some(a) = &r.control_plane_address
+            && let Some(addr) = self.addr(a, "control_plane_address")
+        {
+            spec.control_plane_address = addr;
         }
         if let Some(d) = &r.state_dir {
             spec.state_dir = self.resolve(d);
@@ -1519,11 +1519,11 @@ impl Cx<'_, '_> {
                 "set both to use your own CA, or neither to have meshgate generate one",
             ),
         }
-        if let Some(f) = &r.join_token_file {
-            if let Some(p) = self.readable(f, "join_token_file") {
-                let token = std::fs::read_to_string(p).unwrap_or_default();
-                spec.join_token = Some(Secret::new(token.trim().to_owned()));
-            }
+        if let Some(f) = &r.join_token_file
+            && let Some(p) = self.readable(f, "join_token_file")
+        {
+            let token = std::fs::read_to_string(p).unwrap_or_default();
+            spec.join_token = Some(Secret::new(token.trim().to_owned()));
         }
         spec
     }
@@ -1697,14 +1697,14 @@ impl Cx<'_, '_> {
                 )
             });
             let retry = r.retry.as_ref().and_then(|x| self.retry(x)).map(Arc::new);
-            if let (Some(retry), Some(t), Some(total)) = (&retry, &r.timeout, timeout) {
-                if retry.per_try_timeout.is_some_and(|p| p > total) {
-                    self.hint(
-                        t.span(),
-                        "`retry.per_try_timeout` is longer than the route's `timeout`",
-                        "the overall timeout bounds every try; make per_try_timeout shorter",
-                    );
-                }
+            if let (Some(retry), Some(t), Some(total)) = (&retry, &r.timeout, timeout)
+                && retry.per_try_timeout.is_some_and(|p| p > total)
+            {
+                self.hint(
+                    t.span(),
+                    "`retry.per_try_timeout` is longer than the route's `timeout`",
+                    "the overall timeout bounds every try; make per_try_timeout shorter",
+                );
             }
             let auth = r.auth.as_ref().and_then(|a| self.auth(a, &provider_names));
             let request_headers = r
@@ -1803,10 +1803,10 @@ impl Cx<'_, '_> {
         } else if let Some(p) = &r.path_prefix {
             self.path_syntax(p, "path_prefix");
             m.path = PathMatch::Prefix(p.get_ref().clone());
-        } else if let Some(p) = &r.path_regex {
-            if let Some(re) = self.regex(p, "path_regex") {
-                m.path = PathMatch::Regex(re);
-            }
+        } else if let Some(p) = &r.path_regex
+            && let Some(re) = self.regex(p, "path_regex")
+        {
+            m.path = PathMatch::Regex(re);
         }
         for meth in r.methods.iter().flatten() {
             let text = meth.get_ref().trim();
@@ -1821,10 +1821,10 @@ impl Cx<'_, '_> {
             }
         }
         for h in &r.headers {
-            if let Some(name) = self.header_name(&h.get_ref().name, "match.headers") {
-                if let Some(value) = self.value_match(h) {
-                    m.headers.push(HeaderMatch { name, value });
-                }
+            if let Some(name) = self.header_name(&h.get_ref().name, "match.headers")
+                && let Some(value) = self.value_match(h)
+            {
+                m.headers.push(HeaderMatch { name, value });
             }
         }
         for q in &r.query {

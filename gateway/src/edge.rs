@@ -45,6 +45,7 @@ pub(crate) struct Edge {
     pub(crate) max_body: Option<u64>,
     /// Idle keep-alive lifetime of a client connection, whole seconds.
     pub(crate) idle_secs: u64,
+    pub(crate) authn: Arc<crate::authn::Authn>,
 }
 
 /// A response the proxy writes itself.
@@ -73,6 +74,8 @@ pub(crate) struct RequestCtx {
     status: u16,
     /// Request body bytes seen so far (for `max_request_body_bytes`).
     body_bytes: u64,
+    /// Verified JWT claims, on routes with `auth`.
+    claims: Option<Arc<serde_json::Value>>,
 }
 
 impl Drop for RequestCtx {
@@ -174,7 +177,12 @@ impl Edge {
     }
 }
 
-fn request_key(key: &RequestKey, req: &RequestHeader, client: Option<String>) -> Option<Vec<u8>> {
+fn request_key(
+    key: &RequestKey,
+    req: &RequestHeader,
+    client: Option<String>,
+    claims: Option<&serde_json::Value>,
+) -> Option<Vec<u8>> {
     match key {
         RequestKey::Header(h) => req.headers.get(h).map(|v| v.as_bytes().to_vec()),
         RequestKey::Cookie(name) => req
@@ -188,9 +196,11 @@ fn request_key(key: &RequestKey, req: &RequestHeader, client: Option<String>) ->
                 (k == name).then(|| v.as_bytes().to_vec())
             }),
         RequestKey::SourceIp => client.map(String::into_bytes),
-        // Claims arrive with JWT authentication; until a route authenticates
-        // there is no verified claim to be sticky on.
-        RequestKey::Claim(_) => None,
+        // Only verified claims: a route without `auth` has none.
+        RequestKey::Claim(name) => claims
+            .and_then(|c| meshgate_policy::authz::claim_at(c, name))
+            .filter(|v| !v.is_null())
+            .map(|v| meshgate_policy::authz::claim_as_header_text(v).into_bytes()),
     }
 }
 
@@ -213,6 +223,7 @@ impl ProxyHttp for Edge {
             reason: None,
             status: 0,
             body_bytes: 0,
+            claims: None,
         }
     }
 
@@ -304,6 +315,22 @@ impl ProxyHttp for Edge {
         };
         ctx.route = Some(ri);
         let route = &listener.routes.routes()[ri];
+        if let Some(auth) = &route.auth {
+            match self.authn.check(&snap, auth, req).await {
+                Ok(claims) => ctx.claims = Some(claims),
+                Err(denied) => {
+                    let body = Bytes::from(format!("{} {}\n", denied.status, denied.reason));
+                    let local = Local {
+                        status: denied.status,
+                        reason: Some(denied.reason),
+                        content_type: "text/plain; charset=utf-8",
+                        body,
+                        extra: vec![("www-authenticate", denied.challenge)],
+                    };
+                    return self.local_response(session, ctx, local).await;
+                }
+            }
+        }
         match &route.action {
             Action::StatusPage => {
                 let body = Bytes::from(status_page::render(&snap));
@@ -352,6 +379,9 @@ impl ProxyHttp for Edge {
                 .await
             }
             Action::Forward { service, .. } => {
+                if let (Some(auth), Some(claims)) = (&route.auth, &ctx.claims) {
+                    crate::authn::prepare_upstream(session.req_header_mut(), &snap, auth, claims)?;
+                }
                 let Some(svc) = snap.service(service).cloned() else {
                     return self
                         .proxy_error(session, ctx, 503, "no-healthy-endpoint")
@@ -362,11 +392,12 @@ impl ProxyHttp for Edge {
                     None => a.to_string(),
                 });
                 let req = session.req_header();
+                let claims = ctx.claims.as_deref();
                 let subset = svc.split.as_ref().and_then(|sp| {
                     let sticky = sp
                         .sticky
                         .as_ref()
-                        .and_then(|k| request_key(k, req, client.clone()));
+                        .and_then(|k| request_key(k, req, client.clone(), claims));
                     let forced = sp
                         .override_header
                         .as_ref()
@@ -383,7 +414,7 @@ impl ProxyHttp for Edge {
                 let hash = svc
                     .hash_on
                     .as_ref()
-                    .and_then(|k| request_key(k, req, client.clone()))
+                    .and_then(|k| request_key(k, req, client.clone(), claims))
                     .map(|b| stable_hash(&b));
                 let now = Instant::now();
                 let state = self.runtimes.service(&snap, &svc);

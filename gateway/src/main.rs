@@ -5,6 +5,7 @@
 //! server (`run`). Decisions live in `meshgate-policy`, the schema in
 //! `meshgate-config`; this crate adapts them to pingora's request phases.
 
+mod authn;
 mod check;
 mod edge;
 mod framing;

@@ -69,10 +69,10 @@ impl ServiceState {
             .copied()
             .filter(|e| !matches!(e.outlier.health(now), Health::Ejected { .. }))
             .collect();
-        if usable.len() > 1 {
-            if let Some(a) = avoid {
-                usable.retain(|e| e.spec.address != a);
-            }
+        if usable.len() > 1
+            && let Some(a) = avoid
+        {
+            usable.retain(|e| e.spec.address != a);
         }
         // A half-open endpoint admits one probe; when another request holds
         // it, drop the endpoint and pick again.

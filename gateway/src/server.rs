@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use pingora::server::ExecutionPhase;
 
+use crate::authn::Authn;
 use crate::edge::{Edge, IN_FLIGHT};
 use crate::framing::HeadLimits;
 use crate::reload::Reloader;
@@ -104,6 +105,7 @@ pub(crate) fn run(
 
     let runtimes = Arc::new(Runtimes::default());
     let mut certs = HashMap::new();
+    let authn = Arc::new(Authn::new(&snap));
     for l in &snap.listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         let edge = Edge {
@@ -114,6 +116,7 @@ pub(crate) fn run(
             head_limits: HeadLimits::from(&l.limits),
             max_body: l.limits.max_request_body_bytes,
             idle_secs: l.limits.idle_timeout.as_secs_f64().ceil() as u64,
+            authn: authn.clone(),
         };
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
@@ -144,6 +147,10 @@ pub(crate) fn run(
     server.add_service(background_service(
         "config reload",
         Reloader::new(store.clone(), watch_ms, certs),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        authn.refresher(store.clone()),
     ));
 
     for l in &snap.listeners {

@@ -311,11 +311,11 @@ impl Redirect {
             .rewrite_path(matcher, req.path)
             .unwrap_or_else(|| req.path.to_owned());
         let mut out = format!("{scheme}://{host}{path}");
-        if let (false, Some(q)) = (self.strip_query, req.query) {
-            if !q.is_empty() {
-                out.push('?');
-                out.push_str(q);
-            }
+        if let (false, Some(q)) = (self.strip_query, req.query)
+            && !q.is_empty()
+        {
+            out.push('?');
+            out.push_str(q);
         }
         out
     }

@@ -219,7 +219,18 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `meshgate run --config FILE` and waits until `ready` accepts.
     pub fn start(config: &Path, ready: SocketAddr) -> Result<Gateway> {
+        Gateway::start_with_env(config, ready, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables (for
+    /// example `SSL_CERT_FILE`, to trust a test CA).
+    pub fn start_with_env(
+        config: &Path,
+        ready: SocketAddr,
+        env: &[(&str, &Path)],
+    ) -> Result<Gateway> {
         let mut cmd = Command::new(bin("meshgate"));
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -340,9 +351,12 @@ pub fn tempdir() -> Result<PathBuf> {
 /// A real HTTP/1.1 origin server: Python's standard-library
 /// `ThreadingHTTPServer`, answering every GET/POST with a body naming
 /// itself and echoing the request path and selected headers as response
-/// headers. It reads request bodies framed by `Content-Length` or chunked,
-/// and logs every request it answers (see [`Origin::requests`]). Bound to a
-/// port the OS picked; the port is read back from its first output line.
+/// headers (`x-seen-host`, `x-seen-xff`, `x-seen-added`), plus every
+/// request header as a JSON object of lower-cased name to list of values
+/// in `x-seen-headers` (see [`seen_headers`]). It reads request bodies
+/// framed by `Content-Length` or chunked, and logs every request it
+/// answers (see [`Origin::requests`]). Bound to a port the OS picked;
+/// the port is read back from its first output line.
 #[derive(Debug)]
 pub struct Origin {
     /// The process.
@@ -352,7 +366,7 @@ pub struct Origin {
 }
 
 const ORIGIN_PY: &str = r#"
-import http.server, sys, threading
+import http.server, json, sys, threading
 name = sys.argv[1]
 log_lock = threading.Lock()
 class H(http.server.BaseHTTPRequestHandler):
@@ -389,6 +403,10 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("x-seen-host", self.headers.get("host") or "")
         self.send_header("x-seen-xff", self.headers.get("x-forwarded-for") or "")
         self.send_header("x-seen-added", self.headers.get("x-added") or "")
+        seen = {}
+        for k, v in self.headers.items():
+            seen.setdefault(k.lower(), []).append(v)
+        self.send_header("x-seen-headers", json.dumps(seen, sort_keys=True))
         self.end_headers()
         self.wfile.write(body)
     do_GET = _answer
@@ -440,4 +458,85 @@ impl Origin {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// The request headers an [`Origin`] saw, from its `x-seen-headers`
+/// response header: lower-cased name to the values received.
+pub fn seen_headers(r: &CurlResponse) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let text = r
+        .header("x-seen-headers")
+        .context("the response has no x-seen-headers (did it come from an Origin?)")?;
+    Ok(serde_json::from_str(text)?)
+}
+
+const FILE_SERVER_PY: &str = r#"
+import functools, http.server, ssl, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+handler.func.log_message = lambda *a: None
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+if len(sys.argv) > 3:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// A static file server (Python's `http.server`) over a directory, for
+/// documents the gateway fetches, such as a JWKS; plain HTTP, or HTTPS
+/// with [`FileServer::start_tls`]. Rewrite the files to change what it
+/// serves; drop it (or `stop`) to take it down.
+#[derive(Debug)]
+pub struct FileServer {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl FileServer {
+    /// Serves `dir` on a loopback port the OS picked.
+    pub fn start(dir: &Path) -> Result<FileServer> {
+        FileServer::spawn(dir, None)
+    }
+
+    /// Serves `dir` over HTTPS with the PEM certificate chain `cert` and
+    /// its key `key`.
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Result<FileServer> {
+        FileServer::spawn(dir, Some((cert, key)))
+    }
+
+    fn spawn(dir: &Path, tls: Option<(&Path, &Path)>) -> Result<FileServer> {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-u", "-c", FILE_SERVER_PY]).arg(dir);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let proc = Proc::spawn(cmd)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], read_port(&proc)?));
+        wait_for_port(addr)?;
+        Ok(FileServer { proc, addr })
+    }
+
+    /// Stops serving: the process is killed and reaped, so the port
+    /// refuses connections once this returns.
+    pub fn stop(self) {}
+}
+
+fn read_port(proc: &Proc) -> Result<u16> {
+    let mut port = 0u16;
+    wait_for(
+        Duration::from_secs(10),
+        "the server to print its port",
+        || {
+            port = proc
+                .stdout()
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            port != 0
+        },
+    )?;
+    Ok(port)
 }

@@ -227,21 +227,18 @@ circuit_breaker = {{ max_requests = 1 }}
         c
     })
     .expect("curl");
-    // The slow request holds the only permit while it is in flight; poll
-    // until a request arrives while it does.
-    let mut refused = None;
-    wait_for(Duration::from_secs(3), "a refused request", || {
-        let r = get(&format!("{base}/svc"));
-        let hit = r.status == 503;
-        if hit {
-            refused = Some(r);
-        }
-        hit
-    })
-    .expect("limit enforced");
-    let r = refused.expect("refused response");
+    // Once the origin has the slow request, it holds the only permit.
+    let started = format!("http://{}/count/slow-started", o.addr);
+    wait_for(
+        Duration::from_secs(20),
+        "the slow request to arrive",
+        || get(&started).body == "1",
+    )
+    .expect("slow request in flight");
+    let r = get(&format!("{base}/svc"));
+    assert_eq!(r.status, 503);
     assert_eq!(r.header("x-meshgate-reason"), Some("circuit-open"));
-    slow.wait_exit(Duration::from_secs(10))
+    slow.wait_exit(Duration::from_secs(20))
         .expect("slow request ends");
     assert_eq!(slow.stdout(), "200");
     assert_eq!(get(&format!("{base}/svc")).status, 200, "permit released");
