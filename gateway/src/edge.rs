@@ -311,7 +311,7 @@ impl ProxyHttp for Edge {
                 "no upstream chosen",
             ));
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = crate::upstream::peer(addr, svc);
         peer.options.connection_timeout = Some(svc.connect_timeout);
         peer.options.idle_timeout = Some(svc.idle_timeout);
         if let Some(t) = ctx

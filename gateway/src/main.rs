@@ -11,6 +11,7 @@ mod reload;
 mod runtime;
 mod server;
 mod status_page;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
