@@ -350,12 +350,18 @@ impl ProxyHttp for Edge {
                     Some(q) => format!("{new_path}?{q}"),
                     None => new_path,
                 };
-                let uri: http::Uri = pq.parse().map_err(|_| {
+                // Keep the scheme and authority: an HTTP/2 request carries
+                // its authority only in the URI, and pingora needs it for
+                // the upstream `:authority` when it speaks HTTP/2 upstream.
+                let invalid = || {
                     Error::explain(
                         ErrorType::InternalError,
                         "rewritten path is not a valid URI",
                     )
-                })?;
+                };
+                let mut parts = upstream.uri.clone().into_parts();
+                parts.path_and_query = Some(pq.parse().map_err(|_| invalid())?);
+                let uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
                 upstream.set_uri(uri);
             }
             if let Some(h) = &rewrite.host {
