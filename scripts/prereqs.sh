@@ -2,20 +2,34 @@
 # Installs what meshgate needs on a Debian machine that has only the Rust
 # toolchain, gcc and python3.
 #   prereqs.sh build   build prerequisites (cmake for pingora's zlib-ng)
-#   prereqs.sh test    build prerequisites + the real clients the tests use
+#   prereqs.sh test    build prerequisites + the real clients the tests use:
+#                      curl, nghttp/h2load, openssl (test certificates) and
+#                      the Python packages grpcio and websockets
 # As root it installs with apt-get; otherwise it prints the exact command.
 set -euo pipefail
 
 mode="${1:-build}"
 # command:package pairs
 needs=(cmake:cmake)
+# Python modules the tests import, and the pip requirements that provide them
+# (websockets 13 brought the `websockets.asyncio` API the helpers use).
+py_modules="grpc, websockets.asyncio.client"
+py_requirements=(grpcio "websockets>=13")
+need_py=0
 if [[ "$mode" == "test" ]]; then
     needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl)
+    if ! python3 -c "import ${py_modules}" >/dev/null 2>&1; then
+        need_py=1
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            needs+=(:python3-pip)
+        fi
+    fi
 fi
 
 missing=()
 for pair in "${needs[@]}"; do
-    if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+    cmd="${pair%%:*}"
+    if [[ -z "$cmd" ]] || ! command -v "$cmd" >/dev/null 2>&1; then
         missing+=("${pair#*:}")
     fi
 done
@@ -24,17 +38,29 @@ if ((${#missing[@]} > 0)); then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
-if ((${#missing[@]} == 0)); then
-    exit 0
+if ((${#missing[@]} > 0)); then
+    if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "error: missing packages: ${missing[*]}" >&2
+        echo "install them with:  sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
 fi
 
-if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-    echo "error: missing packages: ${missing[*]}" >&2
-    echo "install them with:  sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
+if ((need_py)); then
+    echo "installing Python packages: ${py_requirements[*]}"
+    pip=(python3 -m pip install --quiet --disable-pip-version-check)
+    # A distribution's own python3 refuses pip installs outside a virtual
+    # environment (PEP 668); the test machine's is ours to change.
+    if ! "${pip[@]}" "${py_requirements[@]}" 2>/dev/null; then
+        "${pip[@]}" --break-system-packages "${py_requirements[@]}"
+    fi
+    if ! python3 -c "import ${py_modules}"; then
+        echo "error: python3 still cannot import ${py_modules}" >&2
+        exit 1
+    fi
 fi

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use meshgate_config::{ConfigStore, RequestKey, ServiceSpec, Snapshot, UpstreamProtocol};
+use meshgate_config::{
+    ConfigStore, RequestKey, ServiceSpec, Snapshot, UpstreamProtocol, UpstreamTls,
+};
 use meshgate_policy::deadline::Deadline;
 use meshgate_policy::random::stable_hash;
 use meshgate_policy::retry::{Outcome, RetryPolicy, is_idempotent};
@@ -416,6 +418,13 @@ impl ProxyHttp for Edge {
                     .as_ref()
                     .and_then(|k| request_key(k, req, client.clone(), claims))
                     .map(|b| stable_hash(&b));
+                if svc.tls == UpstreamTls::Mesh {
+                    // Mesh mTLS is not built yet: fail closed rather than
+                    // send mesh traffic in plaintext.
+                    return self
+                        .proxy_error(session, ctx, 502, "mesh-tls-unavailable")
+                        .await;
+                }
                 let now = Instant::now();
                 let state = self.runtimes.service(&snap, &svc);
                 state.budget.deposit(now);
@@ -492,7 +501,7 @@ impl ProxyHttp for Edge {
         ctx.upstream = Some(addr);
         let per_try = ctx.retry_policy().and_then(|p| p.per_try_timeout);
         let try_timeout = ctx.flight.deadline.try_timeout(now, per_try);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = crate::upstream::peer(addr, &svc);
         peer.options.connection_timeout = Some(match try_timeout {
             Some(t) => t.min(svc.connect_timeout),
             None => svc.connect_timeout,
@@ -645,12 +654,18 @@ impl ProxyHttp for Edge {
                     Some(q) => format!("{new_path}?{q}"),
                     None => new_path,
                 };
-                let uri: http::Uri = pq.parse().map_err(|_| {
+                // Keep the scheme and authority: an HTTP/2 request carries
+                // its authority only in the URI, and pingora needs it for
+                // the upstream `:authority` when it speaks HTTP/2 upstream.
+                let invalid = || {
                     Error::explain(
                         ErrorType::InternalError,
                         "rewritten path is not a valid URI",
                     )
-                })?;
+                };
+                let mut parts = upstream.uri.clone().into_parts();
+                parts.path_and_query = Some(pq.parse().map_err(|_| invalid())?);
+                let uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
                 upstream.set_uri(uri);
             }
             if let Some(h) = &rewrite.host {
@@ -817,6 +832,9 @@ fn classify(e: &Error) -> (u16, &'static str) {
     use pingora::ErrorType as T;
     match e.etype() {
         T::ConnectTimedout => (504, "upstream-connect-timeout"),
+        T::TLSHandshakeFailure | T::TLSHandshakeTimedout | T::InvalidCert | T::HandshakeError => {
+            (502, "upstream-tls-failure")
+        }
         T::ConnectRefused | T::ConnectNoRoute | T::ConnectError | T::SocketError | T::BindError => {
             (502, "upstream-connect-failure")
         }

@@ -15,6 +15,7 @@ mod runtime;
 mod server;
 mod status_page;
 mod tls;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

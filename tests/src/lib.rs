@@ -219,7 +219,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `meshgate run --config FILE` and waits until `ready` accepts.
     pub fn start(config: &Path, ready: SocketAddr) -> Result<Gateway> {
-        Gateway::start_with_env(config, ready, &[])
+        Gateway::start_with(config, ready, |_| {})
     }
 
     /// Like [`Gateway::start`], with extra environment variables (for
@@ -229,8 +229,20 @@ impl Gateway {
         ready: SocketAddr,
         env: &[(&str, &Path)],
     ) -> Result<Gateway> {
+        Gateway::start_with(config, ready, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// Like [`Gateway::start`], letting `configure` adjust the command
+    /// first (environment variables such as `SSL_CERT_FILE`).
+    pub fn start_with(
+        config: &Path,
+        ready: SocketAddr,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Gateway> {
         let mut cmd = Command::new(bin("meshgate"));
-        cmd.envs(env.iter().copied());
+        configure(&mut cmd);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -539,4 +551,54 @@ fn read_port(proc: &Proc) -> Result<u16> {
         },
     )?;
     Ok(port)
+}
+
+/// Path of a helper script in `tests/py/`.
+pub fn py_script(name: &str) -> PathBuf {
+    workspace().join("tests").join("py").join(name)
+}
+
+/// A test server from `tests/py/` (gRPC, WebSocket, streaming origins):
+/// it binds port 0 and prints the port as its first line of output.
+#[derive(Debug)]
+pub struct PyServer {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl PyServer {
+    /// Runs `python3 -u tests/py/SCRIPT ARGS...` and waits until the port it
+    /// printed accepts connections.
+    pub fn start(script: &str, args: &[&str]) -> Result<PyServer> {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u").arg(py_script(script)).args(args);
+        let mut proc = Proc::spawn(cmd)?;
+        let mut port = 0u16;
+        let printed = wait_for(
+            Duration::from_secs(20),
+            &format!("{script} to print its port"),
+            || {
+                port = proc
+                    .stdout()
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0);
+                port != 0 || !proc.running()
+            },
+        );
+        if let Err(e) = printed.and_then(|()| {
+            if port == 0 {
+                bail!("{script} exited before printing its port");
+            }
+            Ok(())
+        }) {
+            bail!("{e}\nstderr:\n{}", proc.stderr());
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr)?;
+        Ok(PyServer { proc, addr })
+    }
 }

@@ -278,3 +278,29 @@ outlier_detection = {{ consecutive_failures = 0 }}
         "the retry after the per-try timeout succeeds: {r:?}"
     );
 }
+
+#[test]
+fn mesh_services_fail_closed_until_mesh_tls_exists() {
+    let o = scripted("a");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+tls = "mesh"
+endpoints = [{{ address = "{}" }}]
+"#,
+        o.addr
+    ));
+    let r = get(&format!("{base}/svc"));
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-meshgate-reason"), Some("mesh-tls-unavailable"));
+    assert_eq!(
+        get(&format!("http://{}/count/svc", o.addr)).body,
+        "0",
+        "nothing sent in plaintext"
+    );
+}

@@ -1,0 +1,101 @@
+//! How the gateway talks to one upstream endpoint: the pingora `HttpPeer`
+//! built from a service's `protocol` and `tls` settings.
+//!
+//! This module decides the wire protocol and transport security only;
+//! which endpoint to use is the balancer's decision, and timeouts come from
+//! the route and service (set by the caller).
+
+use std::net::SocketAddr;
+
+use meshgate_config::{ServiceSpec, UpstreamProtocol, UpstreamTls};
+use pingora::upstreams::peer::HttpPeer;
+
+/// Streams one pooled HTTP/2 connection may carry at once. pingora's
+/// default is 1, which would open a connection per concurrent request and
+/// defeat multiplexing; 100 is the smallest limit RFC 9113 recommends a
+/// server allow, so servers commonly accept it. The server's own
+/// SETTINGS_MAX_CONCURRENT_STREAMS still applies when it is lower.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// The peer for `addr`, an endpoint of `svc`.
+///
+/// - `protocol = "http2"` with `tls = "none"` speaks HTTP/2 with prior
+///   knowledge (h2c): plaintext has no ALPN to negotiate with, so the
+///   config is trusted, as gRPC deployments expect.
+/// - `tls = "tls"` is server-authenticated TLS, verified against the
+///   system roots (which honour `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+///   Endpoints are IP addresses, so the name sent and verified is the IP:
+///   the certificate must carry it as an IP subject-alternative name.
+///   With `protocol = "http2"` only `h2` is offered in ALPN; a server that
+///   selects no protocol is spoken to in HTTP/1.1 (pingora's fallback).
+/// - `tls = "mesh"` (mTLS with SPIFFE identities) is not built yet; the
+///   request path refuses such services (502 `mesh-tls-unavailable`)
+///   before a peer is built, so they are never reached in plaintext.
+pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec) -> HttpPeer {
+    let mut peer = match svc.tls {
+        UpstreamTls::Tls => HttpPeer::new(addr, true, addr.ip().to_string()),
+        UpstreamTls::None | UpstreamTls::Mesh => HttpPeer::new(addr, false, String::new()),
+    };
+    match svc.protocol {
+        UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
+        UpstreamProtocol::Http2 => {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pingora::upstreams::peer::{ALPN, Peer};
+
+    use super::*;
+
+    fn service(protocol: &str, tls: &str) -> ServiceSpec {
+        let text = format!(
+            "[[service]]\nname = \"s\"\nprotocol = \"{protocol}\"\ntls = \"{tls}\"\n\
+             endpoints = [{{ address = \"127.0.0.1:9000\" }}]\n"
+        );
+        let snap = meshgate_config::load_str(&text, "test.toml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        snap.service("s").expect("service s").as_ref().clone()
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9000))
+    }
+
+    #[test]
+    fn plaintext_http2_is_prior_knowledge_h2c() {
+        let p = peer(addr(), &service("http2", "none"));
+        assert!(!p.tls());
+        assert_eq!(p.options.alpn, ALPN::H2);
+        assert_eq!(
+            p.options.alpn.get_min_http_version(),
+            2,
+            "no HTTP/1.1 fallback"
+        );
+        assert!(p.options.max_h2_streams > 1, "streams share a connection");
+    }
+
+    #[test]
+    fn tls_http2_offers_only_h2_and_verifies_the_endpoint_ip() {
+        let p = peer(addr(), &service("http2", "tls"));
+        assert!(p.tls());
+        assert_eq!(p.sni(), "127.0.0.1");
+        assert!(p.options.verify_cert && p.options.verify_hostname);
+        assert_eq!(p.options.alpn, ALPN::H2);
+    }
+
+    #[test]
+    fn http1_stays_http1_with_or_without_tls() {
+        for tls in ["none", "tls"] {
+            let p = peer(addr(), &service("http1", tls));
+            assert_eq!(p.options.alpn, ALPN::H1, "{tls}");
+            assert_eq!(p.tls(), tls == "tls");
+        }
+    }
+}
