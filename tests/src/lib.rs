@@ -439,21 +439,7 @@ impl Origin {
         let mut cmd = Command::new("python3");
         cmd.args(["-u", "-c", ORIGIN_PY, name]);
         let proc = Proc::spawn(cmd)?;
-        let mut port = 0u16;
-        wait_for(
-            Duration::from_secs(10),
-            "the origin to print its port",
-            || {
-                port = proc
-                    .stdout()
-                    .lines()
-                    .next()
-                    .and_then(|l| l.trim().parse().ok())
-                    .unwrap_or(0);
-                port != 0
-            },
-        )?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], read_port(&proc)?));
         wait_for_port(addr)?;
         Ok(Origin { proc, addr })
     }
@@ -535,7 +521,9 @@ impl FileServer {
     pub fn stop(self) {}
 }
 
-fn read_port(proc: &Proc) -> Result<u16> {
+/// Waits for a server that bound port 0 to print its port as its first
+/// line of output, and returns it.
+pub fn read_port(proc: &Proc) -> Result<u16> {
     let mut port = 0u16;
     wait_for(
         Duration::from_secs(10),

@@ -4,9 +4,8 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::{Proc, wait_for, wait_for_port};
+use crate::{Proc, read_port, wait_for_port};
 
 /// Paths: `/flaky/N/KEY` fails with 503 the first N times per KEY;
 /// `/slow/MS` answers after MS milliseconds (counted as `slow-started`
@@ -85,17 +84,7 @@ pub fn scripted(name: &str) -> Scripted {
     let mut cmd = Command::new("python3");
     cmd.args(["-u", "-c", SCRIPT, name]);
     let proc = Proc::spawn(cmd).expect("python3 origin");
-    let mut port = 0u16;
-    wait_for(Duration::from_secs(10), "origin port", || {
-        port = proc
-            .stdout()
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        port != 0
-    })
-    .expect("origin starts");
+    let port = read_port(&proc).expect("origin starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_port(addr).expect("origin listens");
     Scripted { proc, addr }
