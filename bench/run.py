@@ -103,14 +103,17 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--keep-workdir", action="store_true", help="keep the generated configs and logs")
     ap.add_argument("--report-only", action="store_true",
-                    help="measure nothing: rewrite latest.md from the existing latest.json")
+                    help="measure nothing: rewrite latest.md (quick.md, full.md) from the JSON files")
     args = ap.parse_args()
     if args.report_only:
-        json_path = os.path.join(args.out, "latest.json")
-        with open(json_path) as f:
-            doc = json.load(f)
-        with open(os.path.join(args.out, "latest.md"), "w") as f:
-            f.write(report.markdown(doc["header"], doc["rows"]))
+        for base in ("latest", "quick", "full"):
+            json_path = os.path.join(args.out, f"{base}.json")
+            if not os.path.exists(json_path):
+                continue
+            with open(json_path) as f:
+                doc = json.load(f)
+            with open(os.path.join(args.out, f"{base}.md"), "w") as f:
+                f.write(report.markdown(doc["header"], doc["rows"]))
         return
 
     plan = dataclasses.replace(QUICK if args.quick else FULL)

@@ -275,7 +275,9 @@ def markdown(header, rows):
     out.append(
         f"Idle right after start; then with {p['idle_conns']} idle keep-alive connections (one request "
         "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count. "
-        "Under load: the peak during the pinned HTTP/1.1 wrk run.\n"
+        "Under load: the peak during the first HTTP/1.1 wrk run; it comes after the idle-connection "
+        "checks, and memory freed after those is not necessarily returned to the system, so read it as "
+        "the high-water mark of the round.\n"
     )
     body = []
     for t in SHOWN:
