@@ -224,8 +224,19 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     log(f"round {rnd + 1}/{plan.rounds}: starting origin and {', '.join(t.name for t in order)}")
     ctx.origin.start(ctx)
     try:
+        started = []
         for t in order:
-            t.start(ctx)
+            try:
+                t.start(ctx)
+                started.append(t)
+            except RuntimeError as e:
+                # One target that cannot start (a port taken in the meantime,
+                # a bad build) costs its rows in this round, not the run.
+                t.stop()
+                rows.append(scenarios.row(scenario="start", proto="none", mode="idle", target=t.name,
+                                          round=rnd, status=f"failed: {e}"[:600]))
+                _log_row(log, rows[-1])
+        order = started
 
         def each(fn, *a, only_proxies=False):
             for t in order:

@@ -104,6 +104,15 @@ def run(argv, timeout, cpus=None, check=False):
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
         return (-9, out.decode(errors="replace"), err.decode(errors="replace") + "\n(killed: time limit)")
+    except BaseException:
+        # Ctrl-C or SIGTERM while a load generator runs: it is in its own
+        # session, so it has to be stopped here.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        raise
     if check and p.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited {p.returncode}: {err.decode(errors='replace')[-2000:]}")
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")

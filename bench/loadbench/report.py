@@ -120,7 +120,7 @@ def targets_check(rows):
         # When the origin alone is slow at this rate, the machine was busy and
         # the difference of two noisy figures says little.
         direct_p99 = _median(list(_by_round(rows, "direct", "p99_ms", **kw).values()))
-        if direct_p99 is not None and direct_p99 > 2.0:
+        if any_data and direct_p99 is not None and direct_p99 > 2.0:
             v += f" (unreliable: direct's own p99 was {direct_p99:.1f} ms)"
         out.append((f"Gateway {label} added latency at 5k rps", "≤ nginx's at p50 and p99",
                     "; ".join(cells) or "–", v))
@@ -327,6 +327,6 @@ def markdown(header, rows):
     if failed:
         out.append("\n## Failed measurements\n")
         for r in failed:
-            out.append(f"- round {r['round']} {r['scenario']} {r['proto']} {r['mode']} `{r['target']}`: "
+            out.append(f"- round {r['round'] + 1} {r['scenario']} {r['proto']} {r['mode']} `{r['target']}`: "
                        f"{r['status'][:300]}")
     return "\n".join(out) + "\n"
