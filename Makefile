@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test prereqs test-deps build build-release unit e2e lint fmt bench-micro clean-results
+.PHONY: demo test prereqs test-deps build build-release unit e2e lint fmt bench-micro bench bench-quick clean-results
 
 demo: prereqs
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
@@ -37,3 +37,15 @@ fmt:
 # Criterion micro-benchmarks of the policy hot paths.
 bench-micro:
 	$(CARGO) bench -p meshgate-bench --bench policy
+
+# Load benchmarks: meshgate against direct, nginx and HAProxy on this machine
+# (bench/README.md). Writes bench/results/latest.json and latest.md; installs
+# nginx, haproxy, wrk, h2load (apt-get, as root) and oha (cargo) if missing.
+bench:
+	$(CARGO) build --release --bin meshgate
+	BENCH_COMMAND="make bench" python3 bench/run.py $(BENCH_ARGS)
+
+# The same in under 90 s: one round, 2 s runs, pinned mode only.
+bench-quick:
+	$(CARGO) build --release --bin meshgate
+	BENCH_COMMAND="make bench-quick" python3 bench/run.py --quick $(BENCH_ARGS)

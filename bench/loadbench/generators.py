@@ -1,0 +1,129 @@
+"""Load generators: wrk, h2load and oha, run with a hard time limit and parsed.
+
+Each function returns a dict with `requests` (completed), `rps`, `errors`
+and, where the tool reports them, `p50_ms`, `p90_ms`, `p99_ms`. A tool that
+fails or is killed raises `LoadError` with the tail of its output.
+
+Closed-loop latencies (wrk, h2load) are kept for reference only: they
+suffer from coordinated omission. The latency figures the report compares
+come from oha at a fixed rate with `--latency-correction`.
+"""
+
+import json
+import re
+
+from . import procs
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def _ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url, conns, threads, duration_s, cpus=None, close=False):
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration_s}s", "--latency", "--timeout", "5s"]
+    if close:
+        # One request per connection: every request is a new TCP (and TLS) handshake.
+        argv += ["-H", "Connection: close"]
+    argv.append(url)
+    rc, out, err = procs.run(argv, timeout=duration_s + 30, cpus=cpus)
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if rc != 0 or not m:
+        raise LoadError(f"wrk failed (rc {rc}): {(out + err)[-800:]}")
+    requests = int(m.group(1))
+    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
+    errors = 0
+    s = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = {}
+    if s:
+        socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, s.groups())))
+        errors += sum(socket_errors.values())
+    n = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if n:
+        errors += int(n.group(1))
+    pct = {}
+    for p, v, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        pct[p] = _ms(v, unit)
+    return {
+        "tool": "wrk",
+        "requests": requests,
+        "rps": rps,
+        "errors": errors,
+        "socket_errors": socket_errors,
+        "p50_ms": pct.get("50"),
+        "p90_ms": pct.get("90"),
+        "p99_ms": pct.get("99"),
+    }
+
+
+def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None):
+    argv = ["h2load", f"-t{threads}", f"-c{conns}", f"-m{streams}", "-D", str(duration_s)]
+    if h1:
+        argv.append("--h1")
+    argv.append(url)
+    rc, out, err = procs.run(argv, timeout=duration_s + 30, cpus=cpus)
+    fin = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        out,
+    )
+    if rc != 0 or not fin or not req:
+        raise LoadError(f"h2load failed (rc {rc}): {(out + err)[-800:]}")
+    total, started, done, ok, failed, errored, timeout = map(int, req.groups())
+    return {
+        "tool": "h2load-h1" if h1 else "h2load",
+        "requests": ok,
+        "rps": float(fin.group(3)),
+        # h2load's "failed" already includes the errored and timed-out
+        # requests and those answered with a status other than 2xx/3xx.
+        "errors": failed,
+        "p50_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+    }
+
+
+def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None):
+    """Open-loop load at a fixed rate, latency measured from each request's
+    scheduled start (coordinated-omission correction)."""
+    argv = [
+        binary, "--no-tui", "--output-format", "json", "--latency-correction",
+        "-q", str(rate), "-z", f"{duration_s}s", "-c", str(conns), "--insecure",
+        # Let the requests in flight at the deadline finish instead of counting them as errors.
+        "--wait-ongoing-requests-after-deadline",
+    ]
+    if http2:
+        argv.append("--http2")
+    argv.append(url)
+    rc, out, err = procs.run(argv, timeout=duration_s + 30, cpus=cpus)
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        raise LoadError(f"oha failed (rc {rc}): {(out + err)[-800:]}") from None
+    codes = doc.get("statusCodeDistribution") or {}
+    ok = sum(n for code, n in codes.items() if 200 <= int(code) < 400)
+    bad = sum(n for code, n in codes.items() if not 200 <= int(code) < 400)
+    # oha cancels the requests still in flight when the duration ends (some
+    # remain with HTTP/2 even with -w); they are not the target's errors.
+    kinds = doc.get("errorDistribution") or {}
+    errs = sum(n for kind, n in kinds.items() if "aborted due to deadline" not in kind)
+    lat = doc.get("latencyPercentiles") or {}
+
+    def ms(key):
+        v = lat.get(key)
+        return None if v is None else v * 1000.0
+
+    return {
+        "tool": "oha",
+        "requests": ok,
+        "rps": doc["summary"].get("requestsPerSec"),
+        "errors": bad + errs,
+        "error_kinds": kinds,
+        "p50_ms": ms("p50"),
+        "p90_ms": ms("p90"),
+        "p99_ms": ms("p99"),
+    }

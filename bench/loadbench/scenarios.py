@@ -1,0 +1,307 @@
+"""The measurements. Each one runs against one target and returns a row.
+
+A row always has the keys of `ROW_KEYS` (None where a figure does not
+apply), plus scenario-specific extras. CPU per request is the CPU time
+(utime+stime, children included) the target's whole process tree used
+while the load ran, divided by the requests the load generator completed;
+for `direct` that is the origin's own tree.
+"""
+
+import http.client
+import socket
+import ssl
+import time
+
+from . import generators, procs, tools
+
+ROW_KEYS = [
+    "scenario", "proto", "mode", "target", "round", "tool", "pinning",
+    "rps", "cpu_us_per_req", "p50_ms", "p90_ms", "p99_ms", "rss_mib", "errors",
+    "requests", "duration_s", "status",
+]
+
+
+def row(**kw):
+    r = dict.fromkeys(ROW_KEYS)
+    r["status"] = "ok"
+    r.update(kw)
+    r["load1"] = (tools.loadavg() or [None])[0]
+    return r
+
+
+def _mib(kib):
+    return round(kib / 1024.0, 2)
+
+
+def _cpu_us_per_req(cpu_s, requests):
+    return round(cpu_s * 1e6 / requests, 2) if requests else None
+
+
+def _measure(ctx, target, load):
+    """Run `load()` and return (result, cpu seconds of the target, cpu seconds
+    of the origin, peak RSS KiB of the target)."""
+    origin = ctx.origin
+    t0, o0 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
+    with procs.PeakRss(target.tree) as peak:
+        res = load()
+    t1, o1 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
+    return res, t1 - t0, o1 - o0, peak.peak
+
+
+def _load_row(ctx, target, base, load):
+    try:
+        res, cpu, ocpu, peak = _measure(ctx, target, load)
+    except generators.LoadError as e:
+        return row(**base, status=f"failed: {e}"[:600])
+    r = row(
+        **{"tool": res["tool"], **base},
+        rps=round(res["rps"], 1) if res["rps"] is not None else None,
+        requests=res["requests"],
+        errors=res["errors"],
+        cpu_us_per_req=_cpu_us_per_req(cpu, res["requests"]),
+        p50_ms=res["p50_ms"],
+        p90_ms=res["p90_ms"],
+        p99_ms=res["p99_ms"],
+        rss_mib=_mib(peak),
+    )
+    if target.name != "direct":
+        r["origin_cpu_us_per_req"] = _cpu_us_per_req(ocpu, res["requests"])
+    for extra in ("socket_errors", "error_kinds"):
+        if res.get(extra):
+            r[extra] = res[extra]
+    return r
+
+
+# ------------------------------------------------------------ saturation
+
+# (proto, tool) pairs measured closed-loop at saturation.
+SATURATION = [("http1", "wrk"), ("http1", "h2load-h1"), ("http2", "h2load")]
+
+
+def saturation(ctx, target, rnd, pinning, proto, tool):
+    p = ctx.plan
+    d = p.duration_s
+    url = target.url(proto)
+    if tool == "wrk":
+        load = lambda: generators.wrk(url, p.conns, p.threads, d, cpus=ctx.loadgen_cpus)  # noqa: E731
+    else:
+        load = lambda: generators.h2load(  # noqa: E731
+            url, p.conns, p.threads, d, streams=1 if tool == "h2load-h1" else p.h2_streams,
+            h1=tool == "h2load-h1", cpus=ctx.loadgen_cpus,
+        )
+    base = dict(scenario="saturation", proto=proto, mode=pinning, pinning=pinning,
+                target=target.name, round=rnd, duration_s=d, tool=tool)
+    r = _load_row(ctx, target, base, load)
+    r["conns"] = p.conns
+    if proto == "http2":
+        r["streams_per_conn"] = p.h2_streams
+    return r
+
+
+# ------------------------------------------------------------ fixed rate
+
+def fixed_rate(ctx, target, rnd, pinning, proto, rate):
+    p = ctx.plan
+    d = p.fixed_duration_s
+    mode = f"fixed-{rate // 1000}k" if rate % 1000 == 0 else f"fixed-{rate}"
+    base = dict(scenario="fixed-rate", proto=proto, mode=mode, pinning=pinning,
+                target=target.name, round=rnd, duration_s=d, tool="oha")
+
+    def load():
+        return generators.oha(ctx.oha, target.url(proto), rate, d, p.fixed_conns,
+                              http2=proto == "http2", cpus=ctx.loadgen_cpus)
+
+    r = _load_row(ctx, target, base, load)
+    r["rate"] = rate
+    r["conns"] = p.fixed_conns
+    return r
+
+
+# ------------------------------------------------------------ TLS handshakes
+
+def tls_version(port):
+    """The TLS version and cipher a default client negotiates (a check that
+    TLS 1.3 is what is being measured)."""
+    c = ssl.create_default_context()
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with c.wrap_socket(s) as t:
+            return t.version(), t.cipher()[0]
+
+
+def tls_handshake(ctx, target, rnd, pinning):
+    """Full TLS handshakes: wrk sends `Connection: close`, so every request
+    opens a new connection, and wrk does not resume sessions."""
+    p = ctx.plan
+    d = p.duration_s
+    base = dict(scenario="tls-handshake", proto="tls-handshake", mode=pinning, pinning=pinning,
+                target=target.name, round=rnd, duration_s=d)
+
+    def load():
+        return generators.wrk(target.url("tls"), p.conns, p.threads, d, cpus=ctx.loadgen_cpus, close=True)
+
+    r = _load_row(ctx, target, base, load)
+    try:
+        r["tls_version"], r["tls_cipher"] = tls_version(target.ports["tls"])
+    except (OSError, ssl.SSLError) as e:
+        r["tls_version"] = f"error: {e}"
+    if r.get("cpu_us_per_req"):
+        r["handshakes_per_core_s"] = round(1e6 / r["cpu_us_per_req"], 1)
+    return r
+
+
+# ------------------------------------------------------------ memory
+
+def rss_idle(ctx, target, rnd):
+    kib = procs.rss_kib(target.tree())
+    return row(scenario="rss-idle", proto="none", mode="idle", target=target.name, round=rnd,
+               rss_mib=_mib(kib), processes=len(target.tree()))
+
+
+def _settled_rss(target, limit_s=3.0):
+    """RSS once two readings 200 ms apart agree (or after `limit_s`)."""
+    last = procs.rss_kib(target.tree())
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = procs.rss_kib(target.tree())
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def _open_idle(port, n, use_tls, deadline):
+    """Open n keep-alive connections, make one request on each (so the
+    server has set the connection up completely), and leave them open."""
+    ctxt = None
+    if use_tls:
+        ctxt = ssl.create_default_context()
+        ctxt.check_hostname = False
+        ctxt.verify_mode = ssl.CERT_NONE
+        ctxt.minimum_version = ssl.TLSVersion.TLSv1_3
+    conns = []
+    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: meshgate-bench\r\n\r\n"
+    try:
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"opened only {len(conns)} of {n} connections in time")
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if ctxt:
+                s = ctxt.wrap_socket(s)
+            conns.append(s)
+            s.sendall(req)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed before the response")
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(f"unexpected response {head[:40]!r}")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            while len(body) < length:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                body += chunk
+    except BaseException:
+        for s in conns:
+            s.close()
+        raise
+    return conns
+
+
+def idle_conns(ctx, target, rnd, use_tls):
+    n = ctx.plan.idle_conns
+    proto = "tls" if use_tls else "http1"
+    base = dict(scenario="idle-conns", proto=proto, mode="idle", target=target.name, round=rnd)
+    before = _settled_rss(target, 1.0)
+    try:
+        conns = _open_idle(target.ports[proto], n, use_tls, time.monotonic() + 60)
+    except (OSError, TimeoutError, ssl.SSLError) as e:
+        return row(**base, status=f"failed: {e}"[:600])
+    try:
+        after = _settled_rss(target)
+    finally:
+        for s in conns:
+            s.close()
+    return row(**base, rss_mib=_mib(after), conns=n, rss_before_mib=_mib(before),
+               kib_per_conn=round((after - before) / n, 2))
+
+
+# ------------------------------------------------------------ reload
+
+def _get_status(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
+def reload_under_load(ctx, target, rnd, pinning):
+    """64 keep-alive connections for `reload_duration_s`; the config is
+    changed and reloaded at half time. Errors are wrk's socket errors plus
+    non-2xx/3xx answers. Afterwards the marker route the new config added
+    must answer 200, or the reload did not happen."""
+    p = ctx.plan
+    d = p.reload_duration_s
+    base = dict(scenario="reload", proto="http1", mode=pinning, pinning=pinning,
+                target=target.name, round=rnd, duration_s=d)
+    url = target.url("http1")
+    marker = {}
+
+    def load():
+        import threading
+
+        def do_reload():
+            try:
+                marker["path"] = target.reload(ctx)
+            except Exception as e:  # reported in the row, the run goes on
+                marker["error"] = str(e)
+
+        timer = threading.Timer(d / 2.0, do_reload)
+        timer.start()
+        try:
+            return generators.wrk(url, p.conns, p.threads, d, cpus=ctx.loadgen_cpus)
+        finally:
+            timer.join()
+
+    r = _load_row(ctx, target, base, load)
+    applied = False
+    if "path" in marker:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not applied:
+            try:
+                applied = _get_status(target.ports["http1"], marker["path"]) == 200
+            except OSError:
+                pass
+            if not applied:
+                time.sleep(0.1)
+    r["reload_applied"] = applied
+    if "error" in marker:
+        r["status"] = f"failed: reload: {marker['error']}"[:600]
+    elif not applied and r["status"] == "ok":
+        r["status"] = "failed: the reloaded config never answered its marker route"
+    return r
+
+
+def warm_up(ctx, target):
+    """One second of load before the first timed run of a round (pools, caches)."""
+    try:
+        generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1)
+    except generators.LoadError:
+        pass
+
+
+def not_measured(target, scenario, proto, mode):
+    return row(scenario=scenario, proto=proto, mode=mode, target=target.name, round=None,
+               status=target.not_built)

@@ -1,0 +1,366 @@
+"""The origin and the targets: their configs, start, reload and stop.
+
+Every proxy gets the same treatment: one worker (thread), access log off,
+a keep-alive pool to the origin (HTTP/1.1), long client idle timeouts, the
+same ECDSA P-256 certificate with TLS 1.3 only (where the proxy lets us say
+so) on its TLS port. Each target listens on:
+
+- `http1`: plaintext HTTP/1.1,
+- `http2`: plaintext HTTP/2 with prior knowledge (h2c),
+- `tls`:   HTTPS (HTTP/1.1 and h2 by ALPN),
+
+each on a free loopback port. A reload adds a route for
+`/__bench_reload_<n>` answering 200, so the harness can check afterwards
+that the reload really took effect.
+
+Targets not built yet (the sidecar pair; Caddy, which is only wanted for
+HTTP/3) are declared here with `not_built`, so the report lists them as
+"not measured" and adding them later is one class each.
+"""
+
+import os
+import signal
+import subprocess
+import textwrap
+
+from . import procs
+
+BODY = "ok"
+
+
+def make_certs(workdir):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1, made with the openssl CLI."""
+    cert = os.path.join(workdir, "cert.pem")
+    key = os.path.join(workdir, "key.pem")
+    procs.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+            "-subj", "/CN=bench.meshgate.invalid",
+            "-addext", "subjectAltName=DNS:bench.meshgate.invalid,IP:127.0.0.1",
+        ],
+        timeout=30,
+        check=True,
+    )
+    combined = os.path.join(workdir, "cert+key.pem")
+    with open(combined, "w") as out:
+        for path in (cert, key):
+            with open(path) as f:
+                out.write(f.read())
+    return {"cert": cert, "key": key, "combined": combined}
+
+
+class Target:
+    name = "?"
+    # Why this target cannot be measured yet, or None.
+    not_built = None
+    # Which `kind` of thing it is, for the report: origin, gateway, peer, sidecar.
+    role = "peer"
+
+    def __init__(self):
+        self.proc = None
+        self.ports = {}
+        self.reloads = 0
+
+    def url(self, proto, path="/"):
+        scheme = "https" if proto == "tls" else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[proto]}{path}"
+
+    def tree(self):
+        return self.proc.tree() if self.proc else []
+
+    def start(self, ctx):
+        raise NotImplementedError
+
+    def reload(self, ctx):
+        """Apply a changed config while serving; returns the marker path the
+        new config answers. None when the target has no reload."""
+        return None
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def _wait(self):
+        for port in self.ports.values():
+            procs.wait_port(port, self.proc)
+
+
+def _nginx_common(workdir, name):
+    tmp = os.path.join(workdir, f"{name}-tmp")
+    os.makedirs(tmp, exist_ok=True)
+    return textwrap.dedent(f"""\
+        worker_processes 1;
+        daemon off;
+        master_process on;
+        pid {workdir}/{name}.pid;
+        error_log {workdir}/{name}.log error;
+        worker_rlimit_nofile 16384;
+        events {{ worker_connections 8192; }}
+        """), textwrap.dedent(f"""\
+            access_log off;
+            keepalive_timeout 300s;
+            keepalive_requests 100000000;
+            client_body_temp_path {tmp}/body;
+            proxy_temp_path {tmp}/proxy;
+            ssl_protocols TLSv1.3;
+        """)
+
+
+class NginxOrigin(Target):
+    """The origin every target forwards to: nginx, one worker, `return 200 "ok"`."""
+
+    name = "origin"
+    role = "origin"
+
+    def start(self, ctx):
+        self.ports = {p: procs.free_port() for p in ("http1", "http2", "tls")}
+        head, http = _nginx_common(ctx.workdir, "origin")
+        certs = ctx.certs
+        conf = head + "http {\n" + textwrap.indent(http, "    ") + textwrap.indent(
+            textwrap.dedent(f"""\
+            ssl_certificate {certs['cert']};
+            ssl_certificate_key {certs['key']};
+            server {{
+                listen 127.0.0.1:{self.ports['http1']} backlog=4096;
+                listen 127.0.0.1:{self.ports['http2']} http2 backlog=4096;
+                listen 127.0.0.1:{self.ports['tls']} ssl http2 backlog=4096;
+                location / {{ return 200 "{BODY}"; }}
+            }}
+            """), "    ") + "}\n"
+        self.conf = os.path.join(ctx.workdir, "origin.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = procs.Proc(
+            "origin",
+            ["nginx", "-e", os.path.join(ctx.workdir, "origin.log"), "-p", ctx.workdir, "-c", self.conf],
+            ctx.workdir,
+        )
+        self._wait()
+
+
+class Direct(Target):
+    """The client talks to the origin itself: the physical limit."""
+
+    name = "direct"
+    role = "baseline"
+
+    def __init__(self, origin):
+        super().__init__()
+        self.origin = origin
+
+    def start(self, ctx):
+        self.ports = self.origin.ports
+
+    def tree(self):
+        return self.origin.tree()
+
+    def stop(self):
+        pass
+
+
+class Meshgate(Target):
+    """meshgate's gateway: release build, --threads 1, access log off."""
+
+    name = "meshgate"
+    role = "gateway"
+
+    def _config(self, ctx):
+        marker = ""
+        if self.reloads:
+            marker = textwrap.dedent(f"""\
+                [[route]]
+                name = "bench-reload-{self.reloads}"
+                match = {{ path = "/__bench_reload_{self.reloads}" }}
+                respond = {{ status = 200, body = "{BODY}" }}
+
+                """)
+        c = ctx.certs
+        return textwrap.dedent(f"""\
+            # Generated by bench/run.py for one benchmark run.
+            [[listener]]
+            name = "plain"
+            address = "127.0.0.1:{self.ports['http1']}"
+            protocols = ["http1", "h2c"]
+            limits = {{ idle_timeout = "5m" }}
+
+            [[listener]]
+            name = "tls"
+            address = "127.0.0.1:{self.ports['tls']}"
+            protocols = ["http1", "http2"]
+            limits = {{ idle_timeout = "5m" }}
+            tls = {{ certificates = [{{ cert = "{c['cert']}", key = "{c['key']}" }}], min_version = "1.3" }}
+
+            """) + marker + textwrap.dedent(f"""\
+            [[route]]
+            name = "origin"
+            service = "origin"
+
+            [[service]]
+            name = "origin"
+            endpoints = [{{ address = "127.0.0.1:{ctx.origin.ports['http1']}" }}]
+            idle_timeout = "5m"
+            max_idle_per_endpoint = 256
+
+            [observability]
+            log_level = "warn"
+            access_log = {{ format = "off" }}
+            """)
+
+    def start(self, ctx):
+        port = procs.free_port()
+        # One listener serves HTTP/1.1 and h2c on the same port.
+        self.ports = {"http1": port, "http2": port, "tls": procs.free_port()}
+        self.conf = os.path.join(ctx.workdir, "meshgate.toml")
+        with open(self.conf, "w") as f:
+            f.write(self._config(ctx))
+        self.proc = procs.Proc(
+            "meshgate",
+            [ctx.meshgate, "run", "--config", self.conf, "--threads", "1", "--watch-interval-ms", "0"],
+            ctx.workdir,
+        )
+        self._wait()
+
+    def reload(self, ctx):
+        self.reloads += 1
+        tmp = self.conf + ".new"
+        with open(tmp, "w") as f:
+            f.write(self._config(ctx))
+        os.replace(tmp, self.conf)
+        os.kill(self.proc.pid, signal.SIGHUP)
+        return f"/__bench_reload_{self.reloads}"
+
+
+class NginxProxy(Target):
+    """nginx as a reverse proxy: 1 worker, upstream keepalive 256, HTTP/1.1 to the origin."""
+
+    name = "nginx"
+
+    def _config(self, ctx):
+        head, http = _nginx_common(ctx.workdir, "nginx")
+        c = ctx.certs
+        marker = ""
+        if self.reloads:
+            marker = f'    location = /__bench_reload_{self.reloads} {{ return 200 "{BODY}"; }}\n'
+        return head + "http {\n" + textwrap.indent(http, "    ") + textwrap.indent(
+            textwrap.dedent(f"""\
+            ssl_certificate {c['cert']};
+            ssl_certificate_key {c['key']};
+            upstream origin {{
+                server 127.0.0.1:{ctx.origin.ports['http1']};
+                keepalive 256;
+                keepalive_requests 100000000;
+                keepalive_timeout 300s;
+            }}
+            server {{
+                listen 127.0.0.1:{self.ports['http1']} backlog=4096;
+                listen 127.0.0.1:{self.ports['http2']} http2 backlog=4096;
+                listen 127.0.0.1:{self.ports['tls']} ssl http2 backlog=4096;
+                location / {{
+                    proxy_pass http://origin;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                }}
+            """) + marker + "}\n", "    ") + "}\n"
+
+    def start(self, ctx):
+        self.ports = {p: procs.free_port() for p in ("http1", "http2", "tls")}
+        self.conf = os.path.join(ctx.workdir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(self._config(ctx))
+        self.argv = ["nginx", "-e", os.path.join(ctx.workdir, "nginx.log"), "-p", ctx.workdir, "-c", self.conf]
+        self.proc = procs.Proc("nginx", self.argv, ctx.workdir)
+        self._wait()
+
+    def reload(self, ctx):
+        self.reloads += 1
+        with open(self.conf, "w") as f:
+            f.write(self._config(ctx))
+        procs.run(self.argv + ["-s", "reload"], timeout=10, check=True)
+        return f"/__bench_reload_{self.reloads}"
+
+
+class Haproxy(Target):
+    """HAProxy: master-worker (-W), nbthread 1, http-reuse always, no logs."""
+
+    name = "haproxy"
+
+    def _config(self, ctx):
+        marker = ""
+        if self.reloads:
+            marker = (
+                f"    http-request return status 200 content-type text/plain "
+                f'string "{BODY}" if {{ path /__bench_reload_{self.reloads} }}\n'
+            )
+        return textwrap.dedent(f"""\
+            global
+                nbthread 1
+                maxconn 8000
+                pidfile {ctx.workdir}/haproxy.pid
+
+            defaults
+                mode http
+                timeout connect 5s
+                timeout client 300s
+                timeout server 300s
+                timeout http-keep-alive 300s
+                http-reuse always
+
+            frontend bench
+                bind 127.0.0.1:{self.ports['http1']}
+                bind 127.0.0.1:{self.ports['http2']} proto h2
+                bind 127.0.0.1:{self.ports['tls']} ssl crt {ctx.certs['combined']} ssl-min-ver TLSv1.3 alpn h2,http/1.1
+            """) + marker + textwrap.dedent(f"""\
+                default_backend origin
+
+            backend origin
+                server origin 127.0.0.1:{ctx.origin.ports['http1']}
+            """)
+
+    def start(self, ctx):
+        self.ports = {p: procs.free_port() for p in ("http1", "http2", "tls")}
+        self.conf = os.path.join(ctx.workdir, "haproxy.cfg")
+        with open(self.conf, "w") as f:
+            f.write(self._config(ctx))
+        self.proc = procs.Proc("haproxy", ["haproxy", "-W", "-db", "-f", self.conf], ctx.workdir)
+        self._wait()
+
+    def reload(self, ctx):
+        self.reloads += 1
+        with open(self.conf, "w") as f:
+            f.write(self._config(ctx))
+        os.kill(self.proc.pid, signal.SIGUSR2)
+        return f"/__bench_reload_{self.reloads}"
+
+
+class NotBuilt(Target):
+    """A target of issue 4 that does not exist yet: reported, never started."""
+
+    def __init__(self, name, role, reason, protos):
+        super().__init__()
+        self.name = name
+        self.role = role
+        self.not_built = reason
+        self.protos = protos
+
+    def start(self, ctx):
+        raise RuntimeError(f"{self.name}: {self.not_built}")
+
+
+def not_built_targets():
+    return [
+        NotBuilt(
+            "meshgate-sidecar",
+            "sidecar",
+            "not measured: target not built (mesh-sidecar has no data plane yet)",
+            ["http1", "http2", "grpc"],
+        ),
+        NotBuilt(
+            "caddy",
+            "peer",
+            "not measured: target not built (only wanted as the HTTP/3 peer; meshgate has no HTTP/3 yet)",
+            ["http3"],
+        ),
+    ]
