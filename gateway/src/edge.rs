@@ -738,6 +738,16 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // A client that went away is not an error of ours; the access log
+        // records it (reason `downstream-closed`).
+        e.esource() == &pingora::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

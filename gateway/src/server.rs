@@ -96,6 +96,15 @@ pub(crate) fn run(
         // pingora keeps serving in-flight requests through the grace
         // period and then drops whatever is left; `drain` below ends the
         // process as soon as nothing is in flight.
+        // pingora keeps one pool of idle upstream connections for all
+        // services; size it so every endpoint can keep its configured
+        // `max_idle_per_endpoint` (and never below pingora's 128).
+        upstream_keepalive_pool_size: snap
+            .services
+            .iter()
+            .map(|s| s.max_idle_per_endpoint as usize * s.endpoints.len().max(1))
+            .sum::<usize>()
+            .max(128),
         grace_period_seconds: Some(drain),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
