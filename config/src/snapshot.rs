@@ -324,6 +324,39 @@ pub enum RequestKey {
     SourceIp,
 }
 
+impl RequestKey {
+    /// This request's key, borrowed from the request where it can be.
+    /// `claims` are the verified JWT claims (none on routes without
+    /// `auth`, so a claim key is then absent); `client` is the peer address.
+    /// Shared by every listener, so one user gets the same key whichever
+    /// protocol they arrive on.
+    pub fn value<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        client: Option<std::net::IpAddr>,
+        claims: Option<&serde_json::Value>,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use std::borrow::Cow;
+        match self {
+            RequestKey::Header(h) => headers.get(h).map(|v| Cow::Borrowed(v.as_bytes())),
+            RequestKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then_some(Cow::Borrowed(v.as_bytes()))
+                }),
+            RequestKey::SourceIp => client.map(|ip| Cow::Owned(ip.to_string().into_bytes())),
+            RequestKey::Claim(name) => claims
+                .and_then(|c| meshgate_policy::authz::claim_at(c, name))
+                .filter(|v| !v.is_null())
+                .map(|v| Cow::Owned(meshgate_policy::authz::claim_as_header_text(v).into_bytes())),
+        }
+    }
+}
+
 /// How a service's endpoints are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Discovery {
@@ -385,6 +418,9 @@ impl SubsetSpec {
 pub struct SplitSpec {
     /// Targets are subset names; weights are percentages summing to 100.
     pub split: Split,
+    /// For each split target, its index in the service's `subsets`
+    /// (resolved at load, so a request never looks subsets up by name).
+    pub target_subsets: Vec<usize>,
     /// Key that makes the choice sticky per user.
     pub sticky: Option<RequestKey>,
     /// Header whose value names a subset to force (for testers).
@@ -541,4 +577,36 @@ pub struct RouteSummary {
     pub listeners: Vec<String>,
     /// A one-line description of what it matches and does.
     pub description: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestKey;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    #[test]
+    fn request_keys_come_from_headers_cookies_claims_and_the_peer() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("u-1"));
+        h.append("cookie", HeaderValue::from_static("a=1; session=abc"));
+        let claims = serde_json::json!({"sub": "alice", "n": null});
+        let ip = Some("10.1.2.3".parse().expect("ip"));
+        let key = |k: RequestKey| k.value(&h, ip, Some(&claims)).map(|v| v.into_owned());
+        assert_eq!(
+            key(RequestKey::Header(HeaderName::from_static("x-user-id"))),
+            Some(b"u-1".to_vec())
+        );
+        assert_eq!(
+            key(RequestKey::Cookie("session".into())),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(key(RequestKey::Cookie("missing".into())), None);
+        assert_eq!(
+            key(RequestKey::Claim("sub".into())),
+            Some(b"alice".to_vec())
+        );
+        assert_eq!(key(RequestKey::Claim("n".into())), None);
+        assert_eq!(key(RequestKey::SourceIp), Some(b"10.1.2.3".to_vec()));
+        assert_eq!(RequestKey::Claim("sub".into()).value(&h, ip, None), None);
+    }
 }

@@ -1261,9 +1261,16 @@ impl Cx<'_, '_> {
             .override_header
             .as_ref()
             .and_then(|h| self.header_name(h, "override_header"));
+        // Every target was checked against `subsets` above; an unresolved
+        // one has already been reported, so the snapshot is never built.
+        let target_subsets = targets
+            .iter()
+            .map(|t| subsets.iter().position(|s| s.name == t.name).unwrap_or(0))
+            .collect();
         match Split::new(targets) {
             Ok(split) => Some(SplitSpec {
                 split,
+                target_subsets,
                 sticky,
                 override_header,
             }),

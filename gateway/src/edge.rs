@@ -12,9 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use meshgate_config::{
-    ConfigStore, RequestKey, ServiceSpec, Snapshot, UpstreamProtocol, UpstreamTls,
-};
+use meshgate_config::{ConfigStore, ServiceSpec, Snapshot, UpstreamProtocol, UpstreamTls};
 use meshgate_policy::deadline::Deadline;
 use meshgate_policy::random::stable_hash;
 use meshgate_policy::retry::{Outcome, RetryPolicy, is_idempotent};
@@ -69,9 +67,11 @@ pub(crate) struct RequestCtx {
     service: Option<Arc<ServiceSpec>>,
     upstream: Option<SocketAddr>,
     flight: Flight,
-    subset: Option<String>,
-    /// The subset and hash key of the first pick, reused by retries.
-    pick_key: (Option<meshgate_config::SubsetSpec>, Option<u64>),
+    /// Index of the split's subset in the service's `subsets`; retries
+    /// pick within it again.
+    subset: Option<usize>,
+    /// Consistent-hash key of the request, reused by retries.
+    hash: Option<u64>,
     reason: Option<&'static str>,
     status: u16,
     /// Request body bytes seen so far (for `max_request_body_bytes`).
@@ -179,33 +179,6 @@ impl Edge {
     }
 }
 
-fn request_key(
-    key: &RequestKey,
-    req: &RequestHeader,
-    client: Option<String>,
-    claims: Option<&serde_json::Value>,
-) -> Option<Vec<u8>> {
-    match key {
-        RequestKey::Header(h) => req.headers.get(h).map(|v| v.as_bytes().to_vec()),
-        RequestKey::Cookie(name) => req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k == name).then(|| v.as_bytes().to_vec())
-            }),
-        RequestKey::SourceIp => client.map(String::into_bytes),
-        // Only verified claims: a route without `auth` has none.
-        RequestKey::Claim(name) => claims
-            .and_then(|c| meshgate_policy::authz::claim_at(c, name))
-            .filter(|v| !v.is_null())
-            .map(|v| meshgate_policy::authz::claim_as_header_text(v).into_bytes()),
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = RequestCtx;
@@ -221,7 +194,7 @@ impl ProxyHttp for Edge {
             upstream: None,
             flight: Flight::default(),
             subset: None,
-            pick_key: (None, None),
+            hash: None,
             reason: None,
             status: 0,
             body_bytes: 0,
@@ -389,34 +362,31 @@ impl ProxyHttp for Edge {
                         .proxy_error(session, ctx, 503, "no-healthy-endpoint")
                         .await;
                 };
-                let client = session.client_addr().map(|a| match a.as_inet() {
-                    Some(i) => i.ip().to_string(),
-                    None => a.to_string(),
-                });
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|i| i.ip());
                 let req = session.req_header();
                 let claims = ctx.claims.as_deref();
                 let subset = svc.split.as_ref().and_then(|sp| {
                     let sticky = sp
                         .sticky
                         .as_ref()
-                        .and_then(|k| request_key(k, req, client.clone(), claims));
+                        .and_then(|k| k.value(&req.headers, client, claims));
                     let forced = sp
                         .override_header
                         .as_ref()
                         .and_then(|h| req.headers.get(h))
                         .and_then(|v| v.to_str().ok());
                     let target = crate::runtime::with_rng(|rng| {
-                        sp.split
-                            .pick_target(sticky.as_deref(), forced, rng)
-                            .name
-                            .clone()
+                        sp.split.pick(sticky.as_deref(), forced, rng)
                     });
-                    svc.subsets.iter().find(|s| s.name == target).cloned()
+                    sp.target_subsets.get(target).copied()
                 });
                 let hash = svc
                     .hash_on
                     .as_ref()
-                    .and_then(|k| request_key(k, req, client.clone(), claims))
+                    .and_then(|k| k.value(&req.headers, client, claims))
                     .map(|b| stable_hash(&b));
                 if svc.tls == UpstreamTls::Mesh {
                     // Mesh mTLS is not built yet: fail closed rather than
@@ -430,7 +400,8 @@ impl ProxyHttp for Edge {
                 state.budget.deposit(now);
                 ctx.flight.deadline = Deadline::new(ctx.start, route.timeout);
                 ctx.flight.state = Some(state.clone());
-                ctx.subset = subset.as_ref().map(|s| s.name.clone());
+                ctx.subset = subset;
+                ctx.hash = hash;
                 ctx.service = Some(svc.clone());
                 if let Err(LimitExceeded(kind)) = ctx
                     .flight
@@ -439,10 +410,9 @@ impl ProxyHttp for Edge {
                     ctx.flight.give_up = Some(kind.as_str());
                     return self.proxy_error(session, ctx, 503, "circuit-open").await;
                 }
-                match state.pick(subset.as_ref(), hash, None, now) {
+                match state.pick(subset, hash, None, now) {
                     Ok(picked) => {
                         ctx.flight.next = Some(picked);
-                        ctx.pick_key = (subset, hash);
                         Ok(false)
                     }
                     Err(NoEndpoint::Empty | NoEndpoint::AllEjected) => {
@@ -480,8 +450,7 @@ impl ProxyHttp for Edge {
             // A retry: pick again, away from the endpoint that just failed
             // when another is available.
             let state = ctx.flight.state.clone();
-            let (subset, hash) = &ctx.pick_key;
-            match state.map(|s| s.pick(subset.as_ref(), *hash, ctx.flight.last_failed, now)) {
+            match state.map(|s| s.pick(ctx.subset, ctx.hash, ctx.flight.last_failed, now)) {
                 Some(Ok(picked)) => ctx.flight.next = Some(picked),
                 _ => {
                     ctx.reason = Some("no-healthy-endpoint");
@@ -821,7 +790,7 @@ impl ProxyHttp for Edge {
             "status": status,
             "route": route,
             "service": ctx.service.as_ref().map(|s| s.name.as_str()),
-            "subset": ctx.subset,
+            "subset": ctx.subset.zip(ctx.service.as_ref()).and_then(|(i, s)| s.subsets.get(i)).map(|s| s.name.as_str()),
             "upstream": ctx.upstream.map(|a| a.to_string()),
             "reason": ctx.reason,
             "retries": ctx.flight.retries_done,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use meshgate_config::{EndpointSpec, ServiceSpec, Snapshot, SubsetSpec};
-use meshgate_policy::breaker::{Health, LimitCounters, OutlierState, ejection_allowed};
+use meshgate_config::{EndpointSpec, ServiceSpec, Snapshot};
+use meshgate_policy::breaker::{Admission, Health, LimitCounters, OutlierState, ejection_allowed};
 use meshgate_policy::lb::{Balancer, Candidate, EndpointLoad};
 use meshgate_policy::random::{Random, SplitMix64};
 use meshgate_policy::retry::RetryBudget;
@@ -31,6 +31,9 @@ pub(crate) struct Endpoint {
 pub(crate) struct ServiceState {
     pub(crate) balancer: Balancer,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// For each of the service's subsets (same order as in its spec), the
+    /// indices of its member endpoints; computed once, not per request.
+    subset_members: Vec<Vec<usize>>,
     pub(crate) budget: Arc<RetryBudget>,
     pub(crate) limits: Arc<LimitCounters>,
 }
@@ -45,30 +48,33 @@ pub(crate) enum NoEndpoint {
 }
 
 impl ServiceState {
-    /// Picks an endpoint within `subset` (when given), skipping ejected
-    /// endpoints and `avoid` (the endpoint a retry just failed on) when
-    /// another is available. Returns the endpoint and whether this request
-    /// is its half-open probe.
+    /// Picks an endpoint within subset number `subset` (when given),
+    /// skipping ejected endpoints and `avoid` (the endpoint a retry just
+    /// failed on) when another is available. Returns the endpoint and
+    /// whether this request is its half-open probe.
     pub(crate) fn pick(
         &self,
-        subset: Option<&SubsetSpec>,
+        subset: Option<usize>,
         hash_key: Option<u64>,
         avoid: Option<SocketAddr>,
         now: Instant,
     ) -> Result<(Arc<Endpoint>, bool), NoEndpoint> {
-        let members: Vec<&Arc<Endpoint>> = self
+        let members: &[usize] = match subset {
+            Some(i) => self.subset_members.get(i).map_or(&[], Vec::as_slice),
+            None => &[],
+        };
+        let all = subset.is_none();
+        let mut usable: Vec<&Arc<Endpoint>> = self
             .endpoints
             .iter()
-            .filter(|e| subset.is_none_or(|s| s.selects(&e.spec.labels)))
-            .collect();
-        if members.is_empty() {
-            return Err(NoEndpoint::Empty);
-        }
-        let mut usable: Vec<&Arc<Endpoint>> = members
-            .iter()
-            .copied()
+            .enumerate()
+            .filter(|(i, _)| all || members.contains(i))
+            .map(|(_, e)| e)
             .filter(|e| !matches!(e.outlier.health(now), Health::Ejected { .. }))
             .collect();
+        if self.endpoints.is_empty() || (!all && members.is_empty()) {
+            return Err(NoEndpoint::Empty);
+        }
         if usable.len() > 1
             && let Some(a) = avoid
         {
@@ -76,15 +82,14 @@ impl ServiceState {
         }
         // A half-open endpoint admits one probe; when another request holds
         // it, drop the endpoint and pick again.
+        let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(usable.len());
         while !usable.is_empty() {
-            let candidates: Vec<Candidate<'_>> = usable
-                .iter()
-                .map(|e| Candidate {
-                    load: &e.load,
-                    weight: e.spec.weight,
-                    key: &e.key,
-                })
-                .collect();
+            candidates.clear();
+            candidates.extend(usable.iter().map(|e| Candidate {
+                load: &e.load,
+                weight: e.spec.weight,
+                key: &e.key,
+            }));
             let Some(i) = with_rng(|rng| self.balancer.pick(&candidates, hash_key, now, rng))
             else {
                 break;
@@ -92,13 +97,9 @@ impl ServiceState {
             let chosen = usable[i];
             match chosen.outlier.health(now) {
                 Health::HalfOpen => match chosen.outlier.admit(now) {
-                    meshgate_policy::breaker::Admission::Probe => {
-                        return Ok((chosen.clone(), true));
-                    }
-                    meshgate_policy::breaker::Admission::Yes => {
-                        return Ok((chosen.clone(), false));
-                    }
-                    meshgate_policy::breaker::Admission::No => {
+                    Admission::Probe => return Ok((chosen.clone(), true)),
+                    Admission::Yes => return Ok((chosen.clone(), false)),
+                    Admission::No => {
                         usable.remove(i);
                     }
                 },
@@ -186,8 +187,21 @@ fn build(spec: &ServiceSpec, previous: Option<&ServiceState>) -> ServiceState {
     let old: HashMap<SocketAddr, &Arc<Endpoint>> = previous
         .map(|p| p.endpoints.iter().map(|e| (e.spec.address, e)).collect())
         .unwrap_or_default();
+    let subset_members = spec
+        .subsets
+        .iter()
+        .map(|sub| {
+            spec.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| sub.selects(&e.labels))
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect();
     ServiceState {
         balancer: Balancer::new(spec.lb, spec.ewma),
+        subset_members,
         endpoints: spec
             .endpoints
             .iter()
