@@ -99,6 +99,49 @@ impl RequestCtx {
     }
 }
 
+/// pingora keeps a case-preserving copy of header names beside the
+/// `HeaderMap`, so route header rules are applied through its own methods
+/// (remove, then set, then add, as `HeaderRules::apply` orders them).
+trait HeaderEdits {
+    fn remove(&mut self, name: &http::HeaderName);
+    fn set(&mut self, name: &http::HeaderName, value: &HeaderValue) -> Result<()>;
+    fn add(&mut self, name: &http::HeaderName, value: &HeaderValue) -> Result<()>;
+}
+
+macro_rules! header_edits {
+    ($t:ty) => {
+        impl HeaderEdits for $t {
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+            fn set(&mut self, name: &http::HeaderName, value: &HeaderValue) -> Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn add(&mut self, name: &http::HeaderName, value: &HeaderValue) -> Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+        }
+    };
+}
+header_edits!(RequestHeader);
+header_edits!(ResponseHeader);
+
+fn apply_header_rules(
+    rules: &meshgate_policy::route::HeaderRules,
+    target: &mut impl HeaderEdits,
+) -> Result<()> {
+    for name in &rules.remove {
+        target.remove(name);
+    }
+    for (name, value) in &rules.set {
+        target.set(name, value)?;
+    }
+    for (name, value) in &rules.add {
+        target.add(name, value)?;
+    }
+    Ok(())
+}
+
 /// Idempotent by method, or made so by the client's idempotency key.
 fn request_is_idempotent(req: &RequestHeader) -> bool {
     is_idempotent(&req.method) || req.headers.contains_key("idempotency-key")
@@ -641,24 +684,7 @@ impl ProxyHttp for Edge {
                 upstream.insert_header(http::header::HOST, h.as_str())?;
             }
         }
-        if !route.request_headers.is_empty() {
-            let mut headers = upstream.headers.clone();
-            route.request_headers.apply(&mut headers);
-            for name in &route.request_headers.remove {
-                upstream.remove_header(name);
-            }
-            for (name, _) in route
-                .request_headers
-                .set
-                .iter()
-                .chain(&route.request_headers.add)
-            {
-                upstream.remove_header(name);
-                for v in headers.get_all(name) {
-                    upstream.append_header(name.clone(), v.clone())?;
-                }
-            }
-        }
+        apply_header_rules(&route.request_headers, upstream)?;
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -693,16 +719,7 @@ impl ProxyHttp for Edge {
             return Ok(());
         };
         if let Some(route) = ctx.route(&snap) {
-            let rules = &route.response_headers;
-            for name in &rules.remove {
-                resp.remove_header(name);
-            }
-            for (name, value) in &rules.set {
-                resp.insert_header(name.clone(), value.clone())?;
-            }
-            for (name, value) in &rules.add {
-                resp.append_header(name.clone(), value.clone())?;
-            }
+            apply_header_rules(&route.response_headers, resp)?;
         }
         Ok(())
     }

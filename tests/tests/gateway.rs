@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshgate_tests::{
-    Gateway, Origin, Proc, bin, curl, free_port, tempdir, wait_for, wait_for_port,
+    Gateway, Origin, Proc, bin, curl, free_port, seen_headers, tempdir, wait_for, wait_for_port,
 };
 
 struct Setup {
@@ -52,7 +52,7 @@ match = {{ path_prefix = "/api/products", methods = ["GET", "POST"] }}
 service = "product-catalog"
 rewrite = {{ path_prefix = "/products" }}
 timeout = "5s"
-request_headers = {{ set = {{ x-added = "yes" }} }}
+request_headers = {{ set = {{ x-added = "yes" }}, add = {{ x-extra = "2" }}, remove = ["x-drop"] }}
 response_headers = {{ set = {{ x-served-by = "meshgate" }}, remove = ["x-seen-xff"] }}
 
 [[route]]
@@ -158,8 +158,25 @@ fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
         let r = get("/status", &[]);
         assert!(r.body.contains("product-catalog"), "{}", r.body);
 
-        let r = get("/api/products/42?q=a", &["-H", "x-canary: v2"]);
+        let r = get(
+            "/api/products/42?q=a",
+            &[
+                "-H",
+                "x-canary: v2",
+                "-H",
+                "x-drop: gone",
+                "-H",
+                "x-extra: 1",
+            ],
+        );
         assert_eq!(r.status, 200, "{r:?}");
+        let seen = seen_headers(&r).expect("origin echoes headers");
+        assert_eq!(seen.get("x-drop"), None, "request header removal");
+        assert_eq!(
+            seen.get("x-extra"),
+            Some(&vec!["1".to_owned(), "2".to_owned()]),
+            "request header add keeps the client's value"
+        );
         assert_eq!(r.body, "origin=v2 path=/products/42?q=a\n");
         assert_eq!(r.header("x-served-by"), Some("meshgate"));
         assert_eq!(r.header("x-seen-added"), Some("yes"));
