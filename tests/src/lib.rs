@@ -217,6 +217,32 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Writes a config with `[admin]` on a free port and one listener
+    /// `web` on a free port (`listener_extra` lines go inside the listener
+    /// table), followed by `body` (routes, services...), and starts it.
+    /// Returns the gateway and the listener's address.
+    pub fn start_web(listener_extra: &str, body: &str) -> Result<(Gateway, SocketAddr)> {
+        let port = free_port();
+        let text = format!(
+            "[admin]\naddress = \"127.0.0.1:{}\"\n\n[[listener]]\nname = \"web\"\n\
+             address = \"127.0.0.1:{port}\"\n{listener_extra}\n\n{body}",
+            free_port()
+        );
+        let config = tempdir()?.join("meshgate.toml");
+        std::fs::write(&config, text)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Ok((Gateway::start(&config, addr)?, addr))
+    }
+
+    /// The JSON access-log lines written to stdout so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.proc
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// Starts `meshgate run --config FILE` and waits until `ready` accepts.
     pub fn start(config: &Path, ready: SocketAddr) -> Result<Gateway> {
         Gateway::start_with(config, ready, |_| {})

@@ -197,10 +197,7 @@ fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
         );
     }
     let log = s.gw.proc.stdout();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines = s.gw.access_log();
     assert!(
         lines
             .iter()

@@ -149,12 +149,7 @@ impl Setup {
     }
 
     fn access_log(&self) -> Vec<Value> {
-        self.gw
-            .proc
-            .stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.gw.access_log()
     }
 }
 

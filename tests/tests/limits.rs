@@ -5,37 +5,18 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use meshgate_tests::{Gateway, Origin, curl, free_port, tempdir};
+use meshgate_tests::{Gateway, Origin, curl};
 
 fn start(limits: &str) -> (Gateway, SocketAddr, Origin) {
     let origin = Origin::start("o").expect("origin");
-    let port = free_port();
-    let file = tempdir().expect("tempdir").join("meshgate.toml");
-    let text = format!(
-        r#"
-[admin]
-address = "127.0.0.1:{admin}"
-
-[[listener]]
-name = "web"
-address = "127.0.0.1:{port}"
-protocols = ["http1", "h2c"]
-limits = {{ {limits} }}
-
-[[route]]
-name = "r"
-service = "s"
-
-[[service]]
-name = "s"
-endpoints = [{{ address = "{o}" }}]
-"#,
-        admin = free_port(),
-        o = origin.addr
+    let body = format!(
+        "[[route]]\nname = \"r\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\n\
+         endpoints = [{{ address = \"{}\" }}]\n",
+        origin.addr
     );
-    std::fs::write(&file, text).expect("write");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    (Gateway::start(&file, addr).expect("gateway"), addr, origin)
+    let listener = format!("protocols = [\"http1\", \"h2c\"]\nlimits = {{ {limits} }}");
+    let (gw, addr) = Gateway::start_web(&listener, &body).expect("gateway");
+    (gw, addr, origin)
 }
 
 #[test]

@@ -4,12 +4,11 @@
 //! timeouts. The upstream is a real HTTP server (Python's standard library)
 //! whose failures are scripted per request path.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use meshgate_tests::scripted::scripted;
-use meshgate_tests::{Gateway, Proc, curl, free_port, tempdir, wait_for};
+use meshgate_tests::{Gateway, Proc, curl, free_port, wait_for};
 
 fn get(url: &str) -> meshgate_tests::CurlResponse {
     curl(&[url]).expect("curl")
@@ -17,24 +16,8 @@ fn get(url: &str) -> meshgate_tests::CurlResponse {
 
 /// Starts the gateway with one listener and the given routes and services.
 fn gateway(body: &str) -> (Gateway, String) {
-    let port = free_port();
-    let dir = tempdir().expect("tempdir");
-    let config = dir.join("meshgate.toml");
-    let text = format!(
-        "[admin]\naddress = \"127.0.0.1:{}\"\n\n[[listener]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\n\n{body}",
-        free_port()
-    );
-    std::fs::write(&config, text).expect("write config");
-    let gw = Gateway::start(&config, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway");
-    (gw, format!("http://127.0.0.1:{port}"))
-}
-
-fn access_log(gw: &Gateway) -> Vec<serde_json::Value> {
-    gw.proc
-        .stdout()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    let (gw, addr) = Gateway::start_web("", body).expect("gateway");
+    (gw, format!("http://{addr}"))
 }
 
 #[test]
@@ -60,7 +43,7 @@ endpoints = [{{ address = "{}" }}]
     // Three failures with two retries allowed: the client sees the third 503.
     let r = get(&format!("{base}/flaky/3/k2"));
     assert_eq!(r.status, 503);
-    let log = access_log(&gw);
+    let log = gw.access_log();
     assert!(
         log.iter()
             .any(|l| l["path"] == "/flaky/2/k1" && l["retries"] == 2 && l["status"] == 200),
@@ -93,7 +76,7 @@ retry_budget = {{ ratio_percent = 0, min_retries_per_second = 0 }}
     ));
     let r = get(&format!("{base}/flaky/1/k"));
     assert_eq!(r.status, 503, "no budget: the first failure is final");
-    let log = access_log(&gw);
+    let log = gw.access_log();
     assert!(
         log.iter()
             .any(|l| l["retries"] == 0 && l["retry_stop"] == "budget_exhausted"),
@@ -126,7 +109,7 @@ outlier_detection = {{ consecutive_failures = 0 }}
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert_eq!(r.header("x-origin"), Some("live"));
     }
-    let log = access_log(&gw);
+    let log = gw.access_log();
     assert!(
         log.iter().any(|l| l["retries"] == 1),
         "some request hit the dead endpoint first: {log:?}"

@@ -42,21 +42,12 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The JSON access-log lines a gateway wrote so far.
-fn access_log(gw: &Gateway) -> Vec<Value> {
-    gw.proc
-        .stdout()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Waits until the gateway's access log satisfies `cond` (lines are
 /// written once a response is complete, which can be just after the client
 /// has it).
 fn wait_for_log(gw: &Gateway, what: &str, cond: impl Fn(&[Value]) -> bool) {
-    wait_for(Duration::from_secs(10), what, || cond(&access_log(gw)))
-        .unwrap_or_else(|e| panic!("{e}: {:#?}", access_log(gw)));
+    wait_for(Duration::from_secs(10), what, || cond(&gw.access_log()))
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", gw.access_log()));
 }
 
 /// Runs a Python client from `tests/py/` and parses the one JSON object it
@@ -562,7 +553,7 @@ fn upstream_protocol_and_tls_follow_the_service() {
         assert_eq!(resp.status, 502, "{leg}: {resp:?}");
     }
     assert!(
-        !access_log(&stack.b).iter().any(|l| l["path"] == "/refused"),
+        !stack.b.access_log().iter().any(|l| l["path"] == "/refused"),
         "no request may reach an unverified upstream"
     );
     drop(untrusting);
