@@ -42,13 +42,16 @@ impl fmt::Debug for Secret {
 }
 
 /// The whole compiled configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Increases by one on every applied change; 0 before the store
     /// applies it.
     pub version: u64,
-    /// Hex digest of the source text, to tell whether a file changed.
+    /// Hex digest of the source text, to tell whether a file changed
+    /// (and, in a store with discovered endpoints, of those endpoints).
     pub digest: String,
+    /// The digest of the source text and files alone.
+    pub(crate) source_digest: String,
     /// Where it came from: a file path or `<embedded default>`.
     pub origin: String,
     /// When it was compiled.
@@ -71,6 +74,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The digest of the source text and referenced files alone, without
+    /// discovered endpoints: changes only when the operator's config does.
+    pub fn source_digest(&self) -> &str {
+        &self.source_digest
+    }
+
     /// A service by name.
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceSpec>> {
         self.service_index

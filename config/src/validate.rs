@@ -95,6 +95,7 @@ pub(crate) fn compile(
         .collect();
     Some(Snapshot {
         version: 0,
+        source_digest: digest.clone(),
         digest,
         origin: origin.to_owned(),
         loaded_at: SystemTime::now(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use meshgate_config::{ConfigDiff, load_file};
 
-pub(crate) fn run(diff: bool, files: &[PathBuf]) -> ExitCode {
+pub fn run(diff: bool, files: &[PathBuf]) -> ExitCode {
     if diff {
         let [old, new] = files else {
             eprintln!("error: --diff takes exactly two files: OLD NEW");

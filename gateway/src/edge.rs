@@ -46,6 +46,8 @@ pub(crate) struct Edge {
     /// Idle keep-alive lifetime of a client connection, whole seconds.
     pub(crate) idle_secs: u64,
     pub(crate) authn: Arc<crate::authn::Authn>,
+    /// This process's mesh identity, for `tls = "mesh"` services.
+    pub(crate) mesh: Arc<crate::mesh::MeshTls>,
 }
 
 /// A response the proxy writes itself.
@@ -431,11 +433,12 @@ impl ProxyHttp for Edge {
                     .as_ref()
                     .and_then(|k| k.value(&req.headers, client, claims))
                     .map(|b| stable_hash(&b));
-                if svc.tls == UpstreamTls::Mesh {
-                    // Mesh mTLS is not built yet: fail closed rather than
-                    // send mesh traffic in plaintext.
+                if svc.tls == UpstreamTls::Mesh && self.mesh.material().is_none() {
+                    // No workload certificate yet (the control plane has
+                    // not answered): fail closed rather than send mesh
+                    // traffic in plaintext.
                     return self
-                        .proxy_error(session, ctx, 502, "mesh-tls-unavailable")
+                        .proxy_error(session, ctx, 503, "mesh-identity-unavailable")
                         .await;
                 }
                 let now = Instant::now();
@@ -513,7 +516,12 @@ impl ProxyHttp for Edge {
         ctx.upstream = Some(addr);
         let per_try = ctx.retry_policy().and_then(|p| p.per_try_timeout);
         let try_timeout = ctx.flight.deadline.try_timeout(now, per_try);
-        let mut peer = crate::upstream::peer(addr, &svc);
+        let Some(mut peer) = crate::upstream::peer(addr, &svc, &self.mesh) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no mesh identity to reach a mesh service with",
+            ));
+        };
         peer.options.connection_timeout = Some(match try_timeout {
             Some(t) => t.min(svc.connect_timeout),
             None => svc.connect_timeout,

@@ -5,22 +5,12 @@
 //! server (`run`). Decisions live in `meshgate-policy`, the schema in
 //! `meshgate-config`; this crate adapts them to pingora's request phases.
 
-mod authn;
-mod check;
-mod edge;
-mod framing;
-mod reload;
-mod resilience;
-mod runtime;
-mod server;
-mod status_page;
-mod tls;
-mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshgate_gateway::{check, server};
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///

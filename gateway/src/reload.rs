@@ -103,7 +103,7 @@ impl BackgroundService for Reloader {
         };
         let path = match self.store.source() {
             ConfigSource::File(p) => Some(p.clone()),
-            ConfigSource::Embedded => None,
+            ConfigSource::Embedded | ConfigSource::ControlPlane => None,
         };
         let mut last = path.as_ref().and_then(stamp);
         let tick = self.watch.unwrap_or(Duration::from_secs(3600));

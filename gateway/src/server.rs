@@ -23,9 +23,11 @@ use crate::authn::Authn;
 use crate::edge::{Edge, IN_FLIGHT};
 use crate::framing::HeadLimits;
 use crate::reload::Reloader;
+use crate::mesh::MeshTls;
 use crate::runtime::Runtimes;
+use crate::tls::LiveCerts;
 
-pub(crate) fn run(
+pub fn run(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     threads: Option<usize>,
@@ -71,87 +73,22 @@ pub(crate) fn run(
         }
     }
 
-    let threads = threads
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
-        .max(1);
-    let drain = snap
-        .listeners
-        .iter()
-        .map(|l| l.limits.drain_timeout.as_secs())
-        .max()
-        .unwrap_or(30);
-    let runtime_dir = std::env::temp_dir();
-    let pid = std::process::id();
-    let conf = ServerConf {
-        threads,
-        pid_file: runtime_dir
-            .join(format!("meshgate-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: runtime_dir
-            .join(format!("meshgate-{pid}-upgrade.sock"))
-            .display()
-            .to_string(),
-        // pingora keeps serving in-flight requests through the grace
-        // period and then drops whatever is left; `drain` below ends the
-        // process as soon as nothing is in flight.
-        // pingora keeps one pool of idle upstream connections for all
-        // services; size it so every endpoint can keep its configured
-        // `max_idle_per_endpoint` (and never below pingora's 128).
-        upstream_keepalive_pool_size: snap
-            .services
-            .iter()
-            .map(|s| s.max_idle_per_endpoint as usize * s.endpoints.len().max(1))
-            .sum::<usize>()
-            .max(128),
-        grace_period_seconds: Some(drain),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
+    let mut server = new_server(&snap, threads);
     let runtimes = Arc::new(Runtimes::default());
-    let mut certs = HashMap::new();
     let authn = Arc::new(Authn::new(&snap));
-    for l in &snap.listeners {
-        let scheme = if l.tls.is_some() { "https" } else { "http" };
-        let edge = Edge {
-            listener: l.name.clone(),
-            scheme,
-            store: store.clone(),
-            runtimes: runtimes.clone(),
-            head_limits: HeadLimits::from(&l.limits),
-            max_body: l.limits.max_request_body_bytes,
-            idle_secs: l.limits.idle_timeout.as_secs_f64().ceil() as u64,
-            authn: authn.clone(),
-        };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            edge,
-            &format!("listener {}", l.name),
-        );
-        if let Some(app) = svc.app_logic_mut() {
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = l.protocols.h2c;
-            app.server_options = Some(opts);
+    let mesh = MeshTls::new(&snap.mesh.trust_domain);
+    let certs = match add_edge_listeners(&mut server, &store, &runtimes, &authn, &mesh) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-        let addr = l.address.to_string();
-        match &l.tls {
-            None => svc.add_tcp(&addr),
-            Some(tls) => match crate::tls::settings(&l.protocols, tls) {
-                Ok((settings, live)) => {
-                    certs.insert(l.name.clone(), live);
-                    svc.add_tls_with_settings(&addr, None, settings);
-                }
-                Err(e) => {
-                    eprintln!("error: listener \"{}\": {e}", l.name);
-                    return ExitCode::FAILURE;
-                }
-            },
-        }
-        server.add_service(svc);
+    };
+    if crate::appliance::wanted(&snap)
+        && let Err(e) = crate::appliance::start(&store, &mesh)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     server.add_service(background_service(
         "config reload",
@@ -171,15 +108,115 @@ pub(crate) fn run(
         );
     }
     tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
-    drain_on_terminate(&server, Duration::from_secs(drain));
+    drain_on_terminate(&server, drain_limit(&snap));
     server.run_forever()
+}
+
+/// The longest listener drain timeout: how long SIGTERM waits for
+/// in-flight requests.
+pub(crate) fn drain_limit(snap: &Snapshot) -> Duration {
+    snap.listeners
+        .iter()
+        .map(|l| l.limits.drain_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// A bootstrapped pingora server sized for `snap`.
+pub(crate) fn new_server(snap: &Snapshot, threads: Option<usize>) -> Server {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let drain = drain_limit(snap).as_secs();
+    let runtime_dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let conf = ServerConf {
+        threads,
+        pid_file: runtime_dir
+            .join(format!("meshgate-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: runtime_dir
+            .join(format!("meshgate-{pid}-upgrade.sock"))
+            .display()
+            .to_string(),
+        // pingora keeps serving in-flight requests through the grace
+        // period and then drops whatever is left; `drain_on_terminate`
+        // ends the process as soon as nothing is in flight.
+        // pingora keeps one pool of idle upstream connections for all
+        // services; size it so every endpoint can keep its configured
+        // `max_idle_per_endpoint` (and never below pingora's 128).
+        upstream_keepalive_pool_size: snap
+            .services
+            .iter()
+            .map(|s| s.max_idle_per_endpoint as usize * s.endpoints.len().max(1))
+            .sum::<usize>()
+            .max(128),
+        grace_period_seconds: Some(drain),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server
+}
+
+/// Adds one proxy service per configured listener, all running the edge
+/// pipeline over `store`. Returns each TLS listener's live certificates,
+/// for reloads.
+pub(crate) fn add_edge_listeners(
+    server: &mut Server,
+    store: &Arc<ConfigStore>,
+    runtimes: &Arc<Runtimes>,
+    authn: &Arc<Authn>,
+    mesh: &Arc<MeshTls>,
+) -> Result<HashMap<String, Arc<LiveCerts>>, String> {
+    let snap = store.current();
+    let mut certs = HashMap::new();
+    for l in &snap.listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let edge = Edge {
+            listener: l.name.clone(),
+            scheme,
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+            head_limits: HeadLimits::from(&l.limits),
+            max_body: l.limits.max_request_body_bytes,
+            idle_secs: l.limits.idle_timeout.as_secs_f64().ceil() as u64,
+            authn: authn.clone(),
+            mesh: mesh.clone(),
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            edge,
+            &format!("listener {}", l.name),
+        );
+        if let Some(app) = svc.app_logic_mut() {
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = l.protocols.h2c;
+            app.server_options = Some(opts);
+        }
+        let addr = l.address.to_string();
+        match &l.tls {
+            None => svc.add_tcp(&addr),
+            Some(tls) => {
+                let (settings, live) = crate::tls::settings(&l.protocols, tls)
+                    .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
+                certs.insert(l.name.clone(), live);
+                svc.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+        server.add_service(svc);
+    }
+    Ok(certs)
 }
 
 /// On SIGTERM pingora stops accepting and waits out its grace period;
 /// this watcher ends the process as soon as no request is in flight (or
 /// the drain deadline passes), so an idle gateway stops at once and a busy
 /// one finishes what it started.
-fn drain_on_terminate(server: &Server, limit: Duration) {
+pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
         loop {
@@ -205,9 +242,14 @@ fn drain_on_terminate(server: &Server, limit: Duration) {
     });
 }
 
-fn init_logging(snap: &Snapshot) {
+pub(crate) fn init_logging(snap: &Snapshot) {
+    init_logging_filter(&snap.observability.log_level);
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+pub(crate) fn init_logging_filter(default: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&snap.observability.log_level))
+        .or_else(|_| EnvFilter::try_new(default))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -219,7 +261,7 @@ fn init_logging(snap: &Snapshot) {
 type Sink = Mutex<Box<dyn Write + Send>>;
 static ACCESS_LOG: OnceLock<Sink> = OnceLock::new();
 
-fn init_access_log(snap: &Snapshot) -> std::io::Result<()> {
+pub(crate) fn init_access_log(snap: &Snapshot) -> std::io::Result<()> {
     let sink: Box<dyn Write + Send> = match &snap.observability.access_log_target {
         LogTarget::Stdout => Box::new(std::io::stdout()),
         LogTarget::Stderr => Box::new(std::io::stderr()),

@@ -425,21 +425,43 @@ impl ClientCert {
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {
-                match n {
-                    GeneralName::DNSName(d) => out.dns_names.push((*d).to_owned()),
-                    GeneralName::URI(u) => out.uris.push((*u).to_owned()),
-                    _ => {}
+                if let GeneralName::DNSName(d) = n {
+                    out.dns_names.push((*d).to_owned());
                 }
             }
         }
+        out.uris = uri_sans(&cert);
         Some(out)
     }
+
+    /// The caller's SPIFFE ID: its one `spiffe://` URI SAN.
+    pub(crate) fn spiffe_id(&self) -> Option<&str> {
+        let mut ids = self.uris.iter().filter(|u| u.starts_with("spiffe://"));
+        match (ids.next(), ids.next()) {
+            (Some(id), None) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The URI subject-alternative names of a certificate.
+pub(crate) fn uri_sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::URI(u) = n {
+                out.push((*u).to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// After the handshake, records the verified client certificate (if any)
 /// as a [`ClientCert`] in the connection's TLS digest.
 #[derive(Debug)]
-struct ClientCertCallback;
+pub(crate) struct ClientCertCallback;
 
 #[async_trait]
 impl TlsAccept for ClientCertCallback {

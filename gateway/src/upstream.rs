@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use meshgate_config::{ServiceSpec, UpstreamProtocol, UpstreamTls};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::mesh::MeshTls;
+
 /// Streams one pooled HTTP/2 connection may carry at once. pingora's
 /// default is 1, which would open a connection per concurrent request and
 /// defeat multiplexing; 100 is the smallest limit RFC 9113 recommends a
@@ -28,13 +30,16 @@ const H2_STREAMS_PER_CONNECTION: usize = 100;
 ///   the certificate must carry it as an IP subject-alternative name.
 ///   With `protocol = "http2"` only `h2` is offered in ALPN; a server that
 ///   selects no protocol is spoken to in HTTP/1.1 (pingora's fallback).
-/// - `tls = "mesh"` (mTLS with SPIFFE identities) is not built yet; the
-///   request path refuses such services (502 `mesh-tls-unavailable`)
-///   before a peer is built, so they are never reached in plaintext.
-pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec) -> HttpPeer {
+/// - `tls = "mesh"` is mTLS with this process's workload certificate,
+///   verifying the endpoint's certificate against the mesh trust bundle
+///   and the service's mesh DNS name ([`MeshTls::peer`]). `None` before
+///   this process holds a certificate: mesh traffic never goes out in
+///   plaintext.
+pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec, mesh: &MeshTls) -> Option<HttpPeer> {
     let mut peer = match svc.tls {
         UpstreamTls::Tls => HttpPeer::new(addr, true, addr.ip().to_string()),
-        UpstreamTls::None | UpstreamTls::Mesh => HttpPeer::new(addr, false, String::new()),
+        UpstreamTls::None => HttpPeer::new(addr, false, String::new()),
+        UpstreamTls::Mesh => mesh.peer(addr, svc)?,
     };
     match svc.protocol {
         UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
@@ -43,7 +48,7 @@ pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec) -> HttpPeer {
             peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
         }
     }
-    peer
+    Some(peer)
 }
 
 #[cfg(test)]
@@ -64,13 +69,17 @@ mod tests {
         snap.service("s").expect("service s").as_ref().clone()
     }
 
+    fn build(svc: &ServiceSpec) -> HttpPeer {
+        peer(addr(), svc, &MeshTls::new("test.local")).expect("not a mesh service")
+    }
+
     fn addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9000))
     }
 
     #[test]
     fn plaintext_http2_is_prior_knowledge_h2c() {
-        let p = peer(addr(), &service("http2", "none"));
+        let p = build(&service("http2", "none"));
         assert!(!p.tls());
         assert_eq!(p.options.alpn, ALPN::H2);
         assert_eq!(
@@ -83,7 +92,7 @@ mod tests {
 
     #[test]
     fn tls_http2_offers_only_h2_and_verifies_the_endpoint_ip() {
-        let p = peer(addr(), &service("http2", "tls"));
+        let p = build(&service("http2", "tls"));
         assert!(p.tls());
         assert_eq!(p.sni(), "127.0.0.1");
         assert!(p.options.verify_cert && p.options.verify_hostname);
@@ -93,7 +102,7 @@ mod tests {
     #[test]
     fn http1_stays_http1_with_or_without_tls() {
         for tls in ["none", "tls"] {
-            let p = peer(addr(), &service("http1", tls));
+            let p = build(&service("http1", tls));
             assert_eq!(p.options.alpn, ALPN::H1, "{tls}");
             assert_eq!(p.tls(), tls == "tls");
         }

@@ -1,0 +1,162 @@
+//! A sidecar's inbound side: mTLS from mesh peers in, plain HTTP to the
+//! local application out.
+//!
+//! The TLS layer (see `sidecar`) already required a client certificate
+//! that chains to the mesh trust bundle; this proxy reads the caller's
+//! SPIFFE ID from it and applies the service's authorization rules before
+//! anything reaches the application. A service with `[[mesh.authorization]]`
+//! rules takes only the identities they list (deny by default); a service
+//! without rules takes any mesh identity. The application learns who
+//! called in `x-meshgate-peer-identity` (a client-sent copy is removed
+//! first, so the header can be trusted).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use meshgate_config::ConfigStore;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::edge::{IN_FLIGHT, REASON_HEADER};
+use crate::tls::ClientCert;
+
+/// The header the application reads the caller's identity from.
+pub(crate) const PEER_IDENTITY_HEADER: &str = "x-meshgate-peer-identity";
+
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// The service this sidecar fronts (its authorization rules apply).
+    pub(crate) service: String,
+    /// The local application.
+    pub(crate) app: SocketAddr,
+    pub(crate) store: Arc<ConfigStore>,
+    pub(crate) connect_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct InboundCtx {
+    start: Instant,
+    peer: Option<String>,
+    reason: Option<&'static str>,
+}
+
+impl Drop for InboundCtx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inbound {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut InboundCtx,
+        status: u16,
+        reason: &'static str,
+    ) -> Result<bool> {
+        ctx.reason = Some(reason);
+        let body = Bytes::from(format!("{status} {reason}\n"));
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header(REASON_HEADER, reason)?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+}
+
+fn peer_identity(session: &Session) -> Option<String> {
+    let digest = session.digest()?;
+    let ssl = digest.ssl_digest.as_ref()?;
+    let cert = ssl.extension.get::<ClientCert>()?;
+    cert.spiffe_id().map(str::to_owned)
+}
+
+#[async_trait]
+impl ProxyHttp for Inbound {
+    type CTX = InboundCtx;
+
+    fn new_ctx(&self) -> InboundCtx {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InboundCtx {
+            start: Instant::now(),
+            peer: None,
+            reason: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        ctx.peer = peer_identity(session);
+        let Some(peer) = ctx.peer.as_deref() else {
+            // The handshake demanded a certificate from the mesh CA, so
+            // this is a mesh certificate without exactly one SPIFFE ID.
+            return self.refuse(session, ctx, 403, "no-peer-identity").await;
+        };
+        let snap = self.store.current();
+        let allowed = snap
+            .service(&self.service)
+            .is_none_or(|svc| svc.callers.allows(peer));
+        if !allowed {
+            tracing::info!(peer, service = %self.service, "caller not authorized");
+            return self.refuse(session, ctx, 403, "identity-denied").await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut InboundCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.app, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        upstream_request.remove_header(PEER_IDENTITY_HEADER);
+        if let Some(peer) = ctx.peer.as_deref() {
+            upstream_request.insert_header(PEER_IDENTITY_HEADER, peer)?;
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, _error: &Error) -> bool {
+        // Failures are in the access log with their reason.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {
+        let snap = self.store.current();
+        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
+            return;
+        }
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let req = session.req_header();
+        let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
+        let line = serde_json::json!({
+            "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            "listener": "inbound",
+            "proto": if session.is_http2() { "http2" } else { "http1" },
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "status": status,
+            "service": self.service,
+            "peer": ctx.peer,
+            "reason": reason,
+            "duration_ms": ctx.start.elapsed().as_secs_f64() * 1000.0,
+        });
+        crate::server::access_log(&line.to_string());
+    }
+}

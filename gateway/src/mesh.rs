@@ -1,0 +1,269 @@
+//! This process's mesh identity: its workload certificate and key, and the
+//! trust bundle it verifies peers with.
+//!
+//! The same material serves both directions. Outbound (gateway → sidecar,
+//! sidecar → sidecar) it becomes the client certificate and per-peer CA of
+//! a pingora `HttpPeer`, and the peer's certificate is verified by name:
+//! every workload certificate carries a DNS name derived from its SPIFFE ID
+//! (`NAME.service.TRUST_DOMAIN`), so ordinary hostname verification proves
+//! the server is the service we meant to reach. Inbound (a sidecar's mTLS
+//! port) it is the server certificate and the client-certificate verifier.
+//!
+//! Certificates are short-lived and renewed while traffic flows, so the
+//! material lives behind `arc-swap`: [`MeshTls::install`] checks a new
+//! chain, key and bundle completely and swaps them in only when all are
+//! good. A connection keeps the certificate it was made with; pooled
+//! upstream connections made with an old certificate are not reused, as
+//! pingora keys its pool by the client certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use meshgate_config::ServiceSpec;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{CertKey, WrappedX509, parse_x509};
+use rustls::DistinguishedName;
+use rustls::RootCertStore;
+use rustls::SignatureScheme;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+
+/// Why new mesh material was refused (the old material stays).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MeshTlsError {
+    /// The chain is not PEM certificates.
+    #[error("workload certificate chain: {0}")]
+    Chain(String),
+    /// The key is not a PEM private key, or does not fit the certificate.
+    #[error("workload key: {0}")]
+    Key(String),
+    /// The trust bundle is empty or unusable.
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+}
+
+/// One complete set of identity material.
+pub(crate) struct Material {
+    /// Our SPIFFE ID, read from the certificate.
+    pub(crate) id: String,
+    /// When the certificate became valid.
+    pub(crate) not_before: SystemTime,
+    /// When the certificate expires.
+    pub(crate) not_after: SystemTime,
+    client: Arc<CertKey>,
+    roots: Arc<[WrappedX509]>,
+    server: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("id", &self.id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The live identity of this process; empty until the first certificate.
+#[derive(Debug)]
+pub(crate) struct MeshTls {
+    trust_domain: String,
+    current: ArcSwapOption<Material>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl MeshTls {
+    pub(crate) fn new(trust_domain: &str) -> Arc<MeshTls> {
+        let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+        Arc::new(MeshTls {
+            trust_domain: trust_domain.to_owned(),
+            current: ArcSwapOption::empty(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+
+    /// The material in use, if a certificate has been installed.
+    pub(crate) fn material(&self) -> Option<Arc<Material>> {
+        self.current.load_full()
+    }
+
+    /// Checks and swaps in a new certificate chain (leaf first), its key
+    /// and the trust bundle. Nothing changes on error.
+    pub(crate) fn install(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+    ) -> Result<Arc<Material>, MeshTlsError> {
+        let chain = pem_certs(chain_pem).map_err(MeshTlsError::Chain)?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+            .map_err(|e| MeshTlsError::Chain(format!("leaf does not parse: {e}")))?;
+        let id = crate::tls::uri_sans(&leaf)
+            .into_iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .ok_or_else(|| MeshTlsError::Chain("leaf has no spiffe:// URI SAN".into()))?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+        };
+        let not_before = at(leaf.validity().not_before);
+        let not_after = at(leaf.validity().not_after);
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| MeshTlsError::Key(format!("not a PEM private key: {e}")))?;
+        let key_der = key.secret_der().to_vec();
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| MeshTlsError::Key(e.to_string()))?;
+        let certs: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let server = CertifiedKey::new(certs, signing);
+        server
+            .keys_match()
+            .map_err(|e| MeshTlsError::Key(format!("does not match the certificate: {e}")))?;
+
+        let bundle = pem_certs(bundle_pem).map_err(MeshTlsError::Bundle)?;
+        let mut store = RootCertStore::empty();
+        for der in &bundle {
+            store
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|e| MeshTlsError::Bundle(e.to_string()))?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| MeshTlsError::Bundle(e.to_string()))?;
+        let roots: Vec<WrappedX509> = bundle
+            .into_iter()
+            .map(|der| WrappedX509::new(der, parse_x509))
+            .collect();
+        let material = Arc::new(Material {
+            id,
+            not_before,
+            not_after,
+            client: Arc::new(CertKey::new(chain, key_der)),
+            roots: Arc::from(roots.into_boxed_slice()),
+            server: Arc::new(server),
+            verifier,
+        });
+        self.current.store(Some(material.clone()));
+        Ok(material)
+    }
+
+    /// The DNS name every instance of `service` has in its certificate.
+    pub(crate) fn server_name(&self, service: &str) -> String {
+        format!("{service}.service.{}", self.trust_domain)
+    }
+
+    /// The mTLS peer for an endpoint of mesh service `svc`, or `None`
+    /// before this process has a certificate.
+    pub(crate) fn peer(&self, addr: SocketAddr, svc: &ServiceSpec) -> Option<HttpPeer> {
+        let m = self.material()?;
+        let mut peer = HttpPeer::new(addr, true, self.server_name(&svc.name));
+        peer.client_cert_key = Some(m.client.clone());
+        peer.options.ca = Some(m.roots.clone());
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        Some(peer)
+    }
+
+    /// The server side: a certificate resolver and a client verifier that
+    /// always use the current material.
+    pub(crate) fn server_hooks(
+        self: &Arc<Self>,
+    ) -> (Arc<dyn ResolvesServerCert>, Arc<dyn ClientCertVerifier>) {
+        (
+            Arc::new(CurrentCert(self.clone())),
+            Arc::new(CurrentVerifier(self.clone())),
+        )
+    }
+}
+
+/// Splits a PEM text into DER certificates, each checked to parse, since
+/// pingora's `CertKey` would panic on one that does not.
+fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let c = c.map_err(|e| format!("not PEM: {e}"))?;
+        x509_parser::parse_x509_certificate(&c)
+            .map_err(|e| format!("a certificate does not parse: {e}"))?;
+        out.push(c.to_vec());
+    }
+    if out.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct CurrentCert(Arc<MeshTls>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.material().map(|m| m.server.clone())
+    }
+}
+
+/// Delegates to the verifier built from the current trust bundle, so a
+/// root rotation takes effect for the next handshake.
+#[derive(Debug)]
+struct CurrentVerifier(Arc<MeshTls>);
+
+impl CurrentVerifier {
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.0
+            .material()
+            .map(|m| m.verifier.clone())
+            .ok_or_else(|| rustls::Error::General("no mesh trust bundle yet".into()))
+    }
+}
+
+impl ClientCertVerifier for CurrentVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; mesh clients have exactly one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

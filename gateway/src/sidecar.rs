@@ -1,0 +1,388 @@
+//! `meshgate-sidecar`: the mesh proxy beside one service instance.
+//!
+//! - **Outbound** (`--outbound`, loopback): the application calls its
+//!   sidecar as an HTTP proxy, naming the target service in `Host`. The
+//!   request runs the same pipeline as the gateway's (routes, splits,
+//!   peak-EWMA, retries within budget, breakers, outlier ejection,
+//!   timeouts) and leaves over mTLS, HTTP/2 between sidecars.
+//! - **Inbound** (`--inbound`): mTLS only; the caller's certificate must
+//!   chain to the mesh trust bundle and its SPIFFE ID must be allowed by
+//!   this service's authorization rules; then plain HTTP to `--app`.
+//! - **Control plane**: one TLS stream to the appliance. The sidecar joins
+//!   with its service name, labels and a key it generated (only a CSR
+//!   leaves the process), gets its workload certificate and the sidecar
+//!   config (TOML, rendered by the control plane with the live endpoints),
+//!   heart-beats, and renews the certificate at half its lifetime. If the
+//!   control plane goes away the sidecar keeps serving with the last good
+//!   config and certificate and reconnects with backoff.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+use meshgate_config::{ConfigSource, ConfigStore, ReloadOutcome, Snapshot};
+use meshgate_control::{ClientOptions, Event, NewKey};
+use meshgate_identity::{SpiffeId, WorkloadKey};
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::authn::Authn;
+use crate::inbound::Inbound;
+use crate::mesh::MeshTls;
+use crate::runtime::Runtimes;
+use crate::tls::ClientCertCallback;
+
+/// meshgate-sidecar — the mesh proxy that runs beside each service instance.
+#[derive(Debug, Parser)]
+#[command(name = "meshgate-sidecar", version, about, long_about)]
+pub struct Cli {
+    /// Control plane address of the meshgate appliance.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15012")]
+    control_plane: String,
+    /// The mesh's SPIFFE trust domain (as in the appliance's `[mesh]`).
+    #[arg(long, value_name = "NAME", default_value = "meshgate.local")]
+    trust_domain: String,
+    /// Trust bundle (PEM) to verify the control plane with: the mesh CA's
+    /// root, as written by the appliance to its state directory.
+    #[arg(long, value_name = "FILE")]
+    ca_file: PathBuf,
+    /// Name of the local service.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// Labels of this instance, e.g. `version=v2` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Address of the local application.
+    #[arg(long, value_name = "ADDR")]
+    app: SocketAddr,
+    /// Where mesh peers connect (mTLS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
+    inbound: SocketAddr,
+    /// The inbound address peers should dial, when it differs from
+    /// --inbound (required when --inbound is a wildcard address).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<SocketAddr>,
+    /// Where the local application sends its outbound calls.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+    /// File holding the join token.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Worker threads per listener.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+}
+
+/// What the control-plane thread and the server share.
+#[derive(Debug, Default)]
+struct Pending {
+    store: Option<Arc<ConfigStore>>,
+    first: Option<Snapshot>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    mesh: Arc<MeshTls>,
+    pending: Mutex<Pending>,
+    ready: Condvar,
+    outbound: SocketAddr,
+}
+
+/// Runs the sidecar; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut labels = BTreeMap::new();
+    for l in &cli.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_owned(), v.to_owned());
+            }
+            _ => return Err(format!("label \"{l}\" is not KEY=VALUE")),
+        }
+    }
+    let advertise = match cli.advertise {
+        Some(a) => a,
+        None if cli.inbound.ip().is_unspecified() => {
+            return Err(format!(
+                "--inbound {} is a wildcard address; say which address peers dial with --advertise",
+                cli.inbound
+            ));
+        }
+        None => cli.inbound,
+    };
+    let id = SpiffeId::service(&cli.trust_domain, &cli.service)
+        .map_err(|e| format!("service \"{}\": {e}", cli.service))?;
+    let cp_name = SpiffeId::control_plane(&cli.trust_domain)
+        .and_then(|i| i.dns_name())
+        .map_err(|e| format!("trust domain \"{}\": {e}", cli.trust_domain))?;
+    let cp_tls = control_plane_tls(&cli.ca_file)?;
+    let join_token = match &cli.join_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read join token file {}: {e}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    for (what, addr) in [("outbound", cli.outbound), ("inbound", cli.inbound)] {
+        TcpListener::bind(addr).map_err(|e| format!("{what} address {addr}: {e}"))?;
+    }
+    crate::server::init_logging_filter("info");
+
+    let shared = Arc::new(Shared {
+        mesh: MeshTls::new(&cli.trust_domain),
+        pending: Mutex::new(Pending::default()),
+        ready: Condvar::new(),
+        outbound: cli.outbound,
+    });
+    let opts = ClientOptions {
+        address: cli.control_plane.clone(),
+        server_name: cp_name,
+        tls: cp_tls,
+        join_token,
+        service: cli.service.clone(),
+        labels,
+        address_for_peers: advertise,
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(5),
+    };
+    let new_key = Arc::new(move || -> Result<NewKey, String> {
+        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+        let csr_pem = key.csr_pem(&id).map_err(|e| e.to_string())?;
+        Ok(NewKey {
+            key_pem: key.key_pem(),
+            csr_pem,
+        })
+    });
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || control_loop(opts, new_key, shared))
+            .map_err(|e| format!("cannot start the control-plane thread: {e}"))?;
+    }
+    tracing::info!(
+        control_plane = %cli.control_plane,
+        service = %cli.service,
+        "waiting for a certificate and config from the control plane"
+    );
+    let snap = {
+        let mut p = shared
+            .pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        loop {
+            if shared.mesh.material().is_some()
+                && let Some(s) = p.first.take()
+            {
+                break s;
+            }
+            p = shared
+                .ready
+                .wait(p)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
+    };
+    let store = Arc::new(ConfigStore::new(snap, ConfigSource::ControlPlane));
+    {
+        let mut p = shared
+            .pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        // A config that arrived while we were starting wins.
+        if let Some(newer) = p.first.take() {
+            store.install(newer);
+        }
+        p.store = Some(store.clone());
+    }
+    let snap = store.current();
+    crate::server::init_access_log(&snap)
+        .map_err(|e| format!("cannot open the access log: {e}"))?;
+
+    let mut server = crate::server::new_server(&snap, Some(cli.threads));
+    let runtimes = Arc::new(Runtimes::default());
+    let authn = Arc::new(Authn::new(&snap));
+    crate::server::add_edge_listeners(&mut server, &store, &runtimes, &authn, &shared.mesh)?;
+
+    let inbound = Inbound {
+        service: cli.service.clone(),
+        app: cli.app,
+        store: store.clone(),
+        connect_timeout: Duration::from_secs(1),
+    };
+    let mut svc =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, inbound, "inbound");
+    let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
+        .map_err(|e| format!("inbound TLS: {e}"))?;
+    let (resolver, verifier) = shared.mesh.server_hooks();
+    settings.set_cert_resolver(resolver);
+    settings.set_client_cert_verifier(verifier);
+    settings.set_alpn(ALPN::H2H1);
+    svc.add_tls_with_settings(&cli.inbound.to_string(), None, settings);
+    server.add_service(svc);
+
+    watch_expiry(shared.mesh.clone());
+    tracing::info!(
+        service = %cli.service,
+        outbound = %cli.outbound,
+        inbound = %cli.inbound,
+        app = %cli.app,
+        "meshgate-sidecar started"
+    );
+    crate::server::drain_on_terminate(&server, crate::server::drain_limit(&snap));
+    server.run_forever()
+}
+
+/// The outbound listener the sidecar adds to the pushed config.
+fn with_listener(config: &str, outbound: SocketAddr) -> String {
+    format!(
+        "{config}\n\n# Added by the sidecar.\n[[listener]]\nname = \"outbound\"\n\
+         address = \"{outbound}\"\nprotocols = [\"http1\", \"h2c\"]\n"
+    )
+}
+
+fn control_plane_tls(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let text = std::fs::read_to_string(ca_file)
+        .map_err(|e| format!("cannot read --ca-file {}: {e}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        let c = c.map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "--ca-file {} holds no certificate",
+            ca_file.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("control-plane TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn control_loop(
+    opts: ClientOptions,
+    new_key: Arc<dyn Fn() -> Result<NewKey, String> + Send + Sync>,
+    shared: Arc<Shared>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control-plane runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(meshgate_control::run_client(opts, new_key, tx));
+        while let Some(event) = rx.recv().await {
+            handle(&shared, event);
+        }
+    });
+}
+
+fn handle(shared: &Shared, event: Event) {
+    match event {
+        Event::Connected => tracing::info!("connected to the control plane"),
+        Event::Disconnected { error } => tracing::warn!(
+            error = %error,
+            "control plane unreachable; serving with the last config and certificate"
+        ),
+        Event::Certificate {
+            key_pem,
+            chain_pem,
+            trust_bundle_pem,
+            not_after,
+            ..
+        } => match shared.mesh.install(&chain_pem, &key_pem, &trust_bundle_pem) {
+            Ok(m) => {
+                tracing::info!(identity = %m.id, expires_in = ?remaining(not_after), "workload certificate installed");
+                shared.ready.notify_all();
+            }
+            Err(e) => tracing::error!(error = %e, "workload certificate refused; keeping the old one"),
+        },
+        Event::Config {
+            epoch,
+            version,
+            config,
+        } => {
+            let text = with_listener(&config, shared.outbound);
+            let origin = format!("control-plane config v{version}");
+            let snap = match meshgate_config::load_str(&text, &origin, Path::new("/")) {
+                Ok(s) => s,
+                Err(d) => {
+                    tracing::error!(version, "config from the control plane refused; keeping the running one:\n{d}");
+                    return;
+                }
+            };
+            let mut p = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            match &p.store {
+                Some(store) => match store.install(snap) {
+                    ReloadOutcome::Applied { version: local, diff } => {
+                        tracing::info!(epoch, version, local, changes = %diff, "config applied")
+                    }
+                    ReloadOutcome::Unchanged { .. } => {
+                        tracing::debug!(epoch, version, "config unchanged")
+                    }
+                },
+                None => {
+                    p.first = Some(snap);
+                    shared.ready.notify_all();
+                }
+            }
+        }
+    }
+}
+
+fn remaining(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// Warns while the certificate is close to expiry (the control plane
+/// should have renewed it at half its life) and errors once it expired.
+fn watch_expiry(mesh: Arc<MeshTls>) {
+    let _ = std::thread::Builder::new()
+        .name("cert-expiry".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let Some(m) = mesh.material() else { continue };
+                let now = SystemTime::now();
+                let life = m.not_after.duration_since(m.not_before).unwrap_or_default();
+                match m.not_after.duration_since(now) {
+                    Err(_) => tracing::error!(identity = %m.id, "workload certificate has expired; mesh peers will refuse this instance"),
+                    Ok(left) if left < life / 4 => tracing::warn!(identity = %m.id, expires_in = ?left, "workload certificate not renewed and close to expiry"),
+                    Ok(_) => {}
+                }
+            }
+        });
+}
