@@ -246,6 +246,15 @@ pub(crate) struct RawService {
     pub circuit_breaker: Option<RawLimits>,
     pub outlier_detection: Option<Spanned<RawOutlier>>,
     pub retry_budget: Option<Spanned<RawRetryBudget>>,
+    pub calls: Option<RawCalls>,
+}
+
+/// `[service.calls]`: how sidecars call the service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCalls {
+    pub timeout: Option<S>,
+    pub retry: Option<Spanned<RawRetry>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ use http::HeaderName;
 use meshgate_policy::authz::IdentityPolicy;
 use meshgate_policy::breaker::{Limits, OutlierConfig};
 use meshgate_policy::lb::{Algorithm, EwmaConfig};
-use meshgate_policy::retry::RetryBudgetConfig;
+use meshgate_policy::retry::{RetryBudgetConfig, RetryPolicy};
 use meshgate_policy::route::RouteTable;
 use meshgate_policy::split::Split;
 
@@ -471,8 +471,30 @@ pub struct ServiceSpec {
     pub outlier: OutlierConfig,
     /// Retry budget shared by the service's routes.
     pub retry_budget: RetryBudgetConfig,
+    /// How sidecars call it (`[service.calls]`).
+    pub calls: CallsSpec,
     /// Which mesh identities may call it.
     pub callers: IdentityPolicy,
+}
+
+/// How sidecars call a service: the route each sidecar's outbound side
+/// gets for it (the control plane renders it from `[service.calls]`).
+#[derive(Debug, Clone)]
+pub struct CallsSpec {
+    /// Overall deadline per call. Default 15 s.
+    pub timeout: Duration,
+    /// Retry policy; `None` means the default (two retries on
+    /// connect-failure, reset and gateway-error, idempotent requests only).
+    pub retry: Option<Arc<RetryPolicy>>,
+}
+
+impl Default for CallsSpec {
+    fn default() -> Self {
+        CallsSpec {
+            timeout: Duration::from_secs(15),
+            retry: None,
+        }
+    }
 }
 
 /// Mesh enforcement mode.

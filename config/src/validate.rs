@@ -1127,7 +1127,7 @@ impl Cx<'_, '_> {
                         ],
                     )
                 })
-                .unwrap_or(UpstreamProtocol::Http1);
+                ;
             let default_tls = match discovery {
                 Discovery::Mesh => UpstreamTls::Mesh,
                 Discovery::Static => UpstreamTls::None,
@@ -1147,6 +1147,13 @@ impl Cx<'_, '_> {
                     )
                 })
                 .unwrap_or(default_tls);
+            // Sidecars speak HTTP/2 to each other: one multiplexed mTLS
+            // connection per peer instead of one handshake per request.
+            let protocol = protocol.unwrap_or(if tls == UpstreamTls::Mesh {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::Http1
+            });
             let d = Duration::from_secs;
             let connect_timeout = self.opt_duration(
                 r.connect_timeout.as_ref(),
@@ -1172,6 +1179,7 @@ impl Cx<'_, '_> {
             let limits = self.limits(r.circuit_breaker.as_ref());
             let outlier = self.outlier(r.outlier_detection.as_ref());
             let retry_budget = self.retry_budget(r.retry_budget.as_ref());
+            let calls = self.calls(r.calls.as_ref());
             out.push(ServiceSpec {
                 name,
                 discovery,
@@ -1189,10 +1197,31 @@ impl Cx<'_, '_> {
                 limits,
                 outlier,
                 retry_budget,
+                calls,
                 callers: IdentityPolicy::default(),
             });
         }
         out
+    }
+
+    /// `[service.calls]`: checked like a route's timeout and retry.
+    fn calls(&mut self, raw: Option<&RawCalls>) -> CallsSpec {
+        let mut spec = CallsSpec::default();
+        let Some(raw) = raw else { return spec };
+        if let Some(t) = raw.timeout.as_ref().and_then(|t| {
+            self.duration(
+                t,
+                "timeout",
+                Duration::from_millis(1),
+                Duration::from_secs(86_400),
+            )
+        }) {
+            spec.timeout = t;
+        }
+        if let Some(rx) = raw.retry.as_ref() {
+            spec.retry = self.retry(rx).map(Arc::new);
+        }
+        spec
     }
 
     fn split(
@@ -1489,7 +1518,7 @@ impl Cx<'_, '_> {
             r.workload_cert_ttl.as_ref(),
             "workload_cert_ttl",
             spec.workload_cert_ttl,
-            Duration::from_secs(5 * 60),
+            Duration::from_secs(10),
             Duration::from_secs(30 * 86_400),
         );
         if let Some(mode) = &r.mode {

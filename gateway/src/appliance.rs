@@ -253,13 +253,12 @@ async fn renew(
     cp_cert: Arc<ServerCert>,
 ) {
     loop {
+        // Half of what is left: certificates are backdated a little for
+        // clock skew, so their nominal lifetime overstates what we have.
         let wait = mesh
             .material()
-            .map(|m| {
-                let life = m.not_after.duration_since(m.not_before).unwrap_or(ttl);
-                let due = m.not_before + life / 2;
-                due.duration_since(SystemTime::now()).unwrap_or_default()
-            })
+            .and_then(|m| m.not_after.duration_since(SystemTime::now()).ok())
+            .map(|left| left / 2)
             .unwrap_or_default()
             .max(Duration::from_secs(1));
         tokio::time::sleep(wait).await;

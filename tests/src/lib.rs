@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod http1;
+pub mod mesh;
 pub mod scripted;
 
 /// Path of a workspace binary (`meshgate`, `meshgate-sidecar`).

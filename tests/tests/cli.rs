@@ -159,19 +159,30 @@ targets = [{ subset = "v1", weight = 95 }, { subset = "v2", weight = 5 }]
 }
 
 #[test]
-fn sidecar_says_plainly_that_it_cannot_run_yet() {
-    let out = run(
-        Command::new(bin("meshgate-sidecar")).args([
-            "--service",
-            "orders",
-            "--app",
-            "127.0.0.1:9000",
-        ]),
-        Duration::from_secs(10),
-    )
-    .expect("sidecar runs");
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run yet"));
+fn sidecar_refuses_bad_arguments_with_one_clear_line() {
+    let dir = meshgate_tests::tempdir().expect("tempdir");
+    let ca = dir.join("bundle.pem");
+    std::fs::write(&ca, "not a certificate\n").expect("write");
+    let ca = ca.to_str().expect("utf8");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--service", "orders", "--label", "version"], "is not KEY=VALUE"),
+        (&["--service", "orders", "--inbound", "0.0.0.0:15006"], "--advertise"),
+        (&["--service", "orders"], "holds no certificate"),
+        (&["--service", "Not A Name"], "service"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--app", "127.0.0.1:9000", "--ca-file", ca];
+        args.extend_from_slice(extra);
+        let out = run(
+            Command::new(bin("meshgate-sidecar")).args(&args),
+            Duration::from_secs(10),
+        )
+        .expect("sidecar runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]

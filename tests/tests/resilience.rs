@@ -263,8 +263,12 @@ outlier_detection = {{ consecutive_failures = 0 }}
 }
 
 #[test]
-fn mesh_services_fail_closed_until_mesh_tls_exists() {
+fn mesh_services_never_fall_back_to_plaintext() {
+    // A `tls = "mesh"` endpoint that is a plain HTTP server, not a
+    // sidecar: the mTLS handshake fails, the request fails, and the
+    // origin never sees an HTTP request.
     let o = scripted("a");
+    let state = meshgate_tests::tempdir().expect("tempdir");
     let (_gw, base) = gateway(&format!(
         r#"
 [[route]]
@@ -274,13 +278,19 @@ service = "s"
 [[service]]
 name = "s"
 tls = "mesh"
+connect_timeout = "500ms"
 endpoints = [{{ address = "{}" }}]
+
+[mesh]
+control_plane_address = "127.0.0.1:{}"
+state_dir = "{}"
 "#,
-        o.addr
+        o.addr,
+        meshgate_tests::free_port(),
+        state.display()
     ));
     let r = get(&format!("{base}/svc"));
-    assert_eq!(r.status, 502);
-    assert_eq!(r.header("x-meshgate-reason"), Some("mesh-tls-unavailable"));
+    assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(
         get(&format!("http://{}/count/svc", o.addr)).body,
         "0",

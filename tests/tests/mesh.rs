@@ -1,0 +1,409 @@
+//! The seed example end to end, every component a separate process on
+//! loopback: the appliance (gateway, control plane, CA), demo services and
+//! one `meshgate-sidecar` per instance. Requests cross the mesh over mTLS
+//! (gateway → sidecar, sidecar → sidecar); the tests check routing,
+//! the canary split, failure handling, identity authorization and
+//! certificate handling from the outside, with real clients.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meshgate_tests::http1::Client;
+use meshgate_tests::mesh::{LabOptions, MeshLab, TRUST_DOMAIN, service_id};
+use meshgate_tests::{curl, tempdir, wait_for};
+
+/// The seed layout: product-catalog v1 ×2 and v2, order-processing
+/// calling product-catalog, user-account.
+fn seed(opts: LabOptions) -> Result<MeshLab> {
+    let mut lab = MeshLab::start(opts)?;
+    lab.add("product-catalog", "v1", None)?;
+    lab.add("product-catalog", "v1", None)?;
+    lab.add("product-catalog", "v2", None)?;
+    lab.add("order-processing", "v1", Some("product-catalog"))?;
+    lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/catalog/items", &["v1", "v2"], 3)?;
+    lab.wait_serving("/orders/1", &["v1"], 1)?;
+    Ok(lab)
+}
+
+#[test]
+fn a_request_crosses_the_mesh_with_mtls_identities_on_every_hop() -> Result<()> {
+    let lab = seed(LabOptions::default())?;
+    let mut c = Client::new(lab.edge);
+    let r = c.get("/orders/42", &[("x-user-id", "alice")])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json()?;
+    assert_eq!(j["service"], "order-processing");
+    // order-processing was called by the gateway, over mTLS.
+    assert_eq!(j["caller"], format!("spiffe://{TRUST_DOMAIN}/gateway"));
+    assert_eq!(j["user"], "alice");
+    // ...and called product-catalog through its sidecar, which the
+    // catalog saw as order-processing's identity.
+    let cat = &j["catalog"];
+    assert_eq!(cat["status"], 200, "{j}");
+    assert_eq!(cat["body"]["service"], "product-catalog", "{j}");
+    assert_eq!(cat["body"]["caller"], service_id("order-processing"));
+    assert_eq!(cat["body"]["user"], "alice", "x-user-id is carried on");
+
+    // Every service registered; the gateway reached them by discovery.
+    let r = c.get("/users/alice", &[])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()?["service"], "user-account");
+    Ok(())
+}
+
+#[test]
+fn the_canary_gets_five_percent_of_users_sticky_per_user() -> Result<()> {
+    let lab = seed(LabOptions::default())?;
+    let mut c = Client::new(lab.edge);
+    let users = 20_000;
+    let mut v2 = 0u32;
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for u in 0..users {
+        let user = format!("user-{u}");
+        let r = c.get("/catalog/items", &[("x-user-id", &user)])?;
+        assert_eq!(r.status, 200, "{user}: {}", r.body);
+        let version = r.json()?["version"].as_str().unwrap_or("").to_owned();
+        if version == "v2" {
+            v2 += 1;
+        }
+        if u < 200 {
+            first.insert(user, version);
+        }
+    }
+    let share = f64::from(v2) * 100.0 / f64::from(users);
+    assert!(
+        (4.0..=6.0).contains(&share),
+        "v2 share {share:.2}% of {users} users, want 5 ±1"
+    );
+    // Sticky: the same users again see the same version, through the
+    // gateway and through order-processing's sidecar alike.
+    for (user, version) in &first {
+        let r = c.get("/catalog/items", &[("x-user-id", user)])?;
+        assert_eq!(&r.json()?["version"], version.as_str(), "{user}");
+        let r = c.get("/orders/1", &[("x-user-id", user)])?;
+        assert_eq!(
+            &r.json()?["catalog"]["body"]["version"],
+            version.as_str(),
+            "{user} through the mesh"
+        );
+    }
+    // The override header forces a version for testers.
+    let r = c.get("/catalog/items", &[("x-user-id", "user-1"), ("x-canary", "v2")])?;
+    assert_eq!(r.json()?["version"], "v2");
+    Ok(())
+}
+
+/// Sends `n` requests to `path` with distinct users; returns the statuses
+/// that were not 200 and the instances that answered.
+fn drive(lab: &MeshLab, path: &str, n: u32) -> Result<(Vec<String>, BTreeMap<String, u32>)> {
+    let mut c = Client::new(lab.edge);
+    let mut failures = Vec::new();
+    let mut by_instance = BTreeMap::new();
+    for i in 0..n {
+        let user = format!("u{i}");
+        match c.get(path, &[("x-user-id", &user), ("x-canary", "v1")]) {
+            Ok(r) if r.status == 200 => {
+                let j = r.json()?;
+                let inst = j["catalog"]["body"]["instance"]
+                    .as_str()
+                    .or(j["instance"].as_str())
+                    .unwrap_or("?")
+                    .to_owned();
+                *by_instance.entry(inst).or_insert(0) += 1;
+            }
+            Ok(r) => failures.push(format!("{} {}", r.status, r.body.trim())),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    Ok((failures, by_instance))
+}
+
+#[test]
+fn a_flaky_instance_is_retried_around_and_a_killed_one_ejected() -> Result<()> {
+    let mut lab = seed(LabOptions::default())?;
+    // Instance 0 (v1) fails half its requests.
+    lab.set_flaky(0, 50)?;
+    let (failures, seen) = drive(&lab, "/catalog/items", 300)?;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.contains_key("product-catalog-1"), "{seen:?}");
+    // Through the mesh too: order-processing's sidecar retries.
+    let (failures, _) = drive(&lab, "/orders/7", 300)?;
+    assert!(failures.is_empty(), "{failures:?}");
+    lab.set_flaky(0, 0)?;
+
+    // Kill instance 1's app outright: its sidecar answers 502, the
+    // callers retry elsewhere and eject it.
+    lab.instances[1].app.signal("KILL")?;
+    let (failures, seen) = drive(&lab, "/catalog/items", 300)?;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.contains_key("product-catalog-0"), "{seen:?}");
+    // Now its sidecar too: connections are refused, and the instance
+    // leaves the registry once its heartbeats stop.
+    lab.instances[1].sidecar.signal("KILL")?;
+    let (failures, _) = drive(&lab, "/orders/8", 300)?;
+    assert!(failures.is_empty(), "{failures:?}");
+    let log = lab.appliance.proc.stderr();
+    wait_for(Duration::from_secs(20), "instance removed", || {
+        lab.appliance.proc.stderr().matches("mesh endpoints changed").count()
+            > log.matches("mesh endpoints changed").count()
+    })?;
+    Ok(())
+}
+
+#[test]
+fn only_allowed_identities_may_call_product_catalog() -> Result<()> {
+    let lab = seed(LabOptions::default())?;
+    // user-account's sidecar is a real mesh member with a valid
+    // certificate, but product-catalog's rules do not list it.
+    let ua = &lab.instances[4];
+    let url = format!("http://{}/items", ua.outbound);
+    let r = curl(&["-H", "host: product-catalog", &url])?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.header("x-meshgate-reason"), Some("identity-denied"));
+    // The same call from order-processing's sidecar is allowed.
+    let op = &lab.instances[3];
+    let url = format!("http://{}/items", op.outbound);
+    let r = curl(&["-H", "host: product-catalog", &url])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And user-account itself takes calls from anyone in the mesh.
+    let url = format!("http://{}/u", op.outbound);
+    let r = curl(&["-H", "host: user-account", &url])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    Ok(())
+}
+
+/// Makes a client certificate with rcgen: for `id`, signed by the CA in
+/// `ca` (cert, key) or self-signed as its own CA, valid from `from` to
+/// `to` (seconds from now).
+fn client_cert(dir: &Path, id: &str, ca: Option<(&Path, &Path)>, from: i64, to: i64) -> Result<()> {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let now = time_now();
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    params.not_before = now + time::Duration::seconds(from);
+    params.not_after = now + time::Duration::seconds(to);
+    let key = KeyPair::generate()?;
+    let cert = match ca {
+        Some((cert, ca_key)) => {
+            let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_key)?)?;
+            let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(cert)?, ca_key)?;
+            params.signed_by(&key, &issuer)?
+        }
+        None => {
+            let mut other = CertificateParams::new(Vec::<String>::new())?;
+            other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let other_key = KeyPair::generate()?;
+            let issuer = Issuer::new(other, other_key);
+            params.signed_by(&key, &issuer)?
+        }
+    };
+    std::fs::write(dir.join("client.pem"), cert.pem())?;
+    std::fs::write(dir.join("client-key.pem"), key.serialize_pem())?;
+    Ok(())
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// curl straight to an inbound port with the client cert in `dir`.
+fn call_inbound(lab: &MeshLab, inbound: std::net::SocketAddr, dir: Option<&Path>) -> Result<meshgate_tests::CurlResponse> {
+    let url = format!("https://product-catalog.service.{TRUST_DOMAIN}:{}/items", inbound.port());
+    let resolve = format!(
+        "product-catalog.service.{TRUST_DOMAIN}:{}:127.0.0.1",
+        inbound.port()
+    );
+    let bundle = lab.trust_bundle().display().to_string();
+    let mut args = vec!["--resolve", &resolve, "--cacert", &bundle];
+    let (cert, key);
+    if let Some(d) = dir {
+        cert = d.join("client.pem").display().to_string();
+        key = d.join("client-key.pem").display().to_string();
+        args.extend(["--cert", &cert, "--key", &key]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
+#[test]
+fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    lab.add("product-catalog", "v1", None)?;
+    let inbound = lab.instances[0].inbound;
+    let (ca, ca_key) = lab.ca_files();
+    let dir = tempdir()?;
+    let me = service_id("order-processing");
+
+    // A good certificate from the mesh CA: accepted (the control case
+    // that shows the refusals below are about the certificate).
+    client_cert(&dir, &me, Some((&ca, &ca_key)), -60, 3600)?;
+    let r = call_inbound(&lab, inbound, Some(&dir))?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.body)?;
+    assert_eq!(j["caller"], me);
+
+    // The same identity from another CA.
+    client_cert(&dir, &me, None, -60, 3600)?;
+    refused(call_inbound(&lab, inbound, Some(&dir)), "a certificate from another CA")?;
+
+    // From the mesh CA, but expired.
+    client_cert(&dir, &me, Some((&ca, &ca_key)), -7200, -3600)?;
+    refused(call_inbound(&lab, inbound, Some(&dir)), "an expired certificate")?;
+
+    // No certificate at all.
+    refused(call_inbound(&lab, inbound, None), "no certificate")?;
+
+    // Plaintext HTTP to the inbound port.
+    refused(curl(&[&format!("http://{inbound}/items")]), "plaintext")?;
+    Ok(())
+}
+
+/// A request the inbound port must refuse at the connection level: curl
+/// fails (handshake alert, reset or empty reply), no HTTP answer at all.
+fn refused(r: Result<meshgate_tests::CurlResponse>, what: &str) -> Result<()> {
+    match r {
+        Ok(r) => bail!("{what} was accepted: {} {}", r.status, r.body),
+        Err(e) => {
+            eprintln!("{what} refused: {e:#}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs `work` on a thread that loops requests until stopped; returns a
+/// handle that yields (requests, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, path: &'static str, host: Option<&'static str>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (s, d) = (stop.clone(), done.clone());
+        let handle = std::thread::spawn(move || {
+            let mut c = Client::new(addr);
+            let mut failures = Vec::new();
+            let start = Instant::now();
+            // Bounded in count and time whatever the test does.
+            while !s.load(Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(120)
+                && d.load(Ordering::Relaxed) < 200_000
+            {
+                let n = d.fetch_add(1, Ordering::Relaxed);
+                let user = format!("load-{n}");
+                let mut headers = vec![("x-user-id", user.as_str())];
+                if let Some(h) = host {
+                    headers.push(("host", h));
+                }
+                match c.get(path, &headers) {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failures.push(format!("#{n}: {} {}", r.status, r.body.trim())),
+                    Err(e) => failures.push(format!("#{n}: {e:#}")),
+                }
+            }
+            failures
+        });
+        Load { stop, done, handle }
+    }
+
+    fn count(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> Result<(u64, Vec<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        Ok((self.done.load(Ordering::Relaxed), failures))
+    }
+}
+
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() -> Result<()> {
+    // Ten-second certificates: every workload renews at half-life, so
+    // each is replaced several times while the load runs.
+    let lab = seed(LabOptions { cert_ttl: "10s" })?;
+    let load = Load::start(lab.edge, "/orders/1", None);
+    let renewals = |lab: &MeshLab| -> usize {
+        lab.instances
+            .iter()
+            .map(|i| i.sidecar.stderr().matches("workload certificate installed").count())
+            .sum()
+    };
+    let before = renewals(&lab);
+    // Every sidecar renews at least twice more, and the gateway too.
+    wait_for(Duration::from_secs(60), "renewals", || {
+        renewals(&lab) >= before + 2 * lab.instances.len()
+            && lab.appliance.proc.stderr().matches("gateway certificate renewed").count() >= 2
+    })?;
+    let (n, failures) = load.finish()?;
+    assert!(n > 100, "only {n} requests");
+    assert!(failures.is_empty(), "{} of {n} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    Ok(())
+}
+
+#[test]
+fn the_control_plane_restarting_under_load_fails_no_request() -> Result<()> {
+    let mut lab = seed(LabOptions::default())?;
+    // App-to-app traffic inside the mesh: order-processing's sidecar to
+    // product-catalog's, which must not depend on the control plane.
+    let out = lab.instances[3].outbound;
+    let load = Load::start(out, "/items", Some("product-catalog"));
+    wait_for(Duration::from_secs(10), "load running", || load.count() > 50)?;
+    let stderr_before = lab.instances[3].sidecar.stderr();
+    lab.restart_appliance()?;
+    // The sidecar noticed and reconnected to the new control plane.
+    wait_for(Duration::from_secs(30), "sidecar reconnected", || {
+        let now = lab.instances[3].sidecar.stderr();
+        now.len() > stderr_before.len()
+            && now[stderr_before.len()..].contains("connected to the control plane")
+    })?;
+    let at = load.count();
+    wait_for(Duration::from_secs(10), "more load", || load.count() > at + 200)?;
+    // The restarted appliance restored the registry: the gateway routes.
+    let r = Client::new(lab.edge).get("/catalog/items", &[])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (n, failures) = load.finish()?;
+    assert!(failures.is_empty(), "{} of {n} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_with_a_wrong_join_token_gets_no_certificate() -> Result<()> {
+    let lab = MeshLab::start(LabOptions::default())?;
+    let dir = tempdir()?;
+    std::fs::write(dir.join("token"), "not-the-token")?;
+    let mut cmd = Command::new(meshgate_tests::bin("meshgate-sidecar"));
+    let outbound = meshgate_tests::free_port();
+    let inbound = meshgate_tests::free_port();
+    cmd.args(["--control-plane", &lab.control_plane.to_string()])
+        .args(["--trust-domain", TRUST_DOMAIN])
+        .arg("--ca-file")
+        .arg(lab.trust_bundle())
+        .args(["--service", "product-catalog", "--app", "127.0.0.1:1"])
+        .args(["--inbound", &format!("127.0.0.1:{inbound}")])
+        .args(["--outbound", &format!("127.0.0.1:{outbound}")])
+        .arg("--join-token-file")
+        .arg(dir.join("token"));
+    let proc = meshgate_tests::Proc::spawn(cmd)?;
+    wait_for(Duration::from_secs(15), "join refused", || {
+        proc.stderr().contains("token")
+    })
+    .with_context(|| proc.stderr())?;
+    // It never serves: no certificate, so no listeners.
+    if std::net::TcpStream::connect(("127.0.0.1", inbound)).is_ok() {
+        bail!("a sidecar without a certificate opened its inbound port");
+    }
+    Ok(())
+}
