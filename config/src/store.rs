@@ -203,22 +203,39 @@ discovery = "mesh"
     #[test]
     fn discovered_endpoints_reach_mesh_services_only() {
         let s = store();
-        assert!(s.current().service("meshed").expect("meshed").endpoints.is_empty());
+        assert!(
+            s.current()
+                .service("meshed")
+                .expect("meshed")
+                .endpoints
+                .is_empty()
+        );
         let d = Discovered::from([
             ("meshed".to_owned(), vec![endpoint("127.0.0.1:7001", "v1")]),
             ("fixed".to_owned(), vec![endpoint("127.0.0.1:7002", "v1")]),
         ]);
         let out = s.set_discovered(d.clone());
-        assert!(matches!(out, ReloadOutcome::Applied { version: 2, .. }), "{out:?}");
+        assert!(
+            matches!(out, ReloadOutcome::Applied { version: 2, .. }),
+            "{out:?}"
+        );
         let snap = s.current();
-        assert_eq!(snap.service("meshed").expect("meshed").endpoints, d["meshed"]);
         assert_eq!(
-            snap.service("fixed").expect("fixed").endpoints[0].address.port(),
+            snap.service("meshed").expect("meshed").endpoints,
+            d["meshed"]
+        );
+        assert_eq!(
+            snap.service("fixed").expect("fixed").endpoints[0]
+                .address
+                .port(),
             9000,
             "static services keep their own endpoints"
         );
         // The same registry again changes nothing.
-        assert!(matches!(s.set_discovered(d), ReloadOutcome::Unchanged { .. }));
+        assert!(matches!(
+            s.set_discovered(d),
+            ReloadOutcome::Unchanged { .. }
+        ));
     }
 
     #[test]
@@ -238,6 +255,12 @@ discovery = "mesh"
             s.set_discovered(Discovered::new()),
             ReloadOutcome::Applied { .. }
         ));
-        assert!(s.current().service("meshed").expect("meshed").endpoints.is_empty());
+        assert!(
+            s.current()
+                .service("meshed")
+                .expect("meshed")
+                .endpoints
+                .is_empty()
+        );
     }
 }

@@ -1114,20 +1114,16 @@ impl Cx<'_, '_> {
                     "remove it, or set lb = \"consistent-hash\"",
                 );
             }
-            let protocol = r
-                .protocol
-                .as_ref()
-                .and_then(|v| {
-                    self.word(
-                        v,
-                        "protocol",
-                        &[
-                            ("http1", UpstreamProtocol::Http1),
-                            ("http2", UpstreamProtocol::Http2),
-                        ],
-                    )
-                })
-                ;
+            let protocol = r.protocol.as_ref().and_then(|v| {
+                self.word(
+                    v,
+                    "protocol",
+                    &[
+                        ("http1", UpstreamProtocol::Http1),
+                        ("http2", UpstreamProtocol::Http2),
+                    ],
+                )
+            });
             let default_tls = match discovery {
                 Discovery::Mesh => UpstreamTls::Mesh,
                 Discovery::Static => UpstreamTls::None,
@@ -1154,6 +1150,15 @@ impl Cx<'_, '_> {
             } else {
                 UpstreamProtocol::Http1
             });
+            if (tls == UpstreamTls::Mesh || discovery == Discovery::Mesh) && !is_dns_label(&name) {
+                self.hint(
+                    r.name.span(),
+                    format!("mesh service name \"{name}\" is not a DNS label"),
+                    "in the mesh the name is part of the workload's identity and certificate \
+                     (`<name>.service.<trust domain>`): use lower-case letters, digits and `-`, \
+                     at most 63, not starting or ending with `-`",
+                );
+            }
             let d = Duration::from_secs;
             let connect_timeout = self.opt_duration(
                 r.connect_timeout.as_ref(),
@@ -2282,6 +2287,16 @@ pub(crate) fn split_weights(s: &ServiceSpec) -> BTreeMap<String, u32> {
 /// Names of endpoints per service, for diffs.
 pub(crate) fn endpoint_set(s: &ServiceSpec) -> BTreeSet<String> {
     s.endpoints.iter().map(|e| e.address.to_string()).collect()
+}
+
+/// A lower-case DNS label (RFC 1123): what a mesh service's name must be.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Folds the contents of every referenced file into the text's digest.

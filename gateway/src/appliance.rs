@@ -148,12 +148,8 @@ pub(crate) fn start(store: &Arc<ConfigStore>, mesh: &Arc<MeshTls>) -> Result<(),
     let source = config_text(store)?;
     cp.set_config(&source)
         .map_err(|e| format!("control plane: {e}"))?;
-    let listener = StdListener::bind(m.control_plane_address).map_err(|e| {
-        format!(
-            "control plane cannot bind {}: {e}",
-            m.control_plane_address
-        )
-    })?;
+    let listener = StdListener::bind(m.control_plane_address)
+        .map_err(|e| format!("control plane cannot bind {}: {e}", m.control_plane_address))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("control plane socket: {e}"))?;
@@ -206,17 +202,24 @@ async fn follow(cp: Arc<ControlPlane>, store: Arc<ConfigStore>) {
     loop {
         let mut discovered = Discovered::new();
         for i in cp.instances() {
-            discovered.entry(i.service.clone()).or_default().push(EndpointSpec {
-                address: i.address,
-                labels: i.labels.clone(),
-                weight: 1,
-            });
+            discovered
+                .entry(i.service.clone())
+                .or_default()
+                .push(EndpointSpec {
+                    address: i.address,
+                    labels: i.labels.clone(),
+                    weight: 1,
+                });
         }
         for eps in discovered.values_mut() {
             eps.sort_by_key(|e| e.address);
         }
         if let ReloadOutcome::Applied { version, .. } = store.set_discovered(discovered) {
-            tracing::info!(version, instances = cp.instances().len(), "mesh endpoints changed");
+            tracing::info!(
+                version,
+                instances = cp.instances().len(),
+                "mesh endpoints changed"
+            );
         }
         tokio::select! {
             changed = registry.changed() => {
@@ -285,8 +288,9 @@ async fn renew(
 /// The operator's config text, which sidecar configs are rendered from.
 fn config_text(store: &ConfigStore) -> Result<String, String> {
     match store.source() {
-        ConfigSource::File(p) => std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display())),
+        ConfigSource::File(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        }
         ConfigSource::Embedded | ConfigSource::ControlPlane => Ok(String::new()),
     }
 }

@@ -5,7 +5,6 @@
 //! server (`run`). Decisions live in `meshgate-policy`, the schema in
 //! `meshgate-config`; this crate adapts them to pingora's request phases.
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

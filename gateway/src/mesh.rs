@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use meshgate_config::ServiceSpec;
+use meshgate_identity::SpiffeId;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{CertKey, WrappedX509, parse_x509};
 use rustls::DistinguishedName;
@@ -123,8 +124,10 @@ impl MeshTls {
             .key_provider
             .load_private_key(key)
             .map_err(|e| MeshTlsError::Key(e.to_string()))?;
-        let certs: Vec<CertificateDer<'static>> =
-            chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let certs: Vec<CertificateDer<'static>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
         let server = CertifiedKey::new(certs, signing);
         server
             .keys_match()
@@ -158,16 +161,16 @@ impl MeshTls {
         Ok(material)
     }
 
-    /// The DNS name every instance of `service` has in its certificate.
-    pub(crate) fn server_name(&self, service: &str) -> String {
-        format!("{service}.service.{}", self.trust_domain)
-    }
-
     /// The mTLS peer for an endpoint of mesh service `svc`, or `None`
-    /// before this process has a certificate.
+    /// before this process has a certificate. The name verified is the
+    /// DNS name every instance of the service has in its certificate (the
+    /// config only admits mesh service names that make one).
     pub(crate) fn peer(&self, addr: SocketAddr, svc: &ServiceSpec) -> Option<HttpPeer> {
         let m = self.material()?;
-        let mut peer = HttpPeer::new(addr, true, self.server_name(&svc.name));
+        let name = SpiffeId::service(&self.trust_domain, &svc.name)
+            .and_then(|id| id.dns_name())
+            .ok()?;
+        let mut peer = HttpPeer::new(addr, true, name);
         peer.client_cert_key = Some(m.client.clone());
         peer.options.ca = Some(m.roots.clone());
         peer.options.verify_cert = true;

@@ -22,8 +22,8 @@ use pingora::server::ExecutionPhase;
 use crate::authn::Authn;
 use crate::edge::{Edge, IN_FLIGHT};
 use crate::framing::HeadLimits;
-use crate::reload::Reloader;
 use crate::mesh::MeshTls;
+use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 use crate::tls::LiveCerts;
 

@@ -309,7 +309,9 @@ fn control_loop(
 
 fn handle(shared: &Shared, event: Event) {
     match event {
-        Event::Connected => tracing::info!("connected to the control plane"),
+        Event::Connected { identity } => {
+            tracing::info!(%identity, "connected to the control plane")
+        }
         Event::Disconnected { error } => tracing::warn!(
             error = %error,
             "control plane unreachable; serving with the last config and certificate"
@@ -325,7 +327,9 @@ fn handle(shared: &Shared, event: Event) {
                 tracing::info!(identity = %m.id, expires_in = ?remaining(not_after), "workload certificate installed");
                 shared.ready.notify_all();
             }
-            Err(e) => tracing::error!(error = %e, "workload certificate refused; keeping the old one"),
+            Err(e) => {
+                tracing::error!(error = %e, "workload certificate refused; keeping the old one")
+            }
         },
         Event::Config {
             epoch,
@@ -337,7 +341,10 @@ fn handle(shared: &Shared, event: Event) {
             let snap = match meshgate_config::load_str(&text, &origin, Path::new("/")) {
                 Ok(s) => s,
                 Err(d) => {
-                    tracing::error!(version, "config from the control plane refused; keeping the running one:\n{d}");
+                    tracing::error!(
+                        version,
+                        "config from the control plane refused; keeping the running one:\n{d}"
+                    );
                     return;
                 }
             };
@@ -347,7 +354,10 @@ fn handle(shared: &Shared, event: Event) {
                 .unwrap_or_else(|poison| poison.into_inner());
             match &p.store {
                 Some(store) => match store.install(snap) {
-                    ReloadOutcome::Applied { version: local, diff } => {
+                    ReloadOutcome::Applied {
+                        version: local,
+                        diff,
+                    } => {
                         tracing::info!(epoch, version, local, changes = %diff, "config applied")
                     }
                     ReloadOutcome::Unchanged { .. } => {

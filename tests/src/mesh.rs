@@ -126,7 +126,12 @@ impl MeshLab {
         cmd.args(["demo", "service", "--name", service, "--version", version])
             .args(["--instance", &id, "--listen", &app_addr.to_string()]);
         if let Some(up) = calls {
-            cmd.args(["--upstream-service", up, "--outbound", &outbound.to_string()]);
+            cmd.args([
+                "--upstream-service",
+                up,
+                "--outbound",
+                &outbound.to_string(),
+            ]);
         }
         let app = Proc::spawn(cmd)?;
         wait_for_port(app_addr).with_context(|| format!("app {id}: {}", app.stderr()))?;
@@ -157,7 +162,12 @@ impl MeshLab {
             .args(["--trust-domain", TRUST_DOMAIN])
             .arg("--ca-file")
             .arg(self.trust_bundle())
-            .args(["--service", service, "--label", &format!("version={version}")])
+            .args([
+                "--service",
+                service,
+                "--label",
+                &format!("version={version}"),
+            ])
             .args(["--app", &app.to_string()])
             .args(["--inbound", &inbound.to_string()])
             .args(["--outbound", &outbound.to_string()])
@@ -186,7 +196,9 @@ impl MeshLab {
             )
         };
         self.instances[i].sidecar.signal("KILL")?;
-        self.instances[i].sidecar.wait_exit(Duration::from_secs(10))?;
+        self.instances[i]
+            .sidecar
+            .wait_exit(Duration::from_secs(10))?;
         let proc = self.spawn_sidecar(&service, &version, app, inbound, outbound)?;
         self.instances[i].sidecar = proc;
         Ok(())

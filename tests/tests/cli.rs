@@ -165,8 +165,14 @@ fn sidecar_refuses_bad_arguments_with_one_clear_line() {
     std::fs::write(&ca, "not a certificate\n").expect("write");
     let ca = ca.to_str().expect("utf8");
     let cases: [(&[&str], &str); 4] = [
-        (&["--service", "orders", "--label", "version"], "is not KEY=VALUE"),
-        (&["--service", "orders", "--inbound", "0.0.0.0:15006"], "--advertise"),
+        (
+            &["--service", "orders", "--label", "version"],
+            "is not KEY=VALUE",
+        ),
+        (
+            &["--service", "orders", "--inbound", "0.0.0.0:15006"],
+            "--advertise",
+        ),
         (&["--service", "orders"], "holds no certificate"),
         (&["--service", "Not A Name"], "service"),
     ];

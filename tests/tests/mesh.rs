@@ -94,7 +94,10 @@ fn the_canary_gets_five_percent_of_users_sticky_per_user() -> Result<()> {
         );
     }
     // The override header forces a version for testers.
-    let r = c.get("/catalog/items", &[("x-user-id", "user-1"), ("x-canary", "v2")])?;
+    let r = c.get(
+        "/catalog/items",
+        &[("x-user-id", "user-1"), ("x-canary", "v2")],
+    )?;
     assert_eq!(r.json()?["version"], "v2");
     Ok(())
 }
@@ -150,7 +153,11 @@ fn a_flaky_instance_is_retried_around_and_a_killed_one_ejected() -> Result<()> {
     assert!(failures.is_empty(), "{failures:?}");
     let log = lab.appliance.proc.stderr();
     wait_for(Duration::from_secs(20), "instance removed", || {
-        lab.appliance.proc.stderr().matches("mesh endpoints changed").count()
+        lab.appliance
+            .proc
+            .stderr()
+            .matches("mesh endpoints changed")
+            .count()
             > log.matches("mesh endpoints changed").count()
     })?;
     Ok(())
@@ -213,8 +220,15 @@ fn time_now() -> time::OffsetDateTime {
 }
 
 /// curl straight to an inbound port with the client cert in `dir`.
-fn call_inbound(lab: &MeshLab, inbound: std::net::SocketAddr, dir: Option<&Path>) -> Result<meshgate_tests::CurlResponse> {
-    let url = format!("https://product-catalog.service.{TRUST_DOMAIN}:{}/items", inbound.port());
+fn call_inbound(
+    lab: &MeshLab,
+    inbound: std::net::SocketAddr,
+    dir: Option<&Path>,
+) -> Result<meshgate_tests::CurlResponse> {
+    let url = format!(
+        "https://product-catalog.service.{TRUST_DOMAIN}:{}/items",
+        inbound.port()
+    );
     let resolve = format!(
         "product-catalog.service.{TRUST_DOMAIN}:{}:127.0.0.1",
         inbound.port()
@@ -250,11 +264,17 @@ fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> 
 
     // The same identity from another CA.
     client_cert(&dir, &me, None, -60, 3600)?;
-    refused(call_inbound(&lab, inbound, Some(&dir)), "a certificate from another CA")?;
+    refused(
+        call_inbound(&lab, inbound, Some(&dir)),
+        "a certificate from another CA",
+    )?;
 
     // From the mesh CA, but expired.
     client_cert(&dir, &me, Some((&ca, &ca_key)), -7200, -3600)?;
-    refused(call_inbound(&lab, inbound, Some(&dir)), "an expired certificate")?;
+    refused(
+        call_inbound(&lab, inbound, Some(&dir)),
+        "an expired certificate",
+    )?;
 
     // No certificate at all.
     refused(call_inbound(&lab, inbound, None), "no certificate")?;
@@ -338,18 +358,34 @@ fn certificates_rotate_under_load_without_a_failed_request() -> Result<()> {
     let renewals = |lab: &MeshLab| -> usize {
         lab.instances
             .iter()
-            .map(|i| i.sidecar.stderr().matches("workload certificate installed").count())
+            .map(|i| {
+                i.sidecar
+                    .stderr()
+                    .matches("workload certificate installed")
+                    .count()
+            })
             .sum()
     };
     let before = renewals(&lab);
     // Every sidecar renews at least twice more, and the gateway too.
     wait_for(Duration::from_secs(60), "renewals", || {
         renewals(&lab) >= before + 2 * lab.instances.len()
-            && lab.appliance.proc.stderr().matches("gateway certificate renewed").count() >= 2
+            && lab
+                .appliance
+                .proc
+                .stderr()
+                .matches("gateway certificate renewed")
+                .count()
+                >= 2
     })?;
     let (n, failures) = load.finish()?;
     assert!(n > 100, "only {n} requests");
-    assert!(failures.is_empty(), "{} of {n} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     Ok(())
 }
 
@@ -360,7 +396,9 @@ fn the_control_plane_restarting_under_load_fails_no_request() -> Result<()> {
     // product-catalog's, which must not depend on the control plane.
     let out = lab.instances[3].outbound;
     let load = Load::start(out, "/items", Some("product-catalog"));
-    wait_for(Duration::from_secs(10), "load running", || load.count() > 50)?;
+    wait_for(Duration::from_secs(10), "load running", || {
+        load.count() > 50
+    })?;
     let stderr_before = lab.instances[3].sidecar.stderr();
     lab.restart_appliance()?;
     // The sidecar noticed and reconnected to the new control plane.
@@ -370,12 +408,19 @@ fn the_control_plane_restarting_under_load_fails_no_request() -> Result<()> {
             && now[stderr_before.len()..].contains("connected to the control plane")
     })?;
     let at = load.count();
-    wait_for(Duration::from_secs(10), "more load", || load.count() > at + 200)?;
+    wait_for(Duration::from_secs(10), "more load", || {
+        load.count() > at + 200
+    })?;
     // The restarted appliance restored the registry: the gateway routes.
     let r = Client::new(lab.edge).get("/catalog/items", &[])?;
     assert_eq!(r.status, 200, "{}", r.body);
     let (n, failures) = load.finish()?;
-    assert!(failures.is_empty(), "{} of {n} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     Ok(())
 }
 
