@@ -129,7 +129,7 @@ fn drive(lab: &MeshLab, path: &str, n: u32) -> Result<(Vec<String>, BTreeMap<Str
 
 #[test]
 fn a_flaky_instance_is_retried_around_and_a_killed_one_ejected() -> Result<()> {
-    let mut lab = seed(LabOptions::default())?;
+    let lab = seed(LabOptions::default())?;
     // Instance 0 (v1) fails half its requests.
     lab.set_flaky(0, 50)?;
     let (failures, seen) = drive(&lab, "/catalog/items", 300)?;
