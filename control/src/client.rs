@@ -430,14 +430,14 @@ async fn emit(events: &mpsc::Sender<Event>, event: Event) -> Result<(), ClientEr
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after`:
-/// at half of its lifetime, but no sooner than [`MIN_RENEW_WAIT`] from now.
+/// at half of the lifetime left from now (or from `not_before`, if that is
+/// later), and no sooner than [`MIN_RENEW_WAIT`]. The CA backdates
+/// `not_before` for clock skew, so half of the nominal lifetime would come
+/// too early, or already be past for short-lived certificates.
 fn renewal_time(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> Instant {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let half = not_before + lifetime / 2;
-    let wait = half
-        .duration_since(now)
-        .unwrap_or_default()
-        .max(MIN_RENEW_WAIT);
+    let from = now.max(not_before);
+    let left = not_after.duration_since(from).unwrap_or_default();
+    let wait = (from.duration_since(now).unwrap_or_default() + left / 2).max(MIN_RENEW_WAIT);
     Instant::now() + wait
 }
 
@@ -513,6 +513,15 @@ mod tests {
             start + Duration::from_secs(5),
         );
         assert!(late - before >= MIN_RENEW_WAIT);
+        // Backdated by a minute for clock skew, valid ten seconds more:
+        // renew in five seconds, not at once.
+        let now = start + Duration::from_secs(60);
+        let at = renewal_time(start, now + Duration::from_secs(10), now);
+        let wait = at - Instant::now();
+        assert!(
+            wait > Duration::from_millis(4900) && wait <= Duration::from_secs(5),
+            "{wait:?}"
+        );
     }
 
     #[test]

@@ -173,8 +173,14 @@ fn sidecar_refuses_bad_arguments_with_one_clear_line() {
             &["--service", "orders", "--inbound", "0.0.0.0:15006"],
             "--advertise",
         ),
-        (&["--service", "orders", "--inbound", "127.0.0.1:1"], "holds no certificate"),
-        (&["--service", "Not A Name", "--inbound", "127.0.0.1:1"], "service"),
+        (
+            &["--service", "orders", "--inbound", "127.0.0.1:1"],
+            "holds no certificate",
+        ),
+        (
+            &["--service", "Not A Name", "--inbound", "127.0.0.1:1"],
+            "service",
+        ),
     ];
     for (extra, want) in cases {
         let mut args = vec!["--app", "127.0.0.1:9000", "--ca-file", ca];
