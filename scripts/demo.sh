@@ -1,69 +1,46 @@
 #!/usr/bin/env bash
-# `make demo`: run the meshgate appliance on its embedded default config,
-# show that it answers over HTTP/1.1 and HTTP/2 (h2c), check the example
-# configs, then keep running until Ctrl-C.
-# Set DEMO_EXIT=1 to stop after the checks and DEMO_ADDR to move it off
-# 127.0.0.1:8080 (both used by the test suite).
+# `make demo`: the seed shop of config/examples/seed.toml in the mesh, with a
+# guided tour. Checks the example configs, then runs `meshgate demo`: the
+# appliance, five small demo services each behind its own meshgate-sidecar,
+# and a tour of what the mesh does with their traffic (README.md, "The
+# demo"); then keeps everything running until Ctrl-C.
+#
+# DEMO_EXIT=1      stop after the tour; exit 1 if a step did not show what
+#                  it should (the test suite and CI use this)
+# DEMO_ADDR        move the gateway's plaintext listener off 127.0.0.1:8080
+# DEMO_DIR         the demo's keys, certificates, config and logs
+#                  (default target/meshgate-demo, rewritten on every start)
+# MESHGATE_BIN     use this meshgate binary (meshgate-sidecar must be next
+#                  to it) instead of building target/release/meshgate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ -z "${MESHGATE_BIN:-}" ]]; then
+    # `make demo` has built both already, which makes this a no-op; run on
+    # its own, the script builds what it runs.
+    ./scripts/prereqs.sh build
+    "${CARGO:-cargo}" build --release --bin meshgate --bin meshgate-sidecar
+fi
 bin="${MESHGATE_BIN:-target/release/meshgate}"
 addr="${DEMO_ADDR:-127.0.0.1:8080}"
-port="${addr##*:}"
-log="$(mktemp -d)/meshgate.log"
+dir="${DEMO_DIR:-target/meshgate-demo}"
 
 if ! "$bin" --version >/dev/null; then
     echo "error: $bin is missing; run 'make demo' from the repository root" >&2
     exit 1
 fi
+if [[ ! -x "$(dirname "$bin")/meshgate-sidecar" ]]; then
+    echo "error: $(dirname "$bin")/meshgate-sidecar is missing; build it next to meshgate" >&2
+    exit 1
+fi
 
 echo "== checking the example configs"
 "$bin" check config/examples/*.toml
-
-echo "== starting meshgate on the embedded default config (log: $log)"
-"$bin" run --listen "$addr" >"$log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
-
-for _ in $(seq 1 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "error: meshgate exited during start-up:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        break
-    fi
-    sleep 0.1
-done
-
-fetch() {
-    # Uses curl when present; falls back to python3's http.client so the
-    # demo works on a machine with only the toolchain and python3.
-    if command -v curl >/dev/null 2>&1; then
-        curl -s -o /dev/null -w "%{http_code} %{http_version}" "$@"
-    else
-        python3 - "$addr" <<'PY'
-import http.client, sys
-c = http.client.HTTPConnection(sys.argv[1], timeout=5)
-c.request("GET", "/")
-r = c.getresponse()
-print(r.status, "1.1", end="")
-PY
-    fi
-}
-
-echo "== GET http://$addr/ over HTTP/1.1: $(fetch "http://$addr/")"
-if command -v curl >/dev/null 2>&1; then
-    echo "== GET http://$addr/ over h2c:      $(fetch --http2-prior-knowledge "http://$addr/")"
-fi
-echo "== access log:"
-grep '^{' "$log" | tail -n 2
-
-if [[ "${DEMO_EXIT:-0}" == "1" ]]; then
-    exit 0
-fi
 echo
-echo "meshgate is serving its status page on http://$addr/ (Ctrl-C to stop)."
-echo "Try a real config:  $bin run --config config/examples/edge.toml"
-wait "$pid"
+
+args=(demo --dir "$dir" --listen "$addr")
+if [[ "${DEMO_EXIT:-0}" == "1" ]]; then
+    args+=(--exit-after-tour)
+fi
+# exec: Ctrl-C and SIGTERM go straight to meshgate, which stops its children.
+exec "$bin" "${args[@]}"

@@ -11,6 +11,7 @@
 mod appliance;
 mod authn;
 pub mod check;
+pub mod demo;
 mod edge;
 mod framing;
 mod inbound;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshgate_gateway::{check, server};
+use meshgate_gateway::{check, demo, server};
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///
@@ -63,6 +63,15 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Run the seed shop in the mesh on this machine, with a guided tour.
+    ///
+    /// Starts the appliance on config/examples/seed.toml and five demo
+    /// service instances (user-account, product-catalog v1 twice and v2,
+    /// order-processing), each behind its own meshgate-sidecar; then shows
+    /// authentication, mTLS identities, the sticky canary and retries
+    /// around a flaky instance, prints commands to try, and runs until
+    /// Ctrl-C. Keys, certificates, config and logs go to --dir.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,5 +84,6 @@ fn main() -> ExitCode {
             threads,
             watch_interval_ms,
         } => server::run(config, listen, threads, watch_interval_ms),
+        Command::Demo(args) => demo::main(args),
     }
 }
