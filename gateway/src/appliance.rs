@@ -14,7 +14,7 @@
 //! and reach sidecars as a freshly rendered config on their stream.
 
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -185,8 +185,16 @@ pub(crate) fn start(store: &Arc<ConfigStore>, mesh: &Arc<MeshTls>) -> Result<(),
                     }
                 };
                 tokio::spawn(cp.clone().serve(listener, tls));
-                tokio::spawn(renew(ca, ttl, gateway_id, cp_id, mesh, cp_cert));
-                follow(cp, store).await;
+                let identities = Arc::new(Identities {
+                    ca,
+                    ttl,
+                    gateway_id,
+                    cp_id,
+                    mesh,
+                    cp_cert,
+                });
+                tokio::spawn(renew(identities.clone()));
+                follow(cp, store, identities, ca_dir).await;
             });
         })
         .map_err(|e| format!("cannot start the control-plane thread: {e}"))?;
@@ -195,9 +203,15 @@ pub(crate) fn start(store: &Arc<ConfigStore>, mesh: &Arc<MeshTls>) -> Result<(),
 
 /// Keeps the store's discovered endpoints equal to the registry, and the
 /// sidecars' config equal to the applied config file.
-async fn follow(cp: Arc<ControlPlane>, store: Arc<ConfigStore>) {
+async fn follow(
+    cp: Arc<ControlPlane>,
+    store: Arc<ConfigStore>,
+    ids: Arc<Identities>,
+    ca_dir: PathBuf,
+) {
     let mut registry = cp.watch();
     let mut applied = store.current().source_digest().to_owned();
+    let mut ca_files = ca_fingerprint(&store.current(), &ca_dir);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let mut discovered = Discovered::new();
@@ -229,6 +243,11 @@ async fn follow(cp: Arc<ControlPlane>, store: Arc<ConfigStore>) {
             }
             _ = tick.tick() => {
                 let snap = store.current();
+                let now = ca_fingerprint(&snap, &ca_dir);
+                if now != ca_files {
+                    ca_files = now;
+                    reload_ca(&snap, &ca_dir, &ids, &cp);
+                }
                 if snap.source_digest() != applied {
                     applied = snap.source_digest().to_owned();
                     match config_text(&store) {
@@ -245,44 +264,126 @@ async fn follow(cp: Arc<ControlPlane>, store: Arc<ConfigStore>) {
     }
 }
 
-/// Renews the gateway's and the control plane's certificates at half
-/// their lifetime, from the CA in process.
-async fn renew(
+/// What the appliance issues to itself from the CA in process.
+#[derive(Debug)]
+struct Identities {
     ca: Arc<RwLock<Ca>>,
     ttl: Duration,
     gateway_id: SpiffeId,
     cp_id: SpiffeId,
     mesh: Arc<MeshTls>,
     cp_cert: Arc<ServerCert>,
-) {
+}
+
+impl Identities {
+    /// Issues fresh certificates for the gateway and the control plane.
+    fn reissue(&self) {
+        let ca = self.ca.read().unwrap_or_else(|p| p.into_inner());
+        let bundle = ca.trust_bundle_pem();
+        match ca.issue(&self.gateway_id, self.ttl) {
+            Ok((key, issued)) => {
+                match self
+                    .mesh
+                    .install(&issued.chain_pem, &key.key_pem(), &bundle)
+                {
+                    Ok(m) => tracing::info!(identity = %m.id, "gateway certificate renewed"),
+                    Err(e) => tracing::error!(error = %e, "renewed gateway certificate refused"),
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot renew the gateway certificate"),
+        }
+        match ca
+            .issue(&self.cp_id, self.ttl)
+            .map_err(|e| e.to_string())
+            .and_then(|(key, issued)| certified(&issued.chain_pem, &key.key_pem()))
+        {
+            Ok(c) => self.cp_cert.0.store(Arc::new(c)),
+            Err(e) => tracing::error!(error = %e, "cannot renew the control plane certificate"),
+        }
+    }
+}
+
+/// Renews the gateway's and the control plane's certificates at half
+/// what is left of their lifetime.
+async fn renew(ids: Arc<Identities>) {
     loop {
         // Half of what is left: certificates are backdated a little for
         // clock skew, so their nominal lifetime overstates what we have.
-        let wait = mesh
+        let wait = ids
+            .mesh
             .material()
             .and_then(|m| m.not_after.duration_since(SystemTime::now()).ok())
             .map(|left| left / 2)
             .unwrap_or_default()
             .max(Duration::from_secs(1));
         tokio::time::sleep(wait).await;
-        let ca = ca.read().unwrap_or_else(|p| p.into_inner());
-        let bundle = ca.trust_bundle_pem();
-        match ca.issue(&gateway_id, ttl) {
-            Ok((key, issued)) => match mesh.install(&issued.chain_pem, &key.key_pem(), &bundle) {
-                Ok(m) => tracing::info!(identity = %m.id, "gateway certificate renewed"),
-                Err(e) => tracing::error!(error = %e, "renewed gateway certificate refused"),
-            },
-            Err(e) => tracing::error!(error = %e, "cannot renew the gateway certificate"),
-        }
-        match ca
-            .issue(&cp_id, ttl)
-            .map_err(|e| e.to_string())
-            .and_then(|(key, issued)| certified(&issued.chain_pem, &key.key_pem()))
-        {
-            Ok(c) => cp_cert.0.store(Arc::new(c)),
-            Err(e) => tracing::error!(error = %e, "cannot renew the control plane certificate"),
-        }
+        ids.reissue();
     }
+}
+
+/// The CA's files as they are now, to notice a rotation.
+fn ca_fingerprint(snap: &Snapshot, ca_dir: &Path) -> Vec<Vec<u8>> {
+    let files: Vec<PathBuf> = match &snap.mesh.ca {
+        CaSource::Generated => ["ca.pem", "ca-key.pem", "previous-roots.pem"]
+            .iter()
+            .map(|f| ca_dir.join(f))
+            .collect(),
+        CaSource::Files { cert, key } => vec![cert.clone(), key.clone()],
+    };
+    files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_default())
+        .collect()
+}
+
+/// A rotated (or replaced) CA on disk: load it, keep trusting the old
+/// root, hand every sidecar the new trust bundle at once, and issue from
+/// the new CA from now on. Sidecars move to the new CA as they renew, and
+/// both roots stay in the bundle meanwhile, so no connection fails. A CA
+/// that does not load changes nothing.
+fn reload_ca(snap: &Snapshot, ca_dir: &Path, ids: &Arc<Identities>, cp: &ControlPlane) {
+    let td = snap.mesh.trust_domain.as_str();
+    let loaded = match &snap.mesh.ca {
+        CaSource::Generated => Ca::load_or_generate(ca_dir, td),
+        CaSource::Files { cert, key } => Ca::from_files(td, cert, key),
+    };
+    let mut next = match loaded {
+        Ok(ca) => ca,
+        Err(e) => {
+            tracing::error!(error = %e, "the CA files changed but do not load; still issuing from the running CA");
+            return;
+        }
+    };
+    {
+        let mut ca = ids.ca.write().unwrap_or_else(|p| p.into_inner());
+        if next.root_pem() == ca.root_pem() && next.trust_bundle_pem() == ca.trust_bundle_pem() {
+            return;
+        }
+        // An operator's replacement CA (files mode) has no
+        // previous-roots file: keep trusting the old root until restart.
+        if matches!(snap.mesh.ca, CaSource::Files { .. })
+            && next.root_pem() != ca.root_pem()
+            && let Err(e) = next.add_trusted_roots(ca.root_pem())
+        {
+            tracing::error!(error = %e, "cannot keep trusting the previous root");
+        }
+        *ca = next;
+        if let Err(e) = write_atomic(&ca_dir.join("trust-bundle.pem"), &ca.trust_bundle_pem()) {
+            tracing::error!(error = %e, "cannot write the trust bundle");
+        }
+        tracing::info!(
+            roots = ca.trust_bundle_pem().matches("BEGIN CERTIFICATE").count(),
+            "mesh CA reloaded; pushing the new trust bundle"
+        );
+    }
+    cp.trust_bundle_changed();
+    // Our own certificates move to the new CA once the sidecars have had
+    // a moment to take the bundle that trusts it.
+    let ids = ids.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(HEARTBEAT * 2).await;
+        ids.reissue();
+    });
 }
 
 /// The operator's config text, which sidecar configs are rendered from.
@@ -295,7 +396,7 @@ fn config_text(store: &ConfigStore) -> Result<String, String> {
     }
 }
 
-fn write_atomic(path: &PathBuf, text: &str) -> Result<(), String> {
+fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))

@@ -18,6 +18,7 @@ mod inbound;
 mod mesh;
 mod reload;
 mod resilience;
+pub mod rotation;
 mod runtime;
 pub mod server;
 pub mod sidecar;

@@ -60,6 +60,8 @@ pub(crate) struct Material {
     pub(crate) not_after: SystemTime,
     client: Arc<CertKey>,
     roots: Arc<[WrappedX509]>,
+    /// The trust bundle, DER.
+    pub(crate) bundle: Vec<CertificateDer<'static>>,
     server: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
 }
@@ -144,6 +146,10 @@ impl MeshTls {
             WebPkiClientVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
                 .build()
                 .map_err(|e| MeshTlsError::Bundle(e.to_string()))?;
+        let bundle_der: Vec<CertificateDer<'static>> = bundle
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
         let roots: Vec<WrappedX509> = bundle
             .into_iter()
             .map(|der| WrappedX509::new(der, parse_x509))
@@ -154,6 +160,7 @@ impl MeshTls {
             not_after,
             client: Arc::new(CertKey::new(chain, key_der)),
             roots: Arc::from(roots.into_boxed_slice()),
+            bundle: bundle_der,
             server: Arc::new(server),
             verifier,
         });

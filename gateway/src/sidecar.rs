@@ -131,7 +131,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let cp_name = SpiffeId::control_plane(&cli.trust_domain)
         .and_then(|i| i.dns_name())
         .map_err(|e| format!("trust domain \"{}\": {e}", cli.trust_domain))?;
-    let cp_tls = control_plane_tls(&cli.ca_file)?;
+    let mesh = MeshTls::new(&cli.trust_domain);
+    let cp_tls = control_plane_tls(&cli.ca_file, &mesh)?;
     let join_token = match &cli.join_token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -147,7 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     crate::server::init_logging_filter("info");
 
     let shared = Arc::new(Shared {
-        mesh: MeshTls::new(&cli.trust_domain),
+        mesh,
         pending: Mutex::new(Pending::default()),
         ready: Condvar::new(),
         outbound: cli.outbound,
@@ -258,15 +259,20 @@ fn with_listener(config: &str, outbound: SocketAddr) -> String {
     )
 }
 
-fn control_plane_tls(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+fn control_plane_tls(
+    ca_file: &Path,
+    mesh: &Arc<MeshTls>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let text = std::fs::read_to_string(ca_file)
         .map_err(|e| format!("cannot read --ca-file {}: {e}", ca_file.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
+    let mut roots = Vec::new();
     for c in CertificateDer::pem_slice_iter(text.as_bytes()) {
         let c = c.map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
-        roots
-            .add(c)
+        let mut check = rustls::RootCertStore::empty();
+        check
+            .add(c.clone())
             .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+        roots.push(c);
     }
     if roots.is_empty() {
         return Err(format!(
@@ -275,12 +281,94 @@ fn control_plane_tls(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(ControlPlaneVerifier {
+        file_roots: roots,
+        mesh: mesh.clone(),
+        provider: provider.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("control-plane TLS: {e}"))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Verifies the control plane against the `--ca-file` roots plus the trust
+/// bundle the control plane last pushed, so that after a CA rotation the
+/// sidecar still reconnects (the new root arrives in the bundle before any
+/// certificate from it is used). Standard WebPKI verification otherwise,
+/// including the name `control-plane.<trust domain>`.
+#[derive(Debug)]
+struct ControlPlaneVerifier {
+    file_roots: Vec<CertificateDer<'static>>,
+    mesh: Arc<MeshTls>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ControlPlaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut store = rustls::RootCertStore::empty();
+        let pushed = self
+            .mesh
+            .material()
+            .map(|m| m.bundle.clone())
+            .unwrap_or_default();
+        for c in self.file_roots.iter().chain(pushed.iter()) {
+            // Duplicates and unusable roots are skipped; the file's roots
+            // were checked at start.
+            let _ = store.add(c.clone());
+        }
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(store),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn control_loop(

@@ -452,3 +452,100 @@ fn a_sidecar_with_a_wrong_join_token_gets_no_certificate() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_root_rotation_under_load_fails_no_request() -> Result<()> {
+    let lab = seed(LabOptions { cert_ttl: "10s" })?;
+    let load = Load::start(lab.edge, "/orders/1", None);
+    wait_for(Duration::from_secs(10), "load running", || {
+        load.count() > 50
+    })?;
+    let roots = |lab: &MeshLab| {
+        std::fs::read_to_string(lab.trust_bundle())
+            .unwrap_or_default()
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    assert_eq!(roots(&lab), 1);
+    let (ca, ca_key) = lab.ca_files();
+    let old_root = std::fs::read_to_string(&ca)?;
+
+    let mesh_cmd = |step: &str| -> Result<()> {
+        let out = meshgate_tests::run(
+            Command::new(meshgate_tests::bin("meshgate"))
+                .args(["mesh", step, "--config"])
+                .arg(lab.config()),
+            Duration::from_secs(20),
+        )?;
+        if !out.status.success() {
+            bail!("mesh {step}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    mesh_cmd("rotate-ca")?;
+    assert_ne!(std::fs::read_to_string(&ca)?, old_root, "a new root");
+    wait_for(Duration::from_secs(10), "both roots in the bundle", || {
+        roots(&lab) == 2
+    })?;
+    // Every sidecar renews twice more: by then all of them hold
+    // certificates from the new CA.
+    let installs = |lab: &MeshLab| -> Vec<usize> {
+        lab.instances
+            .iter()
+            .map(|i| {
+                i.sidecar
+                    .stderr()
+                    .matches("workload certificate installed")
+                    .count()
+            })
+            .collect()
+    };
+    let before = installs(&lab);
+    wait_for(Duration::from_secs(40), "renewals from the new CA", || {
+        installs(&lab)
+            .iter()
+            .zip(&before)
+            .all(|(now, then)| *now >= then + 2)
+    })?;
+    // A client that trusts only the new root and holds a certificate
+    // from the new CA gets through to an inbound port.
+    let dir = tempdir()?;
+    client_cert(
+        &dir,
+        &service_id("order-processing"),
+        Some((&ca, &ca_key)),
+        -60,
+        3600,
+    )?;
+    let inbound = lab.instances[0].inbound;
+    let name = format!("product-catalog.service.{TRUST_DOMAIN}");
+    let r = curl(&[
+        "--resolve",
+        &format!("{name}:{}:127.0.0.1", inbound.port()),
+        "--cacert",
+        ca.to_str().unwrap_or_default(),
+        "--cert",
+        dir.join("client.pem").to_str().unwrap_or_default(),
+        "--key",
+        dir.join("client-key.pem").to_str().unwrap_or_default(),
+        &format!("https://{name}:{}/items", inbound.port()),
+    ])?;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    mesh_cmd("retire-roots")?;
+    wait_for(Duration::from_secs(10), "old root retired", || {
+        roots(&lab) == 1
+    })?;
+    let at = load.count();
+    wait_for(Duration::from_secs(20), "more load", || {
+        load.count() > at + 100
+    })?;
+    let (n, failures) = load.finish()?;
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    Ok(())
+}
