@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshgate_gateway::{check, server};
+use meshgate_gateway::{check, rotation, server};
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///
@@ -63,6 +63,29 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Mesh operations on a config's mesh CA.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Start a root rotation of the generated mesh CA: write a new CA and
+    /// keep trusting the old root. A running appliance picks it up within
+    /// a second and moves every workload to the new CA as it renews.
+    RotateCa {
+        /// The appliance's config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Finish a root rotation: stop trusting the previous roots. Run it
+    /// once every workload has renewed (one workload_cert_ttl after
+    /// rotate-ca).
+    RetireRoots {
+        /// The appliance's config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,5 +98,11 @@ fn main() -> ExitCode {
             threads,
             watch_interval_ms,
         } => server::run(config, listen, threads, watch_interval_ms),
+        Command::Mesh(MeshCommand::RotateCa { config }) => {
+            rotation::run(rotation::Step::Rotate, &config)
+        }
+        Command::Mesh(MeshCommand::RetireRoots { config }) => {
+            rotation::run(rotation::Step::Retire, &config)
+        }
     }
 }
