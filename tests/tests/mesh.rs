@@ -146,6 +146,22 @@ fn a_flaky_instance_is_retried_around_and_a_killed_one_ejected() -> Result<()> {
     let (failures, seen) = drive(&lab, "/catalog/items", 300)?;
     assert!(failures.is_empty(), "{failures:?}");
     assert!(seen.contains_key("product-catalog-0"), "{seen:?}");
+    // Ejected, not merely retried around: the last requests went to a
+    // healthy instance on the first try.
+    let dead = lab.instances[1].inbound.to_string();
+    let log = lab.appliance.access_log();
+    let tail: Vec<_> = log
+        .iter()
+        .filter(|l| l["route"] == "catalog")
+        .rev()
+        .take(100)
+        .collect();
+    assert_eq!(tail.len(), 100);
+    assert!(
+        tail.iter()
+            .all(|l| l["retries"] == 0 && l["upstream"] != dead.as_str()),
+        "{tail:?}"
+    );
     // Now its sidecar too: connections are refused, and the instance
     // leaves the registry once its heartbeats stop.
     lab.instances[1].sidecar.signal("KILL")?;
