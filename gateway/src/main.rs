@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshgate_gateway::{check, demo, server};
+use meshgate_gateway::{check, demo, rotation, server};
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///
@@ -72,6 +72,29 @@ enum Command {
     /// around a flaky instance, prints commands to try, and runs until
     /// Ctrl-C. Keys, certificates, config and logs go to --dir.
     Demo(demo::DemoArgs),
+    /// Mesh operations on a config's mesh CA.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Start a root rotation of the generated mesh CA: write a new CA and
+    /// keep trusting the old root. A running appliance picks it up within
+    /// a second and moves every workload to the new CA as it renews.
+    RotateCa {
+        /// The appliance's config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Finish a root rotation: stop trusting the previous roots. Run it
+    /// once every workload has renewed (one workload_cert_ttl after
+    /// rotate-ca).
+    RetireRoots {
+        /// The appliance's config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,5 +108,11 @@ fn main() -> ExitCode {
             watch_interval_ms,
         } => server::run(config, listen, threads, watch_interval_ms),
         Command::Demo(args) => demo::main(args),
+        Command::Mesh(MeshCommand::RotateCa { config }) => {
+            rotation::run(rotation::Step::Rotate, &config)
+        }
+        Command::Mesh(MeshCommand::RetireRoots { config }) => {
+            rotation::run(rotation::Step::Retire, &config)
+        }
     }
 }

@@ -213,25 +213,30 @@ impl MeshLab {
         Ok(())
     }
 
-    /// Waits until `count` instances of `service` answer through the
-    /// gateway path `path` (distinct `instance` values seen, forcing each
-    /// version with `x-canary`).
-    pub fn wait_serving(&self, path: &str, versions: &[&str], count: usize) -> Result<()> {
-        let mut client = Client::new(self.edge);
-        let mut seen = std::collections::BTreeSet::new();
-        wait_for(Duration::from_secs(30), "instances serving", || {
-            for v in versions {
-                if let Ok(r) = client.get(path, &[("x-canary", v)])
-                    && r.status == 200
-                    && let Ok(j) = r.json()
-                    && let Some(id) = j["instance"].as_str()
-                {
-                    seen.insert(id.to_owned());
-                }
-            }
-            seen.len() >= count
+    /// Waits until the appliance has every started instance in its
+    /// registry, then until `path` answers 200 through the gateway for
+    /// each of `versions` (forced with `x-canary`).
+    pub fn wait_serving(&self, path: &str, versions: &[&str]) -> Result<()> {
+        let want = format!("instances={}", self.instances.len());
+        wait_for(Duration::from_secs(30), "every instance registered", || {
+            self.appliance
+                .proc
+                .stderr()
+                .lines()
+                .rfind(|l| l.contains("mesh endpoints changed"))
+                .is_some_and(|l| l.contains(&want))
         })
-        .with_context(|| format!("saw only {seen:?}"))
+        .with_context(|| self.appliance.proc.stderr())?;
+        let mut client = Client::new(self.edge);
+        for v in versions {
+            wait_for(Duration::from_secs(30), "serving", || {
+                client
+                    .get(path, &[("x-canary", v)])
+                    .is_ok_and(|r| r.status == 200)
+            })
+            .with_context(|| format!("{path} with x-canary {v}"))?;
+        }
+        Ok(())
     }
 
     /// Sets the demo flaky switch of instance `i` (percent of requests
