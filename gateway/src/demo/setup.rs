@@ -374,6 +374,26 @@ mod tests {
     }
 
     #[test]
+    fn sidecars_get_the_seeds_resilience_settings() {
+        // What order-processing's sidecar runs with: the control plane's
+        // rendering of the seed (with no instances registered yet).
+        let text = meshgate_control::render_sidecar_config(SEED, &[]).expect("render");
+        let text =
+            format!("{text}\n[[listener]]\nname = \"outbound\"\naddress = \"127.0.0.1:0\"\n");
+        let snap = meshgate_config::load_str(&text, "sidecar.toml", Path::new("/"))
+            .unwrap_or_else(|d| panic!("{d}\n{text}"));
+        let catalog = snap.service("product-catalog").expect("catalog");
+        let rate = catalog
+            .outlier
+            .failure_rate
+            .as_ref()
+            .expect("failure-rate ejection");
+        assert_eq!((rate.threshold_percent, rate.min_requests), (50, 20));
+        assert_eq!(catalog.outlier.consecutive_failures, 5);
+        assert!(catalog.split.is_some());
+    }
+
+    #[test]
     fn the_server_certificate_verifies_against_the_demo_ca() {
         let tls = tls_files().expect("tls");
         let mut roots = rustls::RootCertStore::empty();
