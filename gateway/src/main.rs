@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use meshgate_gateway::{check, demo, rotation, server};
+use meshgate::{check, demo, rotation, server};
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///

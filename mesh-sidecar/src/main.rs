@@ -6,5 +6,5 @@
 //! the control-plane stream). See that module for what it does.
 
 fn main() -> std::process::ExitCode {
-    meshgate_gateway::sidecar::main()
+    meshgate::sidecar::main()
 }
