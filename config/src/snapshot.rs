@@ -96,6 +96,10 @@ impl Snapshot {
 /// The admin HTTP API.
 #[derive(Debug, Clone)]
 pub struct AdminSpec {
+    /// Whether the config has an `[admin]` table: the admin API runs only
+    /// when asked for, so that configs without one never contend for its
+    /// port.
+    pub enabled: bool,
     /// Bind address. Default `127.0.0.1:9901`.
     pub address: SocketAddr,
     /// Bearer token required for writes (and for everything when bound

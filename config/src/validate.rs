@@ -458,6 +458,7 @@ impl Cx<'_, '_> {
         let default_addr = SocketAddr::from(([127, 0, 0, 1], 9901));
         let Some(raw) = raw else {
             return AdminSpec {
+                enabled: false,
                 address: default_addr,
                 token: None,
             };
@@ -527,6 +528,7 @@ impl Cx<'_, '_> {
             );
         }
         AdminSpec {
+            enabled: true,
             address,
             token: token.map(Secret::new),
         }

@@ -228,6 +228,16 @@ async fn follow(
         for eps in discovered.values_mut() {
             eps.sort_by_key(|e| e.address);
         }
+        if let Some(m) = crate::metrics::metrics() {
+            for svc in store.current().services.iter() {
+                if svc.discovery == Discovery::Mesh {
+                    let n = discovered.get(&svc.name).map_or(0, Vec::len);
+                    m.mesh_endpoints
+                        .with_label_values(&[svc.name.as_str()])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
         if let ReloadOutcome::Applied { version, .. } = store.set_discovered(discovered) {
             tracing::info!(
                 version,

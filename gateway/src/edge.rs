@@ -795,15 +795,35 @@ impl ProxyHttp for Edge {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
-        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
-            return;
-        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
+        let route = ctx.route(snap).map(|r| r.name.as_str());
+        if let Some(m) = crate::metrics::metrics() {
+            let service = ctx.service.as_ref().map_or("", |s| s.name.as_str());
+            m.requests
+                .with_label_values(&[
+                    self.listener.as_str(),
+                    route.unwrap_or(""),
+                    service,
+                    &status.to_string(),
+                    ctx.reason.unwrap_or(""),
+                ])
+                .inc();
+            m.duration
+                .with_label_values(&[self.listener.as_str(), route.unwrap_or("")])
+                .observe(now.duration_since(ctx.start).as_secs_f64());
+            if ctx.flight.retries_done > 0 {
+                m.retries
+                    .with_label_values(&[service])
+                    .inc_by(u64::from(ctx.flight.retries_done));
+            }
+        }
+        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
+            return;
+        }
         let req = session.req_header();
         let proto = if session.is_http2() { "http2" } else { "http1" };
-        let route = ctx.route(snap).map(|r| r.name.as_str());
         let line = serde_json::json!({
             "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             "listener": self.listener,

@@ -139,12 +139,26 @@ impl ProxyHttp for Inbound {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {
         let snap = self.store.current();
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
+        if let Some(m) = crate::metrics::metrics() {
+            m.requests
+                .with_label_values(&[
+                    "inbound",
+                    "",
+                    self.service.as_str(),
+                    &status.unwrap_or(0).to_string(),
+                    reason.unwrap_or(""),
+                ])
+                .inc();
+            m.duration
+                .with_label_values(&["inbound", ""])
+                .observe(ctx.start.elapsed().as_secs_f64());
+        }
         if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
             return;
         }
-        let status = session.response_written().map(|r| r.status.as_u16());
         let req = session.req_header();
-        let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
         let line = serde_json::json!({
             "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             "listener": "inbound",

@@ -8,6 +8,7 @@
 //! `meshgate-policy` and the schema in `meshgate-config`; this crate
 //! adapts them to pingora's request phases and owns the sockets.
 
+mod admin;
 mod appliance;
 mod authn;
 pub mod check;
@@ -16,6 +17,7 @@ mod edge;
 mod framing;
 mod inbound;
 mod mesh;
+mod metrics;
 mod reload;
 mod resilience;
 pub mod rotation;

@@ -165,6 +165,7 @@ impl MeshTls {
             verifier,
         });
         self.current.store(Some(material.clone()));
+        crate::metrics::certificate(&material.id, material.not_after);
         Ok(material)
     }
 

@@ -109,12 +109,17 @@ impl Flight {
             .outlier
             .record(failure, t.probe, now, &svc.outlier, may_eject)
         {
-            Some(Transition::Ejected { for_ }) => tracing::warn!(
-                service = %svc.name,
-                endpoint = %t.endpoint.spec.address,
-                ejected_for = ?for_,
-                "endpoint ejected"
-            ),
+            Some(Transition::Ejected { for_ }) => {
+                if let Some(m) = crate::metrics::metrics() {
+                    m.ejections.with_label_values(&[svc.name.as_str()]).inc();
+                }
+                tracing::warn!(
+                    service = %svc.name,
+                    endpoint = %t.endpoint.spec.address,
+                    ejected_for = ?for_,
+                    "endpoint ejected"
+                )
+            }
             Some(Transition::Recovered) => tracing::info!(
                 service = %svc.name,
                 endpoint = %t.endpoint.spec.address,

@@ -84,6 +84,19 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
+    if snap.admin.enabled
+        && let Err(e) = crate::admin::start(crate::admin::AdminOptions {
+            address: snap.admin.address,
+            metrics_path: snap
+                .observability
+                .metrics_enabled
+                .then(|| snap.observability.metrics_path.clone()),
+            token: snap.admin.token.as_ref().map(|t| t.expose().to_owned()),
+        })
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if crate::appliance::wanted(&snap)
         && let Err(e) = crate::appliance::start(&store, &mesh)
     {

@@ -77,6 +77,10 @@ pub struct Cli {
     /// Worker threads per listener.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
+    /// Serve `/metrics` (Prometheus) and `/ready` here (loopback advised;
+    /// off when not given).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
 }
 
 /// What the control-plane thread and the server share.
@@ -142,7 +146,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    for (what, addr) in [("outbound", cli.outbound), ("inbound", cli.inbound)] {
+    let mut own = vec![("outbound", cli.outbound), ("inbound", cli.inbound)];
+    if let Some(a) = cli.admin {
+        own.push(("admin", a));
+    }
+    for (what, addr) in own {
         TcpListener::bind(addr).map_err(|e| format!("{what} address {addr}: {e}"))?;
     }
     crate::server::init_logging_filter("info");
@@ -239,6 +247,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     svc.add_tls_with_settings(&cli.inbound.to_string(), None, settings);
     server.add_service(svc);
 
+    if let Some(address) = cli.admin {
+        crate::admin::start(crate::admin::AdminOptions {
+            address,
+            metrics_path: Some("/metrics".into()),
+            token: None,
+        })?;
+    }
     watch_expiry(shared.mesh.clone());
     tracing::info!(
         service = %cli.service,

@@ -45,6 +45,8 @@ pub struct Instance {
     pub outbound: SocketAddr,
     /// The sidecar's inbound mTLS listener.
     pub inbound: SocketAddr,
+    /// The sidecar's admin endpoint (metrics).
+    pub admin: SocketAddr,
 }
 
 /// The appliance and its instances.
@@ -58,6 +60,8 @@ pub struct MeshLab {
     pub edge: SocketAddr,
     /// The control plane.
     pub control_plane: SocketAddr,
+    /// The admin endpoint (metrics).
+    pub admin: SocketAddr,
     /// Every instance started, in order.
     pub instances: Vec<Instance>,
     config: PathBuf,
@@ -82,15 +86,17 @@ impl MeshLab {
         let dir = tempdir()?;
         let edge = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control_plane = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         std::fs::write(dir.join("join-token"), "lab-join-token\n")?;
         let config = dir.join("meshgate.toml");
-        std::fs::write(&config, lab_config(&dir, edge, control_plane, &opts))?;
+        std::fs::write(&config, lab_config(&dir, edge, control_plane, admin, &opts))?;
         let appliance = Gateway::start(&config, edge)?;
         let lab = MeshLab {
             dir,
             appliance,
             edge,
             control_plane,
+            admin,
             instances: Vec::new(),
             config,
         };
@@ -122,6 +128,7 @@ impl MeshLab {
         let app_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(bin("meshgate"));
         cmd.args(["demo", "service", "--name", service, "--version", version])
             .args(["--instance", &id, "--listen", &app_addr.to_string()]);
@@ -135,7 +142,7 @@ impl MeshLab {
         }
         let app = Proc::spawn(cmd)?;
         wait_for_port(app_addr).with_context(|| format!("app {id}: {}", app.stderr()))?;
-        let sidecar = self.spawn_sidecar(service, version, app_addr, inbound, outbound)?;
+        let sidecar = self.spawn_sidecar(service, version, app_addr, [inbound, outbound, admin])?;
         self.instances.push(Instance {
             service: service.to_owned(),
             version: version.to_owned(),
@@ -145,6 +152,7 @@ impl MeshLab {
             sidecar,
             outbound,
             inbound,
+            admin,
         });
         Ok(n)
     }
@@ -154,8 +162,7 @@ impl MeshLab {
         service: &str,
         version: &str,
         app: SocketAddr,
-        inbound: SocketAddr,
-        outbound: SocketAddr,
+        [inbound, outbound, admin]: [SocketAddr; 3],
     ) -> Result<Proc> {
         let mut cmd = Command::new(bin("meshgate-sidecar"));
         cmd.args(["--control-plane", &self.control_plane.to_string()])
@@ -171,6 +178,7 @@ impl MeshLab {
             .args(["--app", &app.to_string()])
             .args(["--inbound", &inbound.to_string()])
             .args(["--outbound", &outbound.to_string()])
+            .args(["--admin", &admin.to_string()])
             .arg("--join-token-file")
             .arg(self.dir.join("join-token"));
         let mut proc = Proc::spawn(cmd)?;
@@ -181,27 +189,6 @@ impl MeshLab {
             }
         }
         Ok(proc)
-    }
-
-    /// Restarts instance `i`'s sidecar (same ports).
-    pub fn restart_sidecar(&mut self, i: usize) -> Result<()> {
-        let (service, version, app, inbound, outbound) = {
-            let inst = &self.instances[i];
-            (
-                inst.service.clone(),
-                inst.version.clone(),
-                inst.app_addr,
-                inst.inbound,
-                inst.outbound,
-            )
-        };
-        self.instances[i].sidecar.signal("KILL")?;
-        self.instances[i]
-            .sidecar
-            .wait_exit(Duration::from_secs(10))?;
-        let proc = self.spawn_sidecar(&service, &version, app, inbound, outbound)?;
-        self.instances[i].sidecar = proc;
-        Ok(())
     }
 
     /// Stops the appliance (SIGKILL: a crash, nothing saved on the way
@@ -259,10 +246,19 @@ impl MeshLab {
     }
 }
 
-fn lab_config(dir: &Path, edge: SocketAddr, cp: SocketAddr, opts: &LabOptions) -> String {
+fn lab_config(
+    dir: &Path,
+    edge: SocketAddr,
+    cp: SocketAddr,
+    admin: SocketAddr,
+    opts: &LabOptions,
+) -> String {
     let td = TRUST_DOMAIN;
     format!(
-        r#"[[listener]]
+        r#"[admin]
+address = "{admin}"
+
+[[listener]]
 name = "edge"
 address = "{edge}"
 protocols = ["http1", "h2c"]

@@ -54,6 +54,56 @@ fn a_request_crosses_the_mesh_with_mtls_identities_on_every_hop() -> Result<()> 
     let r = c.get("/users/alice", &[])?;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()?["service"], "user-account");
+
+    // The admin endpoint's metrics say the same.
+    let m = Client::new(lab.admin).get("/metrics", &[])?;
+    assert_eq!(m.status, 200);
+    let metrics = m.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshgate_requests_total{")
+                && l.contains("route=\"orders\"")
+                && l.contains("status=\"200\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshgate_mesh_endpoints{service=\"product-catalog\"} 3"),
+        "{metrics}"
+    );
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meshgate_mesh_certificate_expiration_timestamp_seconds")
+                && l.contains("/gateway")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("gateway certificate expiry metric")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        expiry > now + 3000.0 && expiry < now + 3700.0,
+        "a one-hour certificate: {expiry} vs now {now}"
+    );
+    // A sidecar's too: its identity's expiry and the calls it took in.
+    let m = Client::new(lab.instances[0].admin)
+        .get("/metrics", &[])?
+        .body;
+    assert!(
+        m.contains(&format!(
+            "meshgate_mesh_certificate_expiration_timestamp_seconds{{identity=\"{}\"}}",
+            service_id("product-catalog")
+        )),
+        "{m}"
+    );
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("meshgate_requests_total{") && l.contains("listener=\"inbound\"")
+        ),
+        "{m}"
+    );
     Ok(())
 }
 

@@ -758,19 +758,30 @@ impl<'a> Tour<'a> {
             && a.status == StatusCode::OK
         {
             let text = a.body.as_str().unwrap_or_default();
-            println!("   GET {url}: {} lines, for example:", text.lines().count());
-            for l in text.lines().filter(|l| !l.starts_with('#')).take(5) {
+            println!("   GET {url}: {} lines, among them:", text.lines().count());
+            let shown = [
+                "meshgate_mesh_",
+                "meshgate_upstream_retries_total",
+                "meshgate_endpoint_ejections_total",
+            ];
+            for l in text
+                .lines()
+                .filter(|l| !l.starts_with('#') && shown.iter().any(|p| l.starts_with(p)))
+                .take(10)
+            {
                 println!("     {l}");
             }
+            self.check(
+                text.contains("meshgate_mesh_endpoints{service=\"product-catalog\"}")
+                    && text.contains("meshgate_mesh_certificate_expiration_timestamp_seconds"),
+                "the gateway reports mesh endpoints and its certificate's expiry",
+            );
             self.metrics_served = true;
             return;
         }
+        self.check(false, "the admin API serves metrics");
         println!(
-            "   The admin API ({}) is not built yet: metrics arrive with the observability work.",
-            self.a.admin
-        );
-        println!(
-            "   Until then every proxy logs each request as one JSON line: {} (gateway), {} (sidecars).",
+            "   Every proxy also logs each request as one JSON line: {} (gateway), {} (sidecars).",
             self.layout.log("appliance").display(),
             self.layout.logs().join("*-sidecar.log").display()
         );

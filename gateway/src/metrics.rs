@@ -1,0 +1,130 @@
+//! Prometheus metrics, one registry per process, served by the admin
+//! endpoint (`admin.rs`).
+//!
+//! Every family is registered once at first use and updated from the
+//! request path with label values that come from the config (listener,
+//! route and service names) or from small fixed sets (status codes, the
+//! proxy's reasons), so cardinality stays bounded by the config, never by
+//! what clients send.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The process's metric families.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Requests answered, by listener, route, service, status and reason.
+    pub(crate) requests: IntCounterVec,
+    /// Request duration from first byte in to the log line, by listener
+    /// and route.
+    pub(crate) duration: HistogramVec,
+    /// Retries sent, by service.
+    pub(crate) retries: IntCounterVec,
+    /// Endpoints ejected by outlier detection, by service.
+    pub(crate) ejections: IntCounterVec,
+    /// When this process's mesh certificate expires (Unix seconds), by
+    /// identity. Alert on `... - time() < 3600`.
+    pub(crate) cert_expiry: GaugeVec,
+    /// Registered instances per mesh service (the appliance only).
+    pub(crate) mesh_endpoints: IntGaugeVec,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new("meshgate_requests_total", "Requests answered."),
+        &["listener", "route", "service", "status", "reason"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            "meshgate_request_duration_seconds",
+            "Time from the request's arrival to its last byte.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["listener", "route"],
+    )?;
+    let retries = IntCounterVec::new(
+        Opts::new("meshgate_upstream_retries_total", "Retries sent upstream."),
+        &["service"],
+    )?;
+    let ejections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_endpoint_ejections_total",
+            "Endpoints ejected by outlier detection.",
+        ),
+        &["service"],
+    )?;
+    let cert_expiry = GaugeVec::new(
+        Opts::new(
+            "meshgate_mesh_certificate_expiration_timestamp_seconds",
+            "When this process's mesh workload certificate expires (Unix time).",
+        ),
+        &["identity"],
+    )?;
+    let mesh_endpoints = IntGaugeVec::new(
+        Opts::new(
+            "meshgate_mesh_endpoints",
+            "Instances registered with the control plane, by service.",
+        ),
+        &["service"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(retries.clone()))?;
+    registry.register(Box::new(ejections.clone()))?;
+    registry.register(Box::new(cert_expiry.clone()))?;
+    registry.register(Box::new(mesh_endpoints.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        retries,
+        ejections,
+        cert_expiry,
+        mesh_endpoints,
+    })
+}
+
+/// The metrics, or `None` if they could not be registered (a build
+/// defect, logged once; the data path runs on without them).
+pub(crate) fn metrics() -> Option<&'static Metrics> {
+    static M: OnceLock<Option<Metrics>> = OnceLock::new();
+    M.get_or_init(|| match build() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics unavailable");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Records a certificate's expiry.
+pub(crate) fn certificate(identity: &str, not_after: SystemTime) {
+    if let Some(m) = metrics() {
+        let secs = not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.cert_expiry.with_label_values(&[identity]).set(secs);
+    }
+}
+
+/// The Prometheus text exposition of every family.
+pub(crate) fn render() -> String {
+    let Some(m) = metrics() else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
