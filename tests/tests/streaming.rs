@@ -545,6 +545,18 @@ fn upstream_protocol_and_tls_follow_the_service() {
     let text = std::fs::read_to_string(stack.dir.join("a.toml"))
         .expect("a.toml")
         .replace(&stack.a_port.to_string(), &port.to_string());
+    // Its own admin port: the first gateway still holds the copied one.
+    let admin_line = text
+        .lines()
+        .skip_while(|l| *l != "[admin]")
+        .nth(1)
+        .expect("admin address line")
+        .to_owned();
+    let text = text.replacen(
+        &admin_line,
+        &format!("address = \"127.0.0.1:{}\"", free_port()),
+        1,
+    );
     let config = write_config(&stack.dir, "untrusting.toml", &text);
     let untrusting = gateway_trusting(&config, port, None);
     for leg in ["/h2tls", "/h1tls"] {
