@@ -32,6 +32,10 @@ pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Header naming the reason of a proxy-generated response.
 pub(crate) const REASON_HEADER: &str = "x-meshgate-reason";
 
+/// How much of an HTTP/2 request body declared over the limit is read
+/// (and dropped) before the 413, so that small uploads end cleanly.
+const H2_DRAIN_BYTES: u64 = 64 * 1024;
+
 /// The proxy logic bound to one listener.
 #[derive(Debug)]
 pub(crate) struct Edge {
@@ -265,10 +269,19 @@ impl ProxyHttp for Edge {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
+            if let Some(n) = declared.filter(|n| *n > max) {
                 ctx.snap = Some(self.store.current());
                 ctx.reason = Some("body-too-large");
                 session.set_keepalive(None);
+                if session.is_http2() && n <= max.saturating_add(H2_DRAIN_BYTES) {
+                    // Take in a small upload before answering: otherwise the
+                    // stream reset that ends our early 413 races the
+                    // client's DATA, and the client may report the reset
+                    // instead of our answer. Bounded in bytes and time.
+                    let drain =
+                        async { while let Ok(Some(_)) = session.read_request_body().await {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+                }
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body larger than max_request_body_bytes",
