@@ -40,46 +40,31 @@ pub(crate) fn start(opts: AdminOptions) -> Result<(), String> {
         .map_err(|e| format!("admin API socket: {e}"))?;
     let address = opts.address;
     let opts = Arc::new(opts);
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the admin runtime");
-                    return;
-                }
+    crate::server::spawn_runtime("admin", async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin socket");
+                return;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
             };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "admin socket");
-                        return;
-                    }
-                };
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    };
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
                     let opts = opts.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let opts = opts.clone();
-                            async move { Ok::<_, Infallible>(handle(&opts, &req)) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
+                    async move { Ok::<_, Infallible>(handle(&opts, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
-        })
-        .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+        }
+    })?;
     tracing::info!(%address, "admin API listening");
     Ok(())
 }

@@ -162,42 +162,26 @@ pub(crate) fn start(store: &Arc<ConfigStore>, mesh: &Arc<MeshTls>) -> Result<(),
 
     let store = store.clone();
     let mesh = mesh.clone();
-    std::thread::Builder::new()
-        .name("control-plane".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the control-plane runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "control plane socket");
-                        return;
-                    }
-                };
-                tokio::spawn(cp.clone().serve(listener, tls));
-                let identities = Arc::new(Identities {
-                    ca,
-                    ttl,
-                    gateway_id,
-                    cp_id,
-                    mesh,
-                    cp_cert,
-                });
-                tokio::spawn(renew(identities.clone()));
-                follow(cp, store, identities, ca_dir).await;
-            });
-        })
-        .map_err(|e| format!("cannot start the control-plane thread: {e}"))?;
+    crate::server::spawn_runtime("control-plane", async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control plane socket");
+                return;
+            }
+        };
+        tokio::spawn(cp.clone().serve(listener, tls));
+        let identities = Arc::new(Identities {
+            ca,
+            ttl,
+            gateway_id,
+            cp_id,
+            mesh,
+            cp_cert,
+        });
+        tokio::spawn(renew(identities.clone()));
+        follow(cp, store, identities, ca_dir).await;
+    })?;
     Ok(())
 }
 

@@ -125,6 +125,29 @@ pub fn run(
     server.run_forever()
 }
 
+/// Runs `task` on a thread of its own with a single-threaded tokio
+/// runtime, apart from pingora's workers: the admin endpoint and the
+/// control plane stay responsive however busy the data path is.
+pub(crate) fn spawn_runtime<F>(name: &str, task: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let label = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(task),
+                Err(e) => tracing::error!(error = %e, thread = %label, "cannot start a runtime"),
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
 /// The longest listener drain timeout: how long SIGTERM waits for
 /// in-flight requests.
 pub(crate) fn drain_limit(snap: &Snapshot) -> Duration {

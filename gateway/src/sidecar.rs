@@ -182,10 +182,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     });
     {
         let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("control-plane".into())
-            .spawn(move || control_loop(opts, new_key, shared))
-            .map_err(|e| format!("cannot start the control-plane thread: {e}"))?;
+        crate::server::spawn_runtime("control-plane", control_loop(opts, new_key, shared))?;
     }
     tracing::info!(
         control_plane = %cli.control_plane,
@@ -386,28 +383,16 @@ impl rustls::client::danger::ServerCertVerifier for ControlPlaneVerifier {
     }
 }
 
-fn control_loop(
+async fn control_loop(
     opts: ClientOptions,
     new_key: Arc<dyn Fn() -> Result<NewKey, String> + Send + Sync>,
     shared: Arc<Shared>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the control-plane runtime");
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(meshgate_control::run_client(opts, new_key, tx));
-        while let Some(event) = rx.recv().await {
-            handle(&shared, event);
-        }
-    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(meshgate_control::run_client(opts, new_key, tx));
+    while let Some(event) = rx.recv().await {
+        handle(&shared, event);
+    }
 }
 
 fn handle(shared: &Shared, event: Event) {

@@ -362,6 +362,29 @@ fn refused(r: Result<meshgate_tests::CurlResponse>, what: &str) -> Result<()> {
     }
 }
 
+/// Certificates each sidecar has installed so far (first and renewals).
+fn installs(lab: &MeshLab) -> Vec<usize> {
+    lab.instances
+        .iter()
+        .map(|i| {
+            i.sidecar
+                .stderr()
+                .matches("workload certificate installed")
+                .count()
+        })
+        .collect()
+}
+
+/// Asserts a load run saw no failed request, showing the first few.
+fn no_failures(n: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
 /// Runs `work` on a thread that loops requests until stopped; returns a
 /// handle that yields (requests, failures).
 struct Load {
@@ -421,17 +444,7 @@ fn certificates_rotate_under_load_without_a_failed_request() -> Result<()> {
     // each is replaced several times while the load runs.
     let lab = seed(LabOptions { cert_ttl: "10s" })?;
     let load = Load::start(lab.edge, "/orders/1", None);
-    let renewals = |lab: &MeshLab| -> usize {
-        lab.instances
-            .iter()
-            .map(|i| {
-                i.sidecar
-                    .stderr()
-                    .matches("workload certificate installed")
-                    .count()
-            })
-            .sum()
-    };
+    let renewals = |lab: &MeshLab| -> usize { installs(lab).iter().sum() };
     let before = renewals(&lab);
     // Every sidecar renews at least twice more, and the gateway too.
     wait_for(Duration::from_secs(60), "renewals", || {
@@ -446,12 +459,7 @@ fn certificates_rotate_under_load_without_a_failed_request() -> Result<()> {
     })?;
     let (n, failures) = load.finish()?;
     assert!(n > 100, "only {n} requests");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    no_failures(n, &failures);
     Ok(())
 }
 
@@ -481,12 +489,7 @@ fn the_control_plane_restarting_under_load_fails_no_request() -> Result<()> {
     let r = Client::new(lab.edge).get("/catalog/items", &[])?;
     assert_eq!(r.status, 200, "{}", r.body);
     let (n, failures) = load.finish()?;
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    no_failures(n, &failures);
     Ok(())
 }
 
@@ -555,17 +558,6 @@ fn a_root_rotation_under_load_fails_no_request() -> Result<()> {
     })?;
     // Every sidecar renews twice more: by then all of them hold
     // certificates from the new CA.
-    let installs = |lab: &MeshLab| -> Vec<usize> {
-        lab.instances
-            .iter()
-            .map(|i| {
-                i.sidecar
-                    .stderr()
-                    .matches("workload certificate installed")
-                    .count()
-            })
-            .collect()
-    };
     let before = installs(&lab);
     wait_for(Duration::from_secs(40), "renewals from the new CA", || {
         installs(&lab)
@@ -607,11 +599,6 @@ fn a_root_rotation_under_load_fails_no_request() -> Result<()> {
         load.count() > at + 100
     })?;
     let (n, failures) = load.finish()?;
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    no_failures(n, &failures);
     Ok(())
 }
