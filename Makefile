@@ -42,10 +42,10 @@ bench-micro:
 # (bench/README.md). Writes bench/results/latest.json and latest.md; installs
 # nginx, haproxy, wrk, h2load (apt-get, as root) and oha (cargo) if missing.
 bench:
-	$(CARGO) build --release --bin meshgate
+	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench" python3 bench/run.py $(BENCH_ARGS)
 
 # The same in under 90 s: one round, 2 s runs, pinned mode only.
 bench-quick:
-	$(CARGO) build --release --bin meshgate
+	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench-quick" python3 bench/run.py --quick $(BENCH_ARGS)

@@ -70,7 +70,7 @@ QUICK = Plan(
     pinnings=["pinned"],
     fixed_pinnings=["pinned"],
     saturation=[("http1", "wrk"), ("http2", "h2load")],
-    fixed=[("http1", 5000), ("http2", 5000)],
+    fixed=[("http1", 1000), ("http1", 5000), ("http2", 5000)],
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
     warm_up=False,
@@ -96,8 +96,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the < 90 s plan (make bench-quick)")
     ap.add_argument("--rounds", type=int, help="override the plan's number of rounds (1-10)")
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
-    ap.add_argument("--targets", default="direct,meshgate,nginx,haproxy",
-                    help="comma-separated subset of direct,meshgate,nginx,haproxy")
+    ap.add_argument("--targets", default="direct,meshgate,nginx,haproxy,meshgate-sidecar",
+                    help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar")
     ap.add_argument("--meshgate", default=os.path.join(HERE, "..", "target", "release", "meshgate"),
                     help="meshgate binary (default: target/release/meshgate)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
@@ -131,7 +131,7 @@ def main():
 
     meshgate = os.path.abspath(args.meshgate)
     if not os.access(meshgate, os.X_OK):
-        sys.exit(f"{meshgate} not found: build it first with `cargo build --release --bin meshgate`")
+        sys.exit(f"{meshgate} not found: build it first with `cargo build --release --bin meshgate --bin meshgate-sidecar`")
     tools.ensure_debian_tools(log)
     oha = tools.ensure_oha(log)
 
@@ -175,6 +175,8 @@ def main():
             "nginx": "1 worker, access_log off, upstream keepalive 256, proxy_http_version 1.1, TLSv1.3",
             "haproxy": "-W master-worker, nbthread 1, http-reuse always, no log, ssl-min-ver TLSv1.3",
             "certificate": "self-signed ECDSA P-256 (openssl req -newkey ec)",
+            "meshgate-sidecar": "client sidecar -> mTLS, HTTP/2 -> server sidecar -> origin; both release, "
+                                "--threads 1, access_log off; figures are the pair's (RSS rows also per sidecar)",
         },
     }
     os.makedirs(args.out, exist_ok=True)
@@ -216,7 +218,8 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     so no target always goes first), stop everything."""
     plan, log = ctx.plan, ctx.log
     ctx.origin = targets.NginxOrigin()
-    candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy()]
+    candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy(),
+                  targets.SidecarPair()]
     chosen = [t for t in candidates if t.name in wanted]
     shift = rnd % len(chosen)
     order = chosen[shift:] + chosen[:shift]
@@ -238,9 +241,11 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                 _log_row(log, rows[-1])
         order = started
 
-        def each(fn, *a, only_proxies=False):
+        def each(fn, *a, only_proxies=False, tls=False):
             for t in order:
-                if only_proxies and t.name == "direct":
+                if only_proxies and (t.name == "direct" or not t.reloadable):
+                    continue
+                if tls and not t.client_tls:
                     continue
                 r = fn(ctx, t, rnd, *a)
                 rows.append(r)
@@ -250,7 +255,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             rows.append(scenarios.rss_idle(ctx, t, rnd))
             _log_row(log, rows[-1])
         each(scenarios.idle_conns, False)
-        each(scenarios.idle_conns, True)
+        each(scenarios.idle_conns, True, tls=True)
         if plan.warm_up:
             for t in order:
                 scenarios.warm_up(ctx, t)
@@ -265,7 +270,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                 ctx.loadgen_cpus = None
             for proto, tool in plan.saturation:
                 each(scenarios.saturation, pinning, proto, tool)
-            each(scenarios.tls_handshake, pinning)
+            each(scenarios.tls_handshake, pinning, tls=True)
             if pinning in plan.fixed_pinnings:
                 for proto, rate in plan.fixed:
                     each(scenarios.fixed_rate, pinning, proto, rate)

@@ -10,6 +10,7 @@ come from oha at a fixed rate with `--latency-correction`.
 """
 
 import json
+import urllib.parse
 import re
 
 from . import procs
@@ -23,8 +24,20 @@ def _ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def wrk(url, conns, threads, duration_s, cpus=None, close=False):
+def _host_args(tool, host, http2=False):
+    """Arguments that make wrk or h2load name `host` as the request's
+    authority instead of the URL's (the sidecar routes by it): a Host
+    header for HTTP/1.1, the :authority pseudo-header for HTTP/2."""
+    if host is None:
+        return []
+    if http2:
+        return ["-H", f":authority: {host}"]
+    return ["-H", f"Host: {host}"]
+
+
+def wrk(url, conns, threads, duration_s, cpus=None, close=False, host=None):
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration_s}s", "--latency", "--timeout", "5s"]
+    argv += _host_args("wrk", host)
     if close:
         # One request per connection: every request is a new TCP (and TLS) handshake.
         argv += ["-H", "Connection: close"]
@@ -59,8 +72,9 @@ def wrk(url, conns, threads, duration_s, cpus=None, close=False):
     }
 
 
-def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None):
+def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=None):
     argv = ["h2load", f"-t{threads}", f"-c{conns}", f"-m{streams}", "-D", str(duration_s)]
+    argv += _host_args("h2load", host, http2=not h1)
     if h1:
         argv.append("--h1")
     argv.append(url)
@@ -87,7 +101,7 @@ def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None):
     }
 
 
-def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None):
+def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None, host=None):
     """Open-loop load at a fixed rate, latency measured from each request's
     scheduled start (coordinated-omission correction)."""
     argv = [
@@ -98,6 +112,13 @@ def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None):
     ]
     if http2:
         argv.append("--http2")
+    if host is not None:
+        # oha's Host header would differ from its HTTP/2 :authority (a
+        # malformed request meshgate refuses); name the host in the URL
+        # and point the connection at the real address instead.
+        port = urllib.parse.urlsplit(url).port
+        url = url.replace("127.0.0.1", host, 1)
+        argv += ["--connect-to", f"{host}:{port}:127.0.0.1:{port}"]
     argv.append(url)
     rc, out, err = procs.run(argv, timeout=duration_s + 30, cpus=cpus)
     try:

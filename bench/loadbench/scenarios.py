@@ -83,11 +83,12 @@ def saturation(ctx, target, rnd, pinning, proto, tool):
     d = p.duration_s
     url = target.url(proto)
     if tool == "wrk":
-        load = lambda: generators.wrk(url, p.conns, p.threads, d, cpus=ctx.loadgen_cpus)  # noqa: E731
+        load = lambda: generators.wrk(  # noqa: E731
+            url, p.conns, p.threads, d, cpus=ctx.loadgen_cpus, host=target.host)
     else:
         load = lambda: generators.h2load(  # noqa: E731
             url, p.conns, p.threads, d, streams=1 if tool == "h2load-h1" else p.h2_streams,
-            h1=tool == "h2load-h1", cpus=ctx.loadgen_cpus,
+            h1=tool == "h2load-h1", cpus=ctx.loadgen_cpus, host=target.host,
         )
     base = dict(scenario="saturation", proto=proto, mode=pinning, pinning=pinning,
                 target=target.name, round=rnd, duration_s=d, tool=tool)
@@ -109,7 +110,7 @@ def fixed_rate(ctx, target, rnd, pinning, proto, rate):
 
     def load():
         return generators.oha(ctx.oha, target.url(proto), rate, d, p.fixed_conns,
-                              http2=proto == "http2", cpus=ctx.loadgen_cpus)
+                              http2=proto == "http2", cpus=ctx.loadgen_cpus, host=target.host)
 
     r = _load_row(ctx, target, base, load)
     r["rate"] = rate
@@ -172,7 +173,7 @@ def _settled_rss(target, limit_s=3.0):
     return last
 
 
-def _open_idle(port, n, use_tls, deadline):
+def _open_idle(port, n, use_tls, deadline, host=None):
     """Open n keep-alive connections, make one request on each (so the
     server has set the connection up completely), and leave them open."""
     ctxt = None
@@ -182,7 +183,7 @@ def _open_idle(port, n, use_tls, deadline):
         ctxt.verify_mode = ssl.CERT_NONE
         ctxt.minimum_version = ssl.TLSVersion.TLSv1_3
     conns = []
-    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: meshgate-bench\r\n\r\n"
+    req = f"GET / HTTP/1.1\r\nHost: {host or '127.0.0.1'}\r\nUser-Agent: meshgate-bench\r\n\r\n".encode()
     try:
         for _ in range(n):
             if time.monotonic() > deadline:
@@ -224,7 +225,7 @@ def idle_conns(ctx, target, rnd, use_tls):
     base = dict(scenario="idle-conns", proto=proto, mode="idle", target=target.name, round=rnd)
     before = _settled_rss(target, 1.0)
     try:
-        conns = _open_idle(target.ports[proto], n, use_tls, time.monotonic() + 60)
+        conns = _open_idle(target.ports[proto], n, use_tls, time.monotonic() + 60, target.host)
     except (OSError, TimeoutError, ssl.SSLError) as e:
         return row(**base, status=f"failed: {e}"[:600])
     try:
@@ -297,7 +298,7 @@ def reload_under_load(ctx, target, rnd, pinning):
 def warm_up(ctx, target):
     """One second of load before the first timed run of a round (pools, caches)."""
     try:
-        generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1)
+        generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1, host=target.host)
     except generators.LoadError:
         pass
 
