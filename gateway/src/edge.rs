@@ -67,6 +67,7 @@ struct Local {
 #[derive(Debug)]
 pub(crate) struct RequestCtx {
     start: Instant,
+    _in_flight: crate::metrics::InFlight,
     snap: Option<Arc<Snapshot>>,
     listener: usize,
     route: Option<usize>,
@@ -236,6 +237,7 @@ impl ProxyHttp for Edge {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
             start: Instant::now(),
+            _in_flight: crate::metrics::InFlight::start(&self.listener),
             snap: None,
             listener: 0,
             route: None,
@@ -821,11 +823,20 @@ impl ProxyHttp for Edge {
                     service,
                     &status.to_string(),
                     ctx.reason.unwrap_or(""),
+                    if session.is_http2() { "http2" } else { "http1" },
+                    "outbound",
                 ])
                 .inc();
+            let labels = [self.listener.as_str(), route.unwrap_or("")];
             m.duration
-                .with_label_values(&[self.listener.as_str(), route.unwrap_or("")])
+                .with_label_values(&labels)
                 .observe(now.duration_since(ctx.start).as_secs_f64());
+            m.request_bytes
+                .with_label_values(&labels)
+                .inc_by(session.body_bytes_read() as u64);
+            m.response_bytes
+                .with_label_values(&labels)
+                .inc_by(session.body_bytes_sent() as u64);
             if ctx.flight.retries_done > 0 {
                 m.retries
                     .with_label_values(&[service])

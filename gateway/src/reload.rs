@@ -61,9 +61,11 @@ impl Reloader {
         let running = self.store.current().version;
         match self.store.reload() {
             Ok(ReloadOutcome::Unchanged { version }) => {
+                crate::metrics::config_reload("unchanged", version);
                 tracing::info!(version, trigger = why, "config unchanged");
             }
             Ok(ReloadOutcome::Applied { version, diff }) => {
+                crate::metrics::config_reload("applied", version);
                 tracing::info!(version, trigger = why, "config reloaded:\n{diff}");
                 self.reload_certificates();
                 for c in diff.needs_restart() {
@@ -75,6 +77,7 @@ impl Reloader {
                 }
             }
             Err(diags) => {
+                crate::metrics::config_reload("rejected", running);
                 tracing::error!(
                     running_version = running,
                     trigger = why,

@@ -92,6 +92,10 @@ pub fn run(
                 .metrics_enabled
                 .then(|| snap.observability.metrics_path.clone()),
             token: snap.admin.token.as_ref().map(|t| t.expose().to_owned()),
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+            mesh: mesh.clone(),
+            ready_when: snap.listeners.iter().map(|l| l.address).collect(),
         })
     {
         eprintln!("error: {e}");
@@ -282,17 +286,44 @@ pub(crate) fn init_logging(snap: &Snapshot) {
     init_logging_filter(&snap.observability.log_level);
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+/// The live log filter, replaceable through the admin API.
+static LOG_FILTER: OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = OnceLock::new();
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`. The filter
+/// sits behind a reload layer so `PUT /log-level` can replace it.
 pub(crate) fn init_logging_filter(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Replaces the log filter (`debug`, `meshgate=debug,warn`...).
+pub(crate) fn set_log_filter(directives: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(directives)
+        .map_err(|e| format!("invalid log filter {directives:?}: {e}"))?;
+    let handle = LOG_FILTER
+        .get()
+        .ok_or_else(|| "logging was set up elsewhere; its filter cannot be changed".to_owned())?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log filter: {e}"))
 }
 
 type Sink = Mutex<Box<dyn Write + Send>>;

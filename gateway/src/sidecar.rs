@@ -249,6 +249,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             address,
             metrics_path: Some("/metrics".into()),
             token: None,
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+            mesh: shared.mesh.clone(),
+            ready_when: vec![cli.outbound, cli.inbound],
         })?;
     }
     watch_expiry(shared.mesh.clone());
