@@ -334,7 +334,7 @@ fn redact_line(line: &str) -> String {
 
 fn put_config(opts: &AdminOptions, body: &str) -> Resp {
     let running = opts.store.current().version;
-    match opts.store.apply_text(body, "PUT /config") {
+    match opts.store.apply_text(body, "<PUT /config>") {
         Ok(ReloadOutcome::Unchanged { version }) => {
             crate::metrics::config_reload("unchanged", version);
             tracing::info!(version, trigger = "admin API", "config unchanged");
@@ -393,10 +393,16 @@ fn routes_json(snap: &Snapshot) -> Value {
         .routes
         .iter()
         .map(|r| {
+            // No `listeners` key means every listener.
+            let listeners: Vec<&str> = if r.listeners.is_empty() {
+                snap.listeners.iter().map(|l| l.name.as_str()).collect()
+            } else {
+                r.listeners.iter().map(String::as_str).collect()
+            };
             json!({
                 "name": r.name,
                 "hosts": r.hosts,
-                "listeners": r.listeners,
+                "listeners": listeners,
                 "description": r.description,
             })
         })

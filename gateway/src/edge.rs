@@ -814,6 +814,13 @@ impl ProxyHttp for Edge {
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
         let route = ctx.route(snap).map(|r| r.name.as_str());
+        tracing::debug!(
+            listener = %self.listener,
+            route = route.unwrap_or(""),
+            status,
+            reason = ctx.reason.unwrap_or(""),
+            "request finished"
+        );
         if let Some(m) = crate::metrics::metrics() {
             let service = ctx.service.as_ref().map_or("", |s| s.name.as_str());
             m.requests

@@ -1,0 +1,459 @@
+//! The admin API end to end: `meshgate run` with `[admin]` on a free
+//! loopback port, curl as the client. Every endpoint, the token rules,
+//! config changes through `PUT /config`, the log level, and metric values
+//! after a known amount of traffic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meshgate_tests::mesh::{LabOptions, MeshLab, service_id};
+use meshgate_tests::{CurlResponse, Gateway, Origin, curl, free_port, tempdir, wait_for};
+use serde_json::Value;
+
+const TOKEN: &str = "admin-token-0123456789abcdef";
+
+struct Setup {
+    gw: Gateway,
+    edge: SocketAddr,
+    admin: SocketAddr,
+    origin: Origin,
+    _v2: Origin,
+}
+
+fn config_text(
+    port: u16,
+    admin: u16,
+    token: Option<&str>,
+    origins: [SocketAddr; 2],
+    hello: &str,
+) -> String {
+    let [origin, v2] = origins;
+    let token = token.map_or(String::new(), |t| format!("token = \"{t}\""));
+    format!(
+        r#"[admin]
+address = "127.0.0.1:{admin}"
+{token}
+
+[[listener]]
+name = "web"
+address = "127.0.0.1:{port}"
+protocols = ["http1", "h2c"]
+
+[[route]]
+name = "hello"
+match = {{ path = "/hello" }}
+respond = {{ status = 200, body = "{hello}" }}
+
+[[route]]
+name = "echo"
+match = {{ path_prefix = "/echo" }}
+service = "backend"
+
+[[service]]
+name = "backend"
+endpoints = [
+  {{ address = "{origin}", labels = {{ version = "v1" }} }},
+  {{ address = "{v2}", labels = {{ version = "v2" }} }},
+]
+[[service.subset]]
+name = "v1"
+labels = {{ version = "v1" }}
+[[service.subset]]
+name = "v2"
+labels = {{ version = "v2" }}
+[service.split]
+targets = [{{ subset = "v1", weight = 90 }}, {{ subset = "v2", weight = 10 }}]
+"#
+    )
+}
+
+fn setup(token: Option<&str>) -> Result<Setup> {
+    let origin = Origin::start("v1")?;
+    let v2 = Origin::start("v2")?;
+    let port = free_port();
+    let admin_port = free_port();
+    let config = tempdir()?.join("meshgate.toml");
+    std::fs::write(
+        &config,
+        config_text(port, admin_port, token, [origin.addr, v2.addr], "hello v1"),
+    )?;
+    let edge = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let gw = Gateway::start(&config, edge)?;
+    meshgate_tests::wait_for_port(admin)?;
+    Ok(Setup {
+        gw,
+        edge,
+        admin,
+        origin,
+        _v2: v2,
+    })
+}
+
+fn get(admin: SocketAddr, path: &str) -> Result<CurlResponse> {
+    curl(&[&format!("http://{admin}{path}")])
+}
+
+fn json(r: &CurlResponse) -> Result<Value> {
+    serde_json::from_str(&r.body).with_context(|| format!("not JSON: {}", r.body))
+}
+
+/// `PUT path` with `body`, optionally with the bearer token.
+fn put(admin: SocketAddr, path: &str, body: &str, token: Option<&str>) -> Result<CurlResponse> {
+    let file = tempdir()?.join("body");
+    std::fs::write(&file, body)?;
+    let data = format!("@{}", file.display());
+    let auth = token.map(|t| format!("authorization: Bearer {t}"));
+    let url = format!("http://{admin}{path}");
+    let mut args = vec!["-X", "PUT", "--data-binary", data.as_str()];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
+/// The value of the one sample whose line starts with `name{` and
+/// contains every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn read_endpoints_answer_json() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    for path in ["/healthz", "/readyz", "/ready"] {
+        let r = get(s.admin, path)?;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        json(&r)?;
+    }
+
+    // Reads on loopback need no token, even with one configured.
+    let r = get(s.admin, "/config")?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = json(&r)?;
+    assert_eq!(c["version"], 1);
+    assert!(c["digest"].as_str().is_some_and(|d| !d.is_empty()), "{c}");
+    assert!(
+        c["origin"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("meshgate.toml")),
+        "{c}"
+    );
+    assert!(
+        c["loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{c}"
+    );
+    let text = c["text"].as_str().context("text")?;
+    assert!(!text.contains(TOKEN), "the token leaked: {text}");
+    assert!(text.contains("token = \"<redacted>\""), "{text}");
+    assert!(text.contains("name = \"echo\""), "{text}");
+
+    let r = get(s.admin, "/routes")?;
+    assert_eq!(r.status, 200);
+    let routes = json(&r)?;
+    let names: Vec<&str> = routes["routes"]
+        .as_array()
+        .context("routes")?
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["hello", "echo"], "{routes}");
+    assert_eq!(routes["routes"][1]["listeners"][0], "web", "{routes}");
+
+    let r = get(s.admin, "/services")?;
+    assert_eq!(r.status, 200);
+    let services = json(&r)?;
+    let backend = &services["services"][0];
+    assert_eq!(backend["name"], "backend", "{services}");
+    let ep = &backend["endpoints"][0];
+    assert_eq!(ep["address"], s.origin.addr.to_string(), "{services}");
+    assert_eq!(ep["labels"]["version"], "v1", "{services}");
+    assert_eq!(ep["subsets"], serde_json::json!(["v1"]), "{services}");
+    assert_eq!(ep["health"]["state"], "healthy", "{services}");
+    let targets = &backend["split"]["targets"];
+    assert_eq!(targets[0]["subset"], "v1", "{services}");
+    assert_eq!(targets[0]["weight"], 90, "{services}");
+    assert_eq!(targets[1]["percent"], 10.0, "{services}");
+
+    // No mesh on this gateway: no identity.
+    let r = get(s.admin, "/certificates")?;
+    assert_eq!(r.status, 200);
+    assert_eq!(json(&r)?["mesh"], Value::Null);
+
+    let r = get(s.admin, "/nope")?;
+    assert_eq!(r.status, 404);
+    let r = curl(&["-X", "DELETE", &format!("http://{}/config", s.admin)])?;
+    assert_eq!(r.status, 401, "a write without the token");
+    Ok(())
+}
+
+#[test]
+fn put_config_applies_good_text_and_rejects_bad_text() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    let edge = format!("http://{}/hello", s.edge);
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+    let port = s.edge.port();
+    let admin_port = s.admin.port();
+    let good = config_text(
+        port,
+        admin_port,
+        Some(TOKEN),
+        [s.origin.addr, s._v2.addr],
+        "hello v2",
+    ) + "\n[[route]]\nname = \"extra\"\nmatch = { path = \"/extra\" }\nrespond = { status = 204 }\n";
+
+    // No token, or a wrong one: 401, nothing changes.
+    let r = put(s.admin, "/config", &good, None)?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.header("www-authenticate").is_some());
+    let r = put(
+        s.admin,
+        "/config",
+        &good,
+        Some("wrong-token-0123456789abcdef"),
+    )?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+
+    // A bad config: 400 with the same diagnostics as `meshgate check`,
+    // and the running config keeps serving.
+    let bad = good.replace("service = \"backend\"", "service = \"missing\"");
+    let r = put(s.admin, "/config", &bad, Some(TOKEN))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("<PUT /config>:"), "{}", r.body);
+    let head = r.body.lines().next().unwrap_or("");
+    let mut parts = head.splitn(4, ':');
+    let _file = parts.next();
+    let line: u32 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context(head.to_owned())?;
+    let col: u32 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context(head.to_owned())?;
+    assert!(line > 1 && col >= 1, "{head}");
+    assert!(r.body.contains("missing"), "{}", r.body);
+    assert!(
+        r.body.contains("the configuration was not applied"),
+        "{}",
+        r.body
+    );
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+    assert_eq!(json(&get(s.admin, "/config")?)?["version"], 1);
+
+    // A good one: 200, a new version and the diff; traffic follows.
+    let r = put(s.admin, "/config", &good, Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = json(&r)?;
+    assert_eq!(j["outcome"], "applied", "{j}");
+    assert_eq!(j["version"], 2, "{j}");
+    assert!(
+        j["diff"].as_str().is_some_and(|d| d.contains("hello")),
+        "{j}"
+    );
+    assert_eq!(curl(&[&edge])?.body, "hello v2");
+    let c = json(&get(s.admin, "/config")?)?;
+    assert_eq!(c["version"], 2);
+    assert_eq!(c["origin"], "<PUT /config>");
+    assert!(!c["text"].as_str().unwrap_or("").contains(TOKEN));
+
+    // The same text again changes nothing.
+    let j = json(&put(s.admin, "/config", &good, Some(TOKEN))?)?;
+    assert_eq!(j["outcome"], "unchanged", "{j}");
+    assert_eq!(j["version"], 2, "{j}");
+
+    let m = get(s.admin, "/metrics")?.body;
+    assert_eq!(sample(&m, "meshgate_config_version", &[]), Some(2.0), "{m}");
+    for (outcome, n) in [("applied", 1.0), ("rejected", 1.0), ("unchanged", 1.0)] {
+        assert_eq!(
+            sample(
+                &m,
+                "meshgate_config_reloads_total",
+                &[&format!("outcome=\"{outcome}\"")]
+            ),
+            Some(n),
+            "{m}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn writes_are_refused_without_a_configured_token() -> Result<()> {
+    let s = setup(None)?;
+    for path in ["/config", "/log-level"] {
+        let r = put(s.admin, path, "debug", None)?;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        let j = json(&r)?;
+        assert!(
+            j["error"].as_str().is_some_and(|e| e.contains("token")),
+            "{j}"
+        );
+    }
+    // Reads still work.
+    assert_eq!(get(s.admin, "/config")?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn log_level_changes_at_run_time() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    let edge = format!("http://{}/hello", s.edge);
+    curl(&[&edge])?;
+    assert!(
+        !s.gw.proc.stderr().contains("request finished"),
+        "debug is off at info"
+    );
+    let r = put(s.admin, "/log-level", "debug", None)?;
+    assert_eq!(r.status, 401);
+    let r = put(s.admin, "/log-level", "not a [filter", Some(TOKEN))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = put(s.admin, "/log-level", "meshgate=debug,info", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r)?["log_level"], "meshgate=debug,info");
+    curl(&[&edge])?;
+    wait_for(Duration::from_secs(5), "a debug line on stderr", || {
+        s.gw.proc.stderr().contains("request finished")
+    })?;
+
+    let r = put(s.admin, "/log-level", "warn", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let before = s.gw.proc.stderr().matches("request finished").count();
+    curl(&[&edge])?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        s.gw.proc.stderr().matches("request finished").count(),
+        before,
+        "debug is off again"
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_count_known_traffic() -> Result<()> {
+    let s = setup(None)?;
+    let body = "x".repeat(100);
+    let file = tempdir()?.join("body");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    let url = format!("http://{}/echo/a", s.edge);
+    let n = 7;
+    let mut sent = 0usize;
+    for _ in 0..n {
+        let r = curl(&["--data-binary", &data, &url])?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent += r.body.len();
+    }
+    // And two over h2c.
+    for _ in 0..2 {
+        let r = curl(&["--http2-prior-knowledge", &url])?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.version, "2");
+        sent += r.body.len();
+    }
+    let m = get(s.admin, "/metrics")?.body;
+    let total = |proto: &str| {
+        sample(
+            &m,
+            "meshgate_requests_total",
+            &[
+                "route=\"echo\"",
+                "status=\"200\"",
+                &format!("protocol=\"{proto}\""),
+                "direction=\"outbound\"",
+                "listener=\"web\"",
+            ],
+        )
+    };
+    assert_eq!(total("http1"), Some(f64::from(n)), "{m}");
+    assert_eq!(total("http2"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "meshgate_requests_in_flight", &["listener=\"web\""]),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "meshgate_request_bytes_total", &["route=\"echo\""]),
+        Some(f64::from(n) * 100.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "meshgate_response_bytes_total", &["route=\"echo\""]),
+        Some(sent as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "meshgate_request_duration_seconds_count",
+            &["route=\"echo\""]
+        ),
+        Some(f64::from(n) + 2.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "meshgate_config_version", &[]), Some(1.0), "{m}");
+    Ok(())
+}
+
+#[test]
+fn mesh_identities_show_in_certificates() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+
+    let certs = |admin: SocketAddr| -> Result<Value> {
+        let r = get(admin, "/certificates")?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        json(&r)
+    };
+    let c = certs(lab.admin)?;
+    let mesh = &c["mesh"];
+    assert!(
+        mesh["identity"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/gateway")),
+        "{c}"
+    );
+    assert!(mesh["trust_bundle_roots"].as_u64() >= Some(1), "{c}");
+    assert!(mesh["not_before"].as_str().is_some(), "{c}");
+    assert!(mesh["not_after_unix"].as_u64().is_some(), "{c}");
+
+    wait_for(Duration::from_secs(20), "the sidecar's identity", || {
+        certs(sidecar).is_ok_and(|c| c["mesh"]["identity"] == service_id("product-catalog"))
+    })?;
+    for path in ["/healthz", "/readyz", "/services", "/routes", "/config"] {
+        let r = get(sidecar, path)?;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        json(&r)?;
+    }
+    // A sidecar's config comes from the control plane; it has no token,
+    // so its admin API cannot be written to.
+    let r = put(sidecar, "/config", "", None)?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The appliance knows the instance.
+    let svc = json(&get(lab.admin, "/services")?)?;
+    let catalog = svc["services"]
+        .as_array()
+        .context("services")?
+        .iter()
+        .find(|s| s["name"] == "product-catalog")
+        .cloned()
+        .context("product-catalog")?;
+    assert_eq!(catalog["discovery"], "mesh", "{catalog}");
+    Ok(())
+}
