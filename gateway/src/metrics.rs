@@ -39,6 +39,11 @@ pub(crate) struct Metrics {
     pub(crate) request_bytes: IntCounterVec,
     /// Response body bytes sent to clients, by listener and route.
     pub(crate) response_bytes: IntCounterVec,
+    /// JWT checks by provider and outcome (`valid`, `missing`,
+    /// `malformed`, `invalid`, `forbidden`).
+    pub(crate) jwt: IntCounterVec,
+    /// Retries not sent because the service's retry budget was spent.
+    pub(crate) budget_exhausted: IntCounterVec,
     /// Requests being served now, by listener (`inbound` for a sidecar's
     /// mTLS listener).
     pub(crate) in_flight: IntGaugeVec,
@@ -132,6 +137,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["listener", "route"],
     )?;
+    let jwt = IntCounterVec::new(
+        Opts::new(
+            "meshgate_jwt_validations_total",
+            "JWT checks on routes with auth, by provider and outcome.",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let budget_exhausted = IntCounterVec::new(
+        Opts::new(
+            "meshgate_retry_budget_exhausted_total",
+            "Retries not sent because the service's retry budget was spent.",
+        ),
+        &["service"],
+    )?;
+    registry.register(Box::new(jwt.clone()))?;
+    registry.register(Box::new(budget_exhausted.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
     registry.register(Box::new(response_bytes.clone()))?;
     registry.register(Box::new(in_flight.clone()))?;
@@ -153,6 +174,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         mesh_endpoints,
         request_bytes,
         response_bytes,
+        jwt,
+        budget_exhausted,
         in_flight,
         config_version,
         config_reloads,
@@ -232,5 +255,19 @@ impl Drop for InFlight {
         if let Some(g) = &self.0 {
             g.dec();
         }
+    }
+}
+
+/// Counts one JWT check on a route of `provider`.
+pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
+    if let Some(m) = metrics() {
+        m.jwt.with_label_values(&[provider, outcome]).inc();
+    }
+}
+
+/// Counts one retry not sent for want of budget.
+pub(crate) fn retry_budget_exhausted(service: &str) {
+    if let Some(m) = metrics() {
+        m.budget_exhausted.with_label_values(&[service]).inc();
     }
 }

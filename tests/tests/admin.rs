@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meshgate_tests::mesh::{LabOptions, MeshLab, service_id};
-use meshgate_tests::{CurlResponse, Gateway, Origin, curl, free_port, tempdir, wait_for};
+use meshgate_tests::{CurlResponse, Gateway, Origin, curl, free_port, metric, tempdir, wait_for};
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
@@ -112,20 +112,6 @@ fn put(admin: SocketAddr, path: &str, body: &str, token: Option<&str>) -> Result
     }
     args.push(&url);
     curl(&args)
-}
-
-/// The value of the one sample whose line starts with `name{` and
-/// contains every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]
@@ -277,10 +263,10 @@ fn put_config_applies_good_text_and_rejects_bad_text() -> Result<()> {
     assert_eq!(j["version"], 2, "{j}");
 
     let m = get(s.admin, "/metrics")?.body;
-    assert_eq!(sample(&m, "meshgate_config_version", &[]), Some(2.0), "{m}");
+    assert_eq!(metric(&m, "meshgate_config_version", &[]), Some(2.0), "{m}");
     for (outcome, n) in [("applied", 1.0), ("rejected", 1.0), ("unchanged", 1.0)] {
         assert_eq!(
-            sample(
+            metric(
                 &m,
                 "meshgate_config_reloads_total",
                 &[&format!("outcome=\"{outcome}\"")]
@@ -368,7 +354,7 @@ fn metrics_count_known_traffic() -> Result<()> {
     }
     let m = get(s.admin, "/metrics")?.body;
     let total = |proto: &str| {
-        sample(
+        metric(
             &m,
             "meshgate_requests_total",
             &[
@@ -383,22 +369,22 @@ fn metrics_count_known_traffic() -> Result<()> {
     assert_eq!(total("http1"), Some(f64::from(n)), "{m}");
     assert_eq!(total("http2"), Some(2.0), "{m}");
     assert_eq!(
-        sample(&m, "meshgate_requests_in_flight", &["listener=\"web\""]),
+        metric(&m, "meshgate_requests_in_flight", &["listener=\"web\""]),
         Some(0.0),
         "{m}"
     );
     assert_eq!(
-        sample(&m, "meshgate_request_bytes_total", &["route=\"echo\""]),
+        metric(&m, "meshgate_request_bytes_total", &["route=\"echo\""]),
         Some(f64::from(n) * 100.0),
         "{m}"
     );
     assert_eq!(
-        sample(&m, "meshgate_response_bytes_total", &["route=\"echo\""]),
+        metric(&m, "meshgate_response_bytes_total", &["route=\"echo\""]),
         Some(sent as f64),
         "{m}"
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "meshgate_request_duration_seconds_count",
             &["route=\"echo\""]
@@ -406,7 +392,7 @@ fn metrics_count_known_traffic() -> Result<()> {
         Some(f64::from(n) + 2.0),
         "{m}"
     );
-    assert_eq!(sample(&m, "meshgate_config_version", &[]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "meshgate_config_version", &[]), Some(1.0), "{m}");
     Ok(())
 }
 
