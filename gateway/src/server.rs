@@ -316,14 +316,27 @@ pub(crate) fn init_logging_filter(default: &str) {
 
 /// Replaces the log filter (`debug`, `meshgate=debug,warn`...).
 pub(crate) fn set_log_filter(directives: &str) -> Result<(), String> {
+    use tracing::level_filters::LevelFilter;
     let filter = EnvFilter::try_new(directives)
         .map_err(|e| format!("invalid log filter {directives:?}: {e}"))?;
     let handle = LOG_FILTER
         .get()
         .ok_or_else(|| "logging was set up elsewhere; its filter cannot be changed".to_owned())?;
+    let hint = filter.max_level_hint();
     handle
         .reload(filter)
-        .map_err(|e| format!("cannot change the log filter: {e}"))
+        .map_err(|e| format!("cannot change the log filter: {e}"))?;
+    // Records of the `log` crate (pingora's) are cut at the global `log`
+    // level before the filter sees them; keep it as verbose as the filter.
+    log::set_max_level(match hint {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    });
+    Ok(())
 }
 
 type Sink = Mutex<Box<dyn Write + Send>>;

@@ -77,8 +77,9 @@ pub struct Cli {
     /// Worker threads per listener.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
-    /// Serve `/metrics` (Prometheus) and `/ready` here (loopback advised;
-    /// off when not given).
+    /// Serve the admin API here, read-only: `/metrics` (Prometheus),
+    /// `/healthz`, `/readyz`, `/config`, `/services`, `/certificates`...
+    /// (loopback advised; off when not given).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
 }

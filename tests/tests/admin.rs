@@ -443,3 +443,98 @@ fn mesh_identities_show_in_certificates() -> Result<()> {
     assert_eq!(catalog["discovery"], "mesh", "{catalog}");
     Ok(())
 }
+
+/// A response object of the OpenAPI file, with `$ref` followed.
+fn documented<'a>(spec: &'a serde_yaml::Value, r: &'a serde_yaml::Value) -> &'a serde_yaml::Value {
+    match r.get("$ref").and_then(serde_yaml::Value::as_str) {
+        Some(reference) => reference
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(spec, |v, key| &v[key]),
+        None => r,
+    }
+}
+
+#[test]
+fn every_documented_path_answers_as_documented() -> Result<()> {
+    let file = meshgate_tests::workspace().join("docs/admin-openapi.yaml");
+    let spec: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file)?)?;
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "an OpenAPI 3 document"
+    );
+    let s = setup(Some(TOKEN))?;
+    let config = std::fs::read_to_string(s.gw.config.as_ref().context("config")?)?;
+    let paths = spec["paths"].as_mapping().context("paths")?;
+    let mut seen = Vec::new();
+    for (path, ops) in paths {
+        let path = path.as_str().context("path")?;
+        for (method, op) in ops.as_mapping().context("operations")? {
+            let method = method.as_str().context("method")?;
+            seen.push(format!("{method} {path}"));
+            let r = match method {
+                "get" => get(s.admin, path)?,
+                "put" => {
+                    let body = if path == "/config" {
+                        config.clone()
+                    } else {
+                        op["requestBody"]["content"]["text/plain"]["example"]
+                            .as_str()
+                            .context("a request example")?
+                            .to_owned()
+                    };
+                    // Writes without the token are refused as documented.
+                    let refused = put(s.admin, path, &body, None)?;
+                    assert_eq!(refused.status, 401, "{method} {path}");
+                    let doc = documented(&spec, &op["responses"]["401"]);
+                    assert!(
+                        doc["content"]
+                            .get(refused.header("content-type").unwrap_or(""))
+                            .is_some(),
+                        "{method} {path}: 401 {:?}",
+                        refused.header("content-type")
+                    );
+                    put(s.admin, path, &body, Some(TOKEN))?
+                }
+                other => anyhow::bail!("a method the test does not know: {other}"),
+            };
+            assert!(
+                (200..300).contains(&r.status),
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+            );
+            let doc = documented(&spec, &op["responses"][r.status.to_string().as_str()]);
+            assert!(
+                !doc.is_null(),
+                "{method} {path}: status {} is not documented",
+                r.status
+            );
+            let content_type = r.header("content-type").unwrap_or("");
+            assert!(
+                doc["content"].get(content_type).is_some(),
+                "{method} {path}: content type {content_type:?} is not documented"
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "get /certificates",
+            "get /config",
+            "get /healthz",
+            "get /metrics",
+            "get /ready",
+            "get /readyz",
+            "get /routes",
+            "get /services",
+            "put /config",
+            "put /log-level",
+        ],
+        "every endpoint is documented"
+    );
+    Ok(())
+}
