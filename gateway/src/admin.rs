@@ -146,19 +146,38 @@ fn unauthorized() -> Resp {
     r
 }
 
+/// Whether a request may go on, from what it is and what is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Allowed,
+    /// 401: a token is configured and this request needs it.
+    NeedsToken,
+    /// 403: a write, with no token configured.
+    WritesDisabled,
+}
+
+/// `token` is `None` with no token configured, else whether the request
+/// presented the right one.
+fn access(write: bool, token: Option<bool>, loopback: bool) -> Access {
+    match token {
+        Some(false) if write || !loopback => Access::NeedsToken,
+        None if write => Access::WritesDisabled,
+        _ => Access::Allowed,
+    }
+}
+
 async fn handle(opts: &AdminOptions, req: Request<Incoming>) -> Resp {
     let write = !matches!(*req.method(), Method::GET | Method::HEAD);
-    match &opts.token {
-        Some(token) if (write || !opts.address.ip().is_loopback()) && !has_token(&req, token) => {
-            return unauthorized();
-        }
-        None if write => {
+    let token = opts.token.as_deref().map(|t| has_token(&req, t));
+    match access(write, token, opts.address.ip().is_loopback()) {
+        Access::Allowed => {}
+        Access::NeedsToken => return unauthorized(),
+        Access::WritesDisabled => {
             return error(
                 StatusCode::FORBIDDEN,
-                "admin writes are disabled: configure [admin] token (or token_file) to enable them",
+                "admin writes are disabled: configure [admin] token, token_file or token_env to enable them",
             );
         }
-        _ => {}
     }
     let path = req.uri().path().to_owned();
     if !write && opts.metrics_path.as_deref() == Some(path.as_str()) {
@@ -491,7 +510,32 @@ fn certificates_json(mesh: &MeshTls) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Access, access, redact};
+
+    #[test]
+    fn writes_need_a_token_and_reads_need_one_off_loopback() {
+        use Access::*;
+        // (write, token: None = none configured, Some(the right one shown), loopback)
+        let cases = [
+            (false, None, true, Allowed),
+            (false, None, false, Allowed),
+            (true, None, true, WritesDisabled),
+            (true, None, false, WritesDisabled),
+            (false, Some(false), true, Allowed),
+            (false, Some(false), false, NeedsToken),
+            (false, Some(true), false, Allowed),
+            (true, Some(false), true, NeedsToken),
+            (true, Some(true), true, Allowed),
+            (true, Some(true), false, Allowed),
+        ];
+        for (write, token, loopback, want) in cases {
+            assert_eq!(
+                access(write, token, loopback),
+                want,
+                "{write} {token:?} {loopback}"
+            );
+        }
+    }
 
     #[test]
     fn secrets_are_redacted_and_the_rest_kept() {
