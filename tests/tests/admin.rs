@@ -538,3 +538,78 @@ fn every_documented_path_answers_as_documented() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs a Prometheus query against `prom`; the result vector.
+fn prom_query(prom: SocketAddr, query: &str) -> Result<Vec<Value>> {
+    let q = format!("query={query}");
+    let r = curl(&[
+        "-G",
+        "--data-urlencode",
+        &q,
+        &format!("http://{prom}/api/v1/query"),
+    ])?;
+    let j = json(&r)?;
+    Ok(j["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// A real Prometheus server (`scripts/prereqs.sh test` installs it)
+/// scrapes the appliance and a sidecar; its query API sees the series.
+#[test]
+fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+    lab.wait_serving("/catalog/items", &["v1"])?;
+
+    let dir = tempdir()?;
+    let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+             scrape_configs:\n  - job_name: meshgate\n    static_configs:\n\
+             \x20     - targets: [\"{}\", \"{sidecar}\"]\n",
+            lab.admin
+        ),
+    )?;
+    let mut cmd = std::process::Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={prom}"));
+    let proc = meshgate_tests::Proc::spawn(cmd)
+        .context("prometheus is not installed: run scripts/prereqs.sh test")?;
+    meshgate_tests::wait_for_port(prom)
+        .with_context(|| format!("prometheus did not start:\n{}", proc.stderr()))?;
+
+    let both_up = || {
+        prom_query(prom, "up == 1").is_ok_and(|r| r.len() == 2)
+            && prom_query(prom, "meshgate_requests_total{direction=\"inbound\"}")
+                .is_ok_and(|r| !r.is_empty())
+    };
+    wait_for(Duration::from_secs(20), "both targets scraped", both_up)
+        .with_context(|| format!("prometheus:\n{}", proc.stderr()))?;
+
+    let inbound = prom_query(prom, "meshgate_requests_total{direction=\"inbound\"}")?;
+    assert!(
+        inbound
+            .iter()
+            .all(|s| s["metric"]["instance"] == sidecar.to_string()),
+        "{inbound:?}"
+    );
+    let outbound = prom_query(
+        prom,
+        "sum by (instance) (meshgate_requests_total{route=\"catalog\",direction=\"outbound\"})",
+    )?;
+    assert_eq!(outbound.len(), 1, "{outbound:?}");
+    assert_eq!(outbound[0]["metric"]["instance"], lab.admin.to_string());
+    let endpoints = prom_query(prom, "meshgate_mesh_endpoints{service=\"product-catalog\"}")?;
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["value"][1], "1", "{endpoints:?}");
+    Ok(())
+}
