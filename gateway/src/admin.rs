@@ -3,7 +3,7 @@
 //!
 //! - `GET /healthz`: liveness, 200 while the process runs;
 //! - `GET /readyz` (and its alias `GET /ready`): 200 once every listener
-//!   accepts connections, 503 before;
+//!   accepts connections, 503 before and while draining after SIGTERM;
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics`]), at
 //!   `[observability.metrics] path` when metrics are enabled;
 //! - `GET /config`: the effective config text, secrets redacted, with its
@@ -25,6 +25,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -238,7 +239,21 @@ async fn body_text(req: Request<Incoming>) -> Result<String, Resp> {
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8"))
 }
 
+/// Whether every listener has accepted a probe connection once; they stay
+/// bound until exit, so probing stops there (no stray connections on the
+/// data path for every readiness check).
+static LISTENERS_UP: AtomicBool = AtomicBool::new(false);
+
 async fn readyz(opts: &AdminOptions) -> Resp {
+    if crate::server::DRAINING.load(Ordering::Relaxed) {
+        return json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "draining" }),
+        );
+    }
+    if LISTENERS_UP.load(Ordering::Relaxed) {
+        return json_resp(StatusCode::OK, &json!({ "status": "ready" }));
+    }
     let mut waiting = Vec::new();
     for addr in &opts.ready_when {
         // A wildcard bind is reached through loopback.
@@ -261,6 +276,7 @@ async fn readyz(opts: &AdminOptions) -> Resp {
         }
     }
     if waiting.is_empty() {
+        LISTENERS_UP.store(true, Ordering::Relaxed);
         json_resp(StatusCode::OK, &json!({ "status": "ready" }))
     } else {
         json_resp(

@@ -252,6 +252,11 @@ pub(crate) fn add_edge_listeners(
     Ok(certs)
 }
 
+/// Set once SIGTERM starts the drain: `/readyz` answers 503 from then on,
+/// so load balancers stop sending new requests.
+pub(crate) static DRAINING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// On SIGTERM pingora stops accepting and waits out its grace period;
 /// this watcher ends the process as soon as no request is in flight (or
 /// the drain deadline passes), so an idle gateway stops at once and a busy
@@ -267,6 +272,7 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
                 Err(_) => return,
             }
         }
+        DRAINING.store(true, Ordering::Relaxed);
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
         while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {

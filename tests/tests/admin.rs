@@ -613,3 +613,36 @@ fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
     assert_eq!(endpoints[0]["value"][1], "1", "{endpoints:?}");
     Ok(())
 }
+
+#[test]
+fn readyz_turns_unready_while_draining() -> Result<()> {
+    let o = meshgate_tests::scripted::scripted("slow");
+    let (gw, edge) = Gateway::start_web(
+        "",
+        &format!(
+            "[[route]]\nname = \"r\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\n\
+             endpoints = [{{ address = \"{}\" }}]\n",
+            o.addr
+        ),
+    )?;
+    let admin = gw.admin_address().context("admin")?;
+    meshgate_tests::wait_for_port(admin)?;
+    let r = get(admin, "/readyz")?;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let url = format!("http://{edge}/slow/1500");
+    let slow = std::thread::spawn(move || curl(&[&url]));
+    wait_for(Duration::from_secs(5), "the slow request upstream", || {
+        curl(&[&format!("http://{}/count/slow-started", o.addr)]).is_ok_and(|r| r.body == "1")
+    })?;
+    gw.proc.signal("TERM")?;
+    wait_for(Duration::from_secs(5), "readyz says draining", || {
+        get(admin, "/readyz").is_ok_and(|r| r.status == 503 && r.body.contains("draining"))
+    })?;
+    assert_eq!(get(admin, "/healthz")?.status, 200, "still alive");
+    let r = slow
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread"))??;
+    assert_eq!(r.status, 200, "the in-flight request finishes");
+    Ok(())
+}
