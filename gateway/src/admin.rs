@@ -22,6 +22,7 @@
 //! configured and the address is not loopback (the config refuses a
 //! non-loopback address without a token).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use serde_json::{Value, json};
 
 use crate::mesh::MeshTls;
 use crate::runtime::Runtimes;
+use crate::tls::LiveCerts;
 
 /// The largest `PUT` body taken in.
 const MAX_BODY: usize = 4 << 20;
@@ -60,6 +62,9 @@ pub(crate) struct AdminOptions {
     pub(crate) mesh: Arc<MeshTls>,
     /// Addresses that must accept connections before `/readyz` says yes.
     pub(crate) ready_when: Vec<SocketAddr>,
+    /// Live certificates of each TLS listener, swapped after `PUT /config`
+    /// as after a file reload.
+    pub(crate) certs: HashMap<String, Arc<LiveCerts>>,
 }
 
 /// Binds now (a taken port is a start-up error) and serves on a thread.
@@ -381,6 +386,7 @@ fn put_config(opts: &AdminOptions, body: &str) -> Resp {
         Ok(ReloadOutcome::Applied { version, diff }) => {
             crate::metrics::config_reload("applied", version);
             tracing::info!(version, trigger = "admin API", "config applied:\n{diff}");
+            crate::reload::reload_certificates(&opts.store, &opts.certs);
             let restart: Vec<String> = diff
                 .needs_restart()
                 .iter()

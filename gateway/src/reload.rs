@@ -39,22 +39,8 @@ impl Reloader {
         }
     }
 
-    /// Swaps in each TLS listener's certificates from the new snapshot.
-    /// A listener whose new certificates fail to load keeps its old ones.
     fn reload_certificates(&self) {
-        let snap = self.store.current();
-        for l in &snap.listeners {
-            let (Some(tls), Some(live)) = (&l.tls, self.certs.get(&l.name)) else {
-                continue;
-            };
-            match live.reload(tls) {
-                Ok(()) => tracing::debug!(listener = %l.name, "certificates reloaded"),
-                Err(e) => tracing::error!(
-                    listener = %l.name,
-                    "certificates not reloaded, still serving the previous ones: {e}"
-                ),
-            }
-        }
+        reload_certificates(&self.store, &self.certs);
     }
 
     fn reload(&self, why: &str) {
@@ -84,6 +70,25 @@ impl Reloader {
                     "config reload rejected, still serving version {running}:\n{diags}"
                 );
             }
+        }
+    }
+}
+
+/// Swaps in each TLS listener's certificates from the store's current
+/// snapshot (after a reload or `PUT /config`). A listener whose new
+/// certificates fail to load keeps its old ones.
+pub(crate) fn reload_certificates(store: &ConfigStore, certs: &HashMap<String, Arc<LiveCerts>>) {
+    let snap = store.current();
+    for l in &snap.listeners {
+        let (Some(tls), Some(live)) = (&l.tls, certs.get(&l.name)) else {
+            continue;
+        };
+        match live.reload(tls) {
+            Ok(()) => tracing::debug!(listener = %l.name, "certificates reloaded"),
+            Err(e) => tracing::error!(
+                listener = %l.name,
+                "certificates not reloaded, still serving the previous ones: {e}"
+            ),
         }
     }
 }

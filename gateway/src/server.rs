@@ -96,6 +96,7 @@ pub fn run(
             runtimes: runtimes.clone(),
             mesh: mesh.clone(),
             ready_when: snap.listeners.iter().map(|l| l.address).collect(),
+            certs: certs.clone(),
         })
     {
         eprintln!("error: {e}");

@@ -254,6 +254,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             runtimes: runtimes.clone(),
             mesh: shared.mesh.clone(),
             ready_when: vec![cli.outbound, cli.inbound],
+            // Read-only: no `PUT /config`, so no listener certificates to swap.
+            certs: Default::default(),
         })?;
     }
     watch_expiry(shared.mesh.clone());
