@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use meshgate_config::{ConfigStore, ReloadOutcome, Snapshot};
+use meshgate_config::{ConfigStore, Discovery, ReloadOutcome, Snapshot};
 use meshgate_policy::breaker::Health;
 use serde_json::{Value, json};
 
@@ -505,7 +505,10 @@ fn services_json(opts: &AdminOptions) -> Value {
             });
             json!({
                 "name": spec.name,
-                "discovery": format!("{:?}", spec.discovery).to_ascii_lowercase(),
+                "discovery": match spec.discovery {
+                    Discovery::Static => "static",
+                    Discovery::Mesh => "mesh",
+                },
                 "subsets": spec.subsets.iter().map(|s| json!({"name": s.name, "labels": s.labels})).collect::<Vec<_>>(),
                 "split": split,
                 "endpoints": endpoints,
