@@ -3,7 +3,8 @@
 # toolchain, gcc and python3.
 #   prereqs.sh build   build prerequisites (cmake for pingora's zlib-ng)
 #   prereqs.sh test    build prerequisites + the real clients the tests use:
-#                      curl, nghttp/h2load, openssl (test certificates) and
+#                      curl, nghttp/h2load, openssl (test certificates),
+#                      prometheus (scrapes the admin API in one test) and
 #                      the Python packages grpcio and websockets
 # As root it installs with apt-get; otherwise it prints the exact command.
 set -euo pipefail
@@ -17,7 +18,7 @@ py_modules="grpc, websockets.asyncio.client"
 py_requirements=(grpcio "websockets>=13")
 need_py=0
 if [[ "$mode" == "test" ]]; then
-    needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl)
+    needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl prometheus:prometheus)
     if ! python3 -c "import ${py_modules}" >/dev/null 2>&1; then
         need_py=1
         if ! python3 -m pip --version >/dev/null 2>&1; then

@@ -70,7 +70,10 @@ pub fn load_str(text: &str, origin: &str, base: &Path) -> Result<Snapshot, Diagn
     let snapshot =
         raw.and_then(|raw| validate::compile(raw, &mut sink, base, origin, digest(text)));
     match snapshot {
-        Some(s) if sink.is_empty() => Ok(s),
+        Some(mut s) if sink.is_empty() => {
+            s.source_text = std::sync::Arc::from(text);
+            Ok(s)
+        }
         _ => Err(sink.finish()),
     }
 }

@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub(crate) source_digest: String,
     /// Where it came from: a file path or `<embedded default>`.
     pub origin: String,
+    /// The config text it was compiled from (secrets such as `[admin]
+    /// token` included: redact before showing it).
+    pub source_text: Arc<str>,
     /// When it was compiled.
     pub loaded_at: SystemTime,
     /// The admin API.

@@ -98,6 +98,7 @@ pub(crate) fn compile(
         source_digest: digest.clone(),
         digest,
         origin: origin.to_owned(),
+        source_text: Arc::from(""),
         loaded_at: SystemTime::now(),
         admin,
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),

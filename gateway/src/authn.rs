@@ -132,22 +132,32 @@ impl Authn {
             tracing::error!(provider = %auth.provider, "route names an unknown JWT provider");
             return Err(Denied::invalid("unknown token provider"));
         };
+        let outcome = |o: &'static str| crate::metrics::jwt_validation(&spec.name, o);
         let token = match find_token(req, spec) {
-            Found::Missing => return Err(Denied::missing()),
-            Found::Bad(why) => return Err(Denied::invalid(why)),
+            Found::Missing => {
+                outcome("missing");
+                return Err(Denied::missing());
+            }
+            Found::Bad(why) => {
+                outcome("malformed");
+                return Err(Denied::invalid(why));
+            }
             Found::Token(t) => t,
         };
         let claims = match self.verify(spec, token).await {
             Ok(c) => c,
             Err(why) => {
+                outcome("invalid");
                 tracing::debug!(provider = %spec.name, "token refused: {why}");
                 return Err(Denied::invalid(why));
             }
         };
         if let Some(rule) = auth.first_failure(&claims) {
+            outcome("forbidden");
             tracing::debug!(provider = %spec.name, claim = %rule.claim, "claim rule not met");
             return Err(Denied::forbidden());
         }
+        outcome("valid");
         Ok(Arc::new(claims))
     }
 

@@ -67,6 +67,7 @@ struct Local {
 #[derive(Debug)]
 pub(crate) struct RequestCtx {
     start: Instant,
+    _in_flight: crate::metrics::InFlight,
     snap: Option<Arc<Snapshot>>,
     listener: usize,
     route: Option<usize>,
@@ -236,6 +237,7 @@ impl ProxyHttp for Edge {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
             start: Instant::now(),
+            _in_flight: crate::metrics::InFlight::start(&self.listener),
             snap: None,
             listener: 0,
             route: None,
@@ -812,6 +814,13 @@ impl ProxyHttp for Edge {
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
         let route = ctx.route(snap).map(|r| r.name.as_str());
+        tracing::debug!(
+            listener = %self.listener,
+            route = route.unwrap_or(""),
+            status,
+            reason = ctx.reason.unwrap_or(""),
+            "request finished"
+        );
         if let Some(m) = crate::metrics::metrics() {
             let service = ctx.service.as_ref().map_or("", |s| s.name.as_str());
             m.requests
@@ -821,11 +830,20 @@ impl ProxyHttp for Edge {
                     service,
                     &status.to_string(),
                     ctx.reason.unwrap_or(""),
+                    if session.is_http2() { "http2" } else { "http1" },
+                    "outbound",
                 ])
                 .inc();
+            let labels = [self.listener.as_str(), route.unwrap_or("")];
             m.duration
-                .with_label_values(&[self.listener.as_str(), route.unwrap_or("")])
+                .with_label_values(&labels)
                 .observe(now.duration_since(ctx.start).as_secs_f64());
+            m.request_bytes
+                .with_label_values(&labels)
+                .inc_by(session.body_bytes_read() as u64);
+            m.response_bytes
+                .with_label_values(&labels)
+                .inc_by(session.body_bytes_sent() as u64);
             if ctx.flight.retries_done > 0 {
                 m.retries
                     .with_label_values(&[service])

@@ -41,6 +41,7 @@ pub(crate) struct Inbound {
 #[derive(Debug)]
 pub(crate) struct InboundCtx {
     start: Instant,
+    _in_flight: crate::metrics::InFlight,
     peer: Option<String>,
     reason: Option<&'static str>,
 }
@@ -86,6 +87,7 @@ impl ProxyHttp for Inbound {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InboundCtx {
             start: Instant::now(),
+            _in_flight: crate::metrics::InFlight::start("inbound"),
             peer: None,
             reason: None,
         }
@@ -149,11 +151,19 @@ impl ProxyHttp for Inbound {
                     self.service.as_str(),
                     &status.unwrap_or(0).to_string(),
                     reason.unwrap_or(""),
+                    if session.is_http2() { "http2" } else { "http1" },
+                    "inbound",
                 ])
                 .inc();
             m.duration
                 .with_label_values(&["inbound", ""])
                 .observe(ctx.start.elapsed().as_secs_f64());
+            m.request_bytes
+                .with_label_values(&["inbound", ""])
+                .inc_by(session.body_bytes_read() as u64);
+            m.response_bytes
+                .with_label_values(&["inbound", ""])
+                .inc_by(session.body_bytes_sent() as u64);
         }
         if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
             return;

@@ -11,15 +11,17 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process's metric families.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
-    /// Requests answered, by listener, route, service, status and reason.
+    /// Requests answered, by listener, route, service, status, reason,
+    /// protocol (`http1`, `http2`) and direction (`outbound` for edge and
+    /// sidecar outbound listeners, `inbound` for a sidecar's mTLS side).
     pub(crate) requests: IntCounterVec,
     /// Request duration from first byte in to the log line, by listener
     /// and route.
@@ -33,13 +35,37 @@ pub(crate) struct Metrics {
     pub(crate) cert_expiry: GaugeVec,
     /// Registered instances per mesh service (the appliance only).
     pub(crate) mesh_endpoints: IntGaugeVec,
+    /// Request body bytes received from clients, by listener and route.
+    pub(crate) request_bytes: IntCounterVec,
+    /// Response body bytes sent to clients, by listener and route.
+    pub(crate) response_bytes: IntCounterVec,
+    /// JWT checks by provider and outcome (`valid`, `missing`,
+    /// `malformed`, `invalid`, `forbidden`).
+    pub(crate) jwt: IntCounterVec,
+    /// Retries not sent because the service's retry budget was spent.
+    pub(crate) budget_exhausted: IntCounterVec,
+    /// Requests being served now, by listener (`inbound` for a sidecar's
+    /// mTLS listener).
+    pub(crate) in_flight: IntGaugeVec,
+    /// The version of the config serving now.
+    pub(crate) config_version: IntGauge,
+    /// Reload attempts by outcome: applied, unchanged, rejected.
+    pub(crate) config_reloads: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let requests = IntCounterVec::new(
         Opts::new("meshgate_requests_total", "Requests answered."),
-        &["listener", "route", "service", "status", "reason"],
+        &[
+            "listener",
+            "route",
+            "service",
+            "status",
+            "reason",
+            "protocol",
+            "direction",
+        ],
     )?;
     let duration = HistogramVec::new(
         HistogramOpts::new(
@@ -76,6 +102,62 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["service"],
     )?;
+    let in_flight = IntGaugeVec::new(
+        Opts::new(
+            "meshgate_requests_in_flight",
+            "Requests being served now, by listener.",
+        ),
+        &["listener"],
+    )?;
+    let config_version = IntGauge::new(
+        "meshgate_config_version",
+        "Version of the config serving now (1 at start, +1 per applied change).",
+    )?;
+    let config_reloads = IntCounterVec::new(
+        Opts::new(
+            "meshgate_config_reloads_total",
+            "Config reload attempts (SIGHUP, file change, PUT /config), by outcome.",
+        ),
+        &["outcome"],
+    )?;
+    for outcome in ["applied", "unchanged", "rejected"] {
+        config_reloads.with_label_values(&[outcome]);
+    }
+    let request_bytes = IntCounterVec::new(
+        Opts::new(
+            "meshgate_request_bytes_total",
+            "Request body bytes received from clients.",
+        ),
+        &["listener", "route"],
+    )?;
+    let response_bytes = IntCounterVec::new(
+        Opts::new(
+            "meshgate_response_bytes_total",
+            "Response body bytes sent to clients.",
+        ),
+        &["listener", "route"],
+    )?;
+    let jwt = IntCounterVec::new(
+        Opts::new(
+            "meshgate_jwt_validations_total",
+            "JWT checks on routes with auth, by provider and outcome.",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let budget_exhausted = IntCounterVec::new(
+        Opts::new(
+            "meshgate_retry_budget_exhausted_total",
+            "Retries not sent because the service's retry budget was spent.",
+        ),
+        &["service"],
+    )?;
+    registry.register(Box::new(jwt.clone()))?;
+    registry.register(Box::new(budget_exhausted.clone()))?;
+    registry.register(Box::new(request_bytes.clone()))?;
+    registry.register(Box::new(response_bytes.clone()))?;
+    registry.register(Box::new(in_flight.clone()))?;
+    registry.register(Box::new(config_version.clone()))?;
+    registry.register(Box::new(config_reloads.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(retries.clone()))?;
@@ -90,6 +172,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ejections,
         cert_expiry,
         mesh_endpoints,
+        request_bytes,
+        response_bytes,
+        jwt,
+        budget_exhausted,
+        in_flight,
+        config_version,
+        config_reloads,
     })
 }
 
@@ -127,4 +216,58 @@ pub(crate) fn render() -> String {
         tracing::error!(error = %e, "cannot encode metrics");
     }
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Records a config reload attempt (`applied`, `unchanged`, `rejected`)
+/// and the version serving afterwards.
+pub(crate) fn config_reload(outcome: &'static str, version: u64) {
+    if let Some(m) = metrics() {
+        m.config_reloads.with_label_values(&[outcome]).inc();
+        m.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+}
+
+/// Sets the version of the config serving now.
+pub(crate) fn config_version(version: u64) {
+    if let Some(m) = metrics() {
+        m.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+}
+
+/// One request in flight on `listener`, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Option<prometheus::IntGauge>);
+
+impl InFlight {
+    pub(crate) fn start(listener: &str) -> Self {
+        let g = metrics().map(|m| m.in_flight.with_label_values(&[listener]));
+        if let Some(g) = &g {
+            g.inc();
+        }
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+/// Counts one JWT check on a route of `provider`.
+pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
+    if let Some(m) = metrics() {
+        m.jwt.with_label_values(&[provider, outcome]).inc();
+    }
+}
+
+/// Counts one retry not sent for want of budget.
+pub(crate) fn retry_budget_exhausted(service: &str) {
+    if let Some(m) = metrics() {
+        m.budget_exhausted.with_label_values(&[service]).inc();
+    }
 }

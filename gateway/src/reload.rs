@@ -39,31 +39,19 @@ impl Reloader {
         }
     }
 
-    /// Swaps in each TLS listener's certificates from the new snapshot.
-    /// A listener whose new certificates fail to load keeps its old ones.
     fn reload_certificates(&self) {
-        let snap = self.store.current();
-        for l in &snap.listeners {
-            let (Some(tls), Some(live)) = (&l.tls, self.certs.get(&l.name)) else {
-                continue;
-            };
-            match live.reload(tls) {
-                Ok(()) => tracing::debug!(listener = %l.name, "certificates reloaded"),
-                Err(e) => tracing::error!(
-                    listener = %l.name,
-                    "certificates not reloaded, still serving the previous ones: {e}"
-                ),
-            }
-        }
+        reload_certificates(&self.store, &self.certs);
     }
 
     fn reload(&self, why: &str) {
         let running = self.store.current().version;
         match self.store.reload() {
             Ok(ReloadOutcome::Unchanged { version }) => {
+                crate::metrics::config_reload("unchanged", version);
                 tracing::info!(version, trigger = why, "config unchanged");
             }
             Ok(ReloadOutcome::Applied { version, diff }) => {
+                crate::metrics::config_reload("applied", version);
                 tracing::info!(version, trigger = why, "config reloaded:\n{diff}");
                 self.reload_certificates();
                 for c in diff.needs_restart() {
@@ -75,12 +63,32 @@ impl Reloader {
                 }
             }
             Err(diags) => {
+                crate::metrics::config_reload("rejected", running);
                 tracing::error!(
                     running_version = running,
                     trigger = why,
                     "config reload rejected, still serving version {running}:\n{diags}"
                 );
             }
+        }
+    }
+}
+
+/// Swaps in each TLS listener's certificates from the store's current
+/// snapshot (after a reload or `PUT /config`). A listener whose new
+/// certificates fail to load keeps its old ones.
+pub(crate) fn reload_certificates(store: &ConfigStore, certs: &HashMap<String, Arc<LiveCerts>>) {
+    let snap = store.current();
+    for l in &snap.listeners {
+        let (Some(tls), Some(live)) = (&l.tls, certs.get(&l.name)) else {
+            continue;
+        };
+        match live.reload(tls) {
+            Ok(()) => tracing::debug!(listener = %l.name, "certificates reloaded"),
+            Err(e) => tracing::error!(
+                listener = %l.name,
+                "certificates not reloaded, still serving the previous ones: {e}"
+            ),
         }
     }
 }

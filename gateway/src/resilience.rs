@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use meshgate_config::ServiceSpec;
 use meshgate_policy::breaker::{LimitKind, LimitPermit, Transition};
 use meshgate_policy::deadline::Deadline;
-use meshgate_policy::retry::{Outcome, RetryDecision, RetryPolicy, parse_retry_after};
+use meshgate_policy::retry::{GiveUp, Outcome, RetryDecision, RetryPolicy, parse_retry_after};
 use pingora::http::ResponseHeader;
 
 use crate::runtime::{Endpoint, ServiceState, with_rng};
@@ -172,6 +172,9 @@ impl Flight {
                 true
             }
             RetryDecision::GiveUp(g) => {
+                if g == GiveUp::BudgetExhausted {
+                    crate::metrics::retry_budget_exhausted(&svc.name);
+                }
                 self.give_up = Some(g.as_str());
                 false
             }

@@ -92,6 +92,11 @@ pub fn run(
                 .metrics_enabled
                 .then(|| snap.observability.metrics_path.clone()),
             token: snap.admin.token.as_ref().map(|t| t.expose().to_owned()),
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+            mesh: mesh.clone(),
+            ready_when: snap.listeners.iter().map(|l| l.address).collect(),
+            certs: certs.clone(),
         })
     {
         eprintln!("error: {e}");
@@ -248,6 +253,11 @@ pub(crate) fn add_edge_listeners(
     Ok(certs)
 }
 
+/// Set once SIGTERM starts the drain: `/readyz` answers 503 from then on,
+/// so load balancers stop sending new requests.
+pub(crate) static DRAINING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// On SIGTERM pingora stops accepting and waits out its grace period;
 /// this watcher ends the process as soon as no request is in flight (or
 /// the drain deadline passes), so an idle gateway stops at once and a busy
@@ -263,6 +273,7 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
                 Err(_) => return,
             }
         }
+        DRAINING.store(true, Ordering::Relaxed);
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
         while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {
@@ -282,17 +293,57 @@ pub(crate) fn init_logging(snap: &Snapshot) {
     init_logging_filter(&snap.observability.log_level);
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+/// The live log filter, replaceable through the admin API.
+static LOG_FILTER: OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = OnceLock::new();
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`. The filter
+/// sits behind a reload layer so `PUT /log-level` can replace it.
 pub(crate) fn init_logging_filter(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Replaces the log filter (`debug`, `meshgate=debug,warn`...).
+pub(crate) fn set_log_filter(directives: &str) -> Result<(), String> {
+    use tracing::level_filters::LevelFilter;
+    let filter = EnvFilter::try_new(directives)
+        .map_err(|e| format!("invalid log filter {directives:?}: {e}"))?;
+    let handle = LOG_FILTER
+        .get()
+        .ok_or_else(|| "logging was set up elsewhere; its filter cannot be changed".to_owned())?;
+    let hint = filter.max_level_hint();
+    handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log filter: {e}"))?;
+    // Records of the `log` crate (pingora's) are cut at the global `log`
+    // level before the filter sees them; keep it as verbose as the filter.
+    log::set_max_level(match hint {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    });
+    Ok(())
 }
 
 type Sink = Mutex<Box<dyn Write + Send>>;

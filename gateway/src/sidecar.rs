@@ -77,8 +77,9 @@ pub struct Cli {
     /// Worker threads per listener.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
-    /// Serve `/metrics` (Prometheus) and `/ready` here (loopback advised;
-    /// off when not given).
+    /// Serve the admin API here, read-only: `/metrics` (Prometheus),
+    /// `/healthz`, `/readyz`, `/config`, `/services`, `/certificates`...
+    /// (loopback advised; off when not given).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
 }
@@ -249,6 +250,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             address,
             metrics_path: Some("/metrics".into()),
             token: None,
+            store: store.clone(),
+            runtimes: runtimes.clone(),
+            mesh: shared.mesh.clone(),
+            ready_when: vec![cli.outbound, cli.inbound],
+            // Read-only: no `PUT /config`, so no listener certificates to swap.
+            certs: Default::default(),
         })?;
     }
     watch_expiry(shared.mesh.clone());

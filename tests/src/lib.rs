@@ -236,6 +236,29 @@ impl Gateway {
         Ok((Gateway::start(&config, addr)?, addr))
     }
 
+    /// The `[admin] address` of its config file, if it has one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        let text = std::fs::read_to_string(self.config.as_ref()?).ok()?;
+        let admin = &text[text.find("[admin]")?..];
+        let value = admin.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "address").then(|| v.trim().trim_matches('"').to_owned())
+        })?;
+        value.parse().ok()
+    }
+
+    /// The Prometheus text its admin API serves now.
+    pub fn metrics(&self) -> Result<String> {
+        let admin = self
+            .admin_address()
+            .context("the config has no [admin] address")?;
+        let r = curl(&[&format!("http://{admin}/metrics")])?;
+        if r.status != 200 {
+            bail!("GET /metrics: {} {}", r.status, r.body);
+        }
+        Ok(r.body)
+    }
+
     /// The JSON access-log lines written to stdout so far.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         self.proc
@@ -617,4 +640,18 @@ impl PyServer {
         wait_for_port(addr)?;
         Ok(PyServer { proc, addr })
     }
+}
+
+/// The value of the first sample of family `name` whose labels include
+/// every one of `labels` (each written `key="value"`).
+pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshgate_tests::{
-    CurlResponse, FileServer, Gateway, Origin, curl, free_port, seen_headers, tempdir, wait_for,
+    CurlResponse, FileServer, Gateway, Origin, curl, free_port, metric, seen_headers, tempdir,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -497,6 +498,24 @@ fn claim_rules_refuse_a_valid_token_with_403() {
             .any(|l| l["route"] == "admin" && l["status"] == 403 && l["reason"] == "forbidden"),
         "{log:?}"
     );
+
+    let r = s.get("/admin/panel", &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = s.with_token("/admin/panel", "not.a.jwt");
+    assert_eq!(r.status, 401, "{r:?}");
+    // One check of each outcome, counted by provider.
+    let m = s.gw.metrics().expect("metrics");
+    for outcome in ["valid", "forbidden", "missing", "invalid"] {
+        assert_eq!(
+            metric(
+                &m,
+                "meshgate_jwt_validations_total",
+                &["provider=\"login\"", &format!("outcome=\"{outcome}\"")]
+            ),
+            Some(1.0),
+            "{outcome}: {m}"
+        );
+    }
 }
 
 #[test]

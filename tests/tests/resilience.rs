@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshgate_tests::scripted::scripted;
-use meshgate_tests::{Gateway, Proc, curl, free_port, wait_for};
+use meshgate_tests::{Gateway, Proc, curl, free_port, metric, wait_for};
 
 fn get(url: &str) -> meshgate_tests::CurlResponse {
     curl(&[url]).expect("curl")
@@ -43,6 +43,11 @@ endpoints = [{{ address = "{}" }}]
     // Three failures with two retries allowed: the client sees the third 503.
     let r = get(&format!("{base}/flaky/3/k2"));
     assert_eq!(r.status, 503);
+    // The access log is written after the response has gone out.
+    wait_for(Duration::from_secs(5), "both access-log lines", || {
+        gw.access_log().len() >= 2
+    })
+    .expect("access log");
     let log = gw.access_log();
     assert!(
         log.iter()
@@ -81,6 +86,16 @@ retry_budget = {{ ratio_percent = 0, min_retries_per_second = 0 }}
         log.iter()
             .any(|l| l["retries"] == 0 && l["retry_stop"] == "budget_exhausted"),
         "{log:?}"
+    );
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(
+            &m,
+            "meshgate_retry_budget_exhausted_total",
+            &["service=\"s\""]
+        ),
+        Some(1.0),
+        "{m}"
     );
 }
 

@@ -517,3 +517,59 @@ fn renewed_certificates_are_served_after_sighup_without_a_restart() {
     assert_eq!(s.served_subject(Some("a.test")), "CN=a.test-renewed");
     assert_eq!(s.served_subject(Some("x.b.test")), "CN=wildcard.b.test");
 }
+
+#[test]
+fn put_config_swaps_listener_certificates_like_a_reload() {
+    let origin = Origin::start("app").expect("origin");
+    let pki = Pki::new();
+    let port = free_port();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let token = "tls-test-admin-token-0123456789";
+    let head = format!("[admin]\naddress = \"{admin}\"\ntoken = \"{token}\"\n");
+    let protocols = r#"["http1", "http2"]"#;
+    let config = pki.dir.join("meshgate.toml");
+    let text = config_text(port, origin.addr, protocols, ("a.pem", "a.key"), "");
+    std::fs::write(&config, format!("{head}{text}")).expect("write config");
+    let gw =
+        Gateway::start(&config, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway starts");
+    let s = Setup {
+        gw,
+        pki,
+        port,
+        _origin: origin,
+    };
+    assert_eq!(s.served_subject(Some("a.test")), "CN=a.test");
+
+    // A new certificate under new file names, applied through the admin
+    // API (relative paths resolve from the started config's directory).
+    let ca = new_ca("admin CA");
+    leaf(
+        &s.pki.dir,
+        &ca,
+        "a2",
+        "a.test-from-admin",
+        &["a.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let text = config_text(port, s._origin.addr, protocols, ("a2.pem", "a2.key"), "");
+    let body = s.pki.dir.join("put-body.toml");
+    std::fs::write(&body, format!("{head}{text}")).expect("write body");
+    let auth = format!("authorization: Bearer {token}");
+    let data = format!("@{}", body.display());
+    let r = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &auth,
+        "--data-binary",
+        &data,
+        &format!("http://{admin}/config"),
+    ])
+    .expect("PUT /config");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(Duration::from_secs(10), "the certificate from PUT", || {
+        s.served_subject(Some("a.test")) == "CN=a.test-from-admin"
+    })
+    .expect("certificate from PUT /config served");
+    assert_eq!(s.served_subject(Some("x.b.test")), "CN=wildcard.b.test");
+}

@@ -1,0 +1,648 @@
+//! The admin API end to end: `meshgate run` with `[admin]` on a free
+//! loopback port, curl as the client. Every endpoint, the token rules,
+//! config changes through `PUT /config`, the log level, and metric values
+//! after a known amount of traffic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meshgate_tests::mesh::{LabOptions, MeshLab, service_id};
+use meshgate_tests::{CurlResponse, Gateway, Origin, curl, free_port, metric, tempdir, wait_for};
+use serde_json::Value;
+
+const TOKEN: &str = "admin-token-0123456789abcdef";
+
+struct Setup {
+    gw: Gateway,
+    edge: SocketAddr,
+    admin: SocketAddr,
+    origin: Origin,
+    _v2: Origin,
+}
+
+fn config_text(
+    port: u16,
+    admin: u16,
+    token: Option<&str>,
+    origins: [SocketAddr; 2],
+    hello: &str,
+) -> String {
+    let [origin, v2] = origins;
+    let token = token.map_or(String::new(), |t| format!("token = \"{t}\""));
+    format!(
+        r#"[admin]
+address = "127.0.0.1:{admin}"
+{token}
+
+[[listener]]
+name = "web"
+address = "127.0.0.1:{port}"
+protocols = ["http1", "h2c"]
+
+[[route]]
+name = "hello"
+match = {{ path = "/hello" }}
+respond = {{ status = 200, body = "{hello}" }}
+
+[[route]]
+name = "echo"
+match = {{ path_prefix = "/echo" }}
+service = "backend"
+
+[[service]]
+name = "backend"
+endpoints = [
+  {{ address = "{origin}", labels = {{ version = "v1" }} }},
+  {{ address = "{v2}", labels = {{ version = "v2" }} }},
+]
+[[service.subset]]
+name = "v1"
+labels = {{ version = "v1" }}
+[[service.subset]]
+name = "v2"
+labels = {{ version = "v2" }}
+[service.split]
+targets = [{{ subset = "v1", weight = 90 }}, {{ subset = "v2", weight = 10 }}]
+"#
+    )
+}
+
+fn setup(token: Option<&str>) -> Result<Setup> {
+    let origin = Origin::start("v1")?;
+    let v2 = Origin::start("v2")?;
+    let port = free_port();
+    let admin_port = free_port();
+    let config = tempdir()?.join("meshgate.toml");
+    std::fs::write(
+        &config,
+        config_text(port, admin_port, token, [origin.addr, v2.addr], "hello v1"),
+    )?;
+    let edge = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let gw = Gateway::start(&config, edge)?;
+    meshgate_tests::wait_for_port(admin)?;
+    Ok(Setup {
+        gw,
+        edge,
+        admin,
+        origin,
+        _v2: v2,
+    })
+}
+
+fn get(admin: SocketAddr, path: &str) -> Result<CurlResponse> {
+    curl(&[&format!("http://{admin}{path}")])
+}
+
+fn json(r: &CurlResponse) -> Result<Value> {
+    serde_json::from_str(&r.body).with_context(|| format!("not JSON: {}", r.body))
+}
+
+/// `PUT path` with `body`, optionally with the bearer token.
+fn put(admin: SocketAddr, path: &str, body: &str, token: Option<&str>) -> Result<CurlResponse> {
+    let file = tempdir()?.join("body");
+    std::fs::write(&file, body)?;
+    let data = format!("@{}", file.display());
+    let auth = token.map(|t| format!("authorization: Bearer {t}"));
+    let url = format!("http://{admin}{path}");
+    let mut args = vec!["-X", "PUT", "--data-binary", data.as_str()];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
+#[test]
+fn read_endpoints_answer_json() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    for path in ["/healthz", "/readyz", "/ready"] {
+        let r = get(s.admin, path)?;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        json(&r)?;
+    }
+
+    // Reads on loopback need no token, even with one configured.
+    let r = get(s.admin, "/config")?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = json(&r)?;
+    assert_eq!(c["version"], 1);
+    assert!(c["digest"].as_str().is_some_and(|d| !d.is_empty()), "{c}");
+    assert!(
+        c["origin"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("meshgate.toml")),
+        "{c}"
+    );
+    assert!(
+        c["loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{c}"
+    );
+    let text = c["text"].as_str().context("text")?;
+    assert!(!text.contains(TOKEN), "the token leaked: {text}");
+    assert!(text.contains("token = \"<redacted>\""), "{text}");
+    assert!(text.contains("name = \"echo\""), "{text}");
+
+    let r = get(s.admin, "/routes")?;
+    assert_eq!(r.status, 200);
+    let routes = json(&r)?;
+    let names: Vec<&str> = routes["routes"]
+        .as_array()
+        .context("routes")?
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["hello", "echo"], "{routes}");
+    assert_eq!(routes["routes"][1]["listeners"][0], "web", "{routes}");
+
+    let r = get(s.admin, "/services")?;
+    assert_eq!(r.status, 200);
+    let services = json(&r)?;
+    let backend = &services["services"][0];
+    assert_eq!(backend["name"], "backend", "{services}");
+    let ep = &backend["endpoints"][0];
+    assert_eq!(ep["address"], s.origin.addr.to_string(), "{services}");
+    assert_eq!(ep["labels"]["version"], "v1", "{services}");
+    assert_eq!(ep["subsets"], serde_json::json!(["v1"]), "{services}");
+    assert_eq!(ep["health"]["state"], "healthy", "{services}");
+    let targets = &backend["split"]["targets"];
+    assert_eq!(targets[0]["subset"], "v1", "{services}");
+    assert_eq!(targets[0]["weight"], 90, "{services}");
+    assert_eq!(targets[1]["percent"], 10.0, "{services}");
+
+    // No mesh on this gateway: no identity.
+    let r = get(s.admin, "/certificates")?;
+    assert_eq!(r.status, 200);
+    assert_eq!(json(&r)?["mesh"], Value::Null);
+
+    let r = get(s.admin, "/nope")?;
+    assert_eq!(r.status, 404);
+    let r = curl(&["-X", "DELETE", &format!("http://{}/config", s.admin)])?;
+    assert_eq!(r.status, 401, "a write without the token");
+    Ok(())
+}
+
+#[test]
+fn put_config_applies_good_text_and_rejects_bad_text() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    let edge = format!("http://{}/hello", s.edge);
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+    let port = s.edge.port();
+    let admin_port = s.admin.port();
+    let good = config_text(
+        port,
+        admin_port,
+        Some(TOKEN),
+        [s.origin.addr, s._v2.addr],
+        "hello v2",
+    ) + "\n[[route]]\nname = \"extra\"\nmatch = { path = \"/extra\" }\nrespond = { status = 204 }\n";
+
+    // No token, or a wrong one: 401, nothing changes.
+    let r = put(s.admin, "/config", &good, None)?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.header("www-authenticate").is_some());
+    let r = put(
+        s.admin,
+        "/config",
+        &good,
+        Some("wrong-token-0123456789abcdef"),
+    )?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+
+    // A bad config: 400 with the same diagnostics as `meshgate check`,
+    // and the running config keeps serving.
+    let bad = good.replace("service = \"backend\"", "service = \"missing\"");
+    let r = put(s.admin, "/config", &bad, Some(TOKEN))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("<PUT /config>:"), "{}", r.body);
+    let head = r.body.lines().next().unwrap_or("");
+    let mut parts = head.splitn(4, ':');
+    let _file = parts.next();
+    let line: u32 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context(head.to_owned())?;
+    let col: u32 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context(head.to_owned())?;
+    assert!(line > 1 && col >= 1, "{head}");
+    assert!(r.body.contains("missing"), "{}", r.body);
+    assert!(
+        r.body.contains("the configuration was not applied"),
+        "{}",
+        r.body
+    );
+    assert_eq!(curl(&[&edge])?.body, "hello v1");
+    assert_eq!(json(&get(s.admin, "/config")?)?["version"], 1);
+
+    // A good one: 200, a new version and the diff; traffic follows.
+    let r = put(s.admin, "/config", &good, Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = json(&r)?;
+    assert_eq!(j["outcome"], "applied", "{j}");
+    assert_eq!(j["version"], 2, "{j}");
+    assert!(
+        j["diff"].as_str().is_some_and(|d| d.contains("hello")),
+        "{j}"
+    );
+    assert_eq!(curl(&[&edge])?.body, "hello v2");
+    let c = json(&get(s.admin, "/config")?)?;
+    assert_eq!(c["version"], 2);
+    assert_eq!(c["origin"], "<PUT /config>");
+    assert!(!c["text"].as_str().unwrap_or("").contains(TOKEN));
+
+    // The same text again changes nothing.
+    let j = json(&put(s.admin, "/config", &good, Some(TOKEN))?)?;
+    assert_eq!(j["outcome"], "unchanged", "{j}");
+    assert_eq!(j["version"], 2, "{j}");
+
+    let m = get(s.admin, "/metrics")?.body;
+    assert_eq!(metric(&m, "meshgate_config_version", &[]), Some(2.0), "{m}");
+    for (outcome, n) in [("applied", 1.0), ("rejected", 1.0), ("unchanged", 1.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                "meshgate_config_reloads_total",
+                &[&format!("outcome=\"{outcome}\"")]
+            ),
+            Some(n),
+            "{m}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn writes_are_refused_without_a_configured_token() -> Result<()> {
+    let s = setup(None)?;
+    for path in ["/config", "/log-level"] {
+        let r = put(s.admin, path, "debug", None)?;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        let j = json(&r)?;
+        assert!(
+            j["error"].as_str().is_some_and(|e| e.contains("token")),
+            "{j}"
+        );
+    }
+    // Reads still work.
+    assert_eq!(get(s.admin, "/config")?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn log_level_changes_at_run_time() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    let edge = format!("http://{}/hello", s.edge);
+    curl(&[&edge])?;
+    assert!(
+        !s.gw.proc.stderr().contains("request finished"),
+        "debug is off at info"
+    );
+    let r = put(s.admin, "/log-level", "debug", None)?;
+    assert_eq!(r.status, 401);
+    let r = put(s.admin, "/log-level", "not a [filter", Some(TOKEN))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = put(s.admin, "/log-level", "meshgate=debug,info", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r)?["log_level"], "meshgate=debug,info");
+    curl(&[&edge])?;
+    wait_for(Duration::from_secs(5), "a debug line on stderr", || {
+        s.gw.proc.stderr().contains("request finished")
+    })?;
+
+    let r = put(s.admin, "/log-level", "warn", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let before = s.gw.proc.stderr().matches("request finished").count();
+    curl(&[&edge])?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        s.gw.proc.stderr().matches("request finished").count(),
+        before,
+        "debug is off again"
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_count_known_traffic() -> Result<()> {
+    let s = setup(None)?;
+    let body = "x".repeat(100);
+    let file = tempdir()?.join("body");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    let url = format!("http://{}/echo/a", s.edge);
+    let n = 7;
+    let mut sent = 0usize;
+    for _ in 0..n {
+        let r = curl(&["--data-binary", &data, &url])?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent += r.body.len();
+    }
+    // And two over h2c.
+    for _ in 0..2 {
+        let r = curl(&["--http2-prior-knowledge", &url])?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.version, "2");
+        sent += r.body.len();
+    }
+    let m = get(s.admin, "/metrics")?.body;
+    let total = |proto: &str| {
+        metric(
+            &m,
+            "meshgate_requests_total",
+            &[
+                "route=\"echo\"",
+                "status=\"200\"",
+                &format!("protocol=\"{proto}\""),
+                "direction=\"outbound\"",
+                "listener=\"web\"",
+            ],
+        )
+    };
+    assert_eq!(total("http1"), Some(f64::from(n)), "{m}");
+    assert_eq!(total("http2"), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, "meshgate_requests_in_flight", &["listener=\"web\""]),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "meshgate_request_bytes_total", &["route=\"echo\""]),
+        Some(f64::from(n) * 100.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "meshgate_response_bytes_total", &["route=\"echo\""]),
+        Some(sent as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "meshgate_request_duration_seconds_count",
+            &["route=\"echo\""]
+        ),
+        Some(f64::from(n) + 2.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "meshgate_config_version", &[]), Some(1.0), "{m}");
+    Ok(())
+}
+
+#[test]
+fn mesh_identities_show_in_certificates() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+
+    let certs = |admin: SocketAddr| -> Result<Value> {
+        let r = get(admin, "/certificates")?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        json(&r)
+    };
+    let c = certs(lab.admin)?;
+    let mesh = &c["mesh"];
+    assert!(
+        mesh["identity"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/gateway")),
+        "{c}"
+    );
+    assert!(mesh["trust_bundle_roots"].as_u64() >= Some(1), "{c}");
+    assert!(mesh["not_before"].as_str().is_some(), "{c}");
+    assert!(mesh["not_after_unix"].as_u64().is_some(), "{c}");
+
+    wait_for(Duration::from_secs(20), "the sidecar's identity", || {
+        certs(sidecar).is_ok_and(|c| c["mesh"]["identity"] == service_id("product-catalog"))
+    })?;
+    for path in ["/healthz", "/readyz", "/services", "/routes", "/config"] {
+        let r = get(sidecar, path)?;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        json(&r)?;
+    }
+    // A sidecar's config comes from the control plane; it has no token,
+    // so its admin API cannot be written to.
+    let r = put(sidecar, "/config", "", None)?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The appliance knows the instance.
+    let svc = json(&get(lab.admin, "/services")?)?;
+    let catalog = svc["services"]
+        .as_array()
+        .context("services")?
+        .iter()
+        .find(|s| s["name"] == "product-catalog")
+        .cloned()
+        .context("product-catalog")?;
+    assert_eq!(catalog["discovery"], "mesh", "{catalog}");
+    Ok(())
+}
+
+/// A response object of the OpenAPI file, with `$ref` followed.
+fn documented<'a>(spec: &'a serde_yaml::Value, r: &'a serde_yaml::Value) -> &'a serde_yaml::Value {
+    match r.get("$ref").and_then(serde_yaml::Value::as_str) {
+        Some(reference) => reference
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(spec, |v, key| &v[key]),
+        None => r,
+    }
+}
+
+#[test]
+fn every_documented_path_answers_as_documented() -> Result<()> {
+    let file = meshgate_tests::workspace().join("docs/admin-openapi.yaml");
+    let spec: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file)?)?;
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "an OpenAPI 3 document"
+    );
+    let s = setup(Some(TOKEN))?;
+    let config = std::fs::read_to_string(s.gw.config.as_ref().context("config")?)?;
+    let paths = spec["paths"].as_mapping().context("paths")?;
+    let mut seen = Vec::new();
+    for (path, ops) in paths {
+        let path = path.as_str().context("path")?;
+        for (method, op) in ops.as_mapping().context("operations")? {
+            let method = method.as_str().context("method")?;
+            seen.push(format!("{method} {path}"));
+            let r = match method {
+                "get" => get(s.admin, path)?,
+                "put" => {
+                    let body = if path == "/config" {
+                        config.clone()
+                    } else {
+                        op["requestBody"]["content"]["text/plain"]["example"]
+                            .as_str()
+                            .context("a request example")?
+                            .to_owned()
+                    };
+                    // Writes without the token are refused as documented.
+                    let refused = put(s.admin, path, &body, None)?;
+                    assert_eq!(refused.status, 401, "{method} {path}");
+                    let doc = documented(&spec, &op["responses"]["401"]);
+                    assert!(
+                        doc["content"]
+                            .get(refused.header("content-type").unwrap_or(""))
+                            .is_some(),
+                        "{method} {path}: 401 {:?}",
+                        refused.header("content-type")
+                    );
+                    put(s.admin, path, &body, Some(TOKEN))?
+                }
+                other => anyhow::bail!("a method the test does not know: {other}"),
+            };
+            assert!(
+                (200..300).contains(&r.status),
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+            );
+            let doc = documented(&spec, &op["responses"][r.status.to_string().as_str()]);
+            assert!(
+                !doc.is_null(),
+                "{method} {path}: status {} is not documented",
+                r.status
+            );
+            let content_type = r.header("content-type").unwrap_or("");
+            assert!(
+                doc["content"].get(content_type).is_some(),
+                "{method} {path}: content type {content_type:?} is not documented"
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "get /certificates",
+            "get /config",
+            "get /healthz",
+            "get /metrics",
+            "get /ready",
+            "get /readyz",
+            "get /routes",
+            "get /services",
+            "put /config",
+            "put /log-level",
+        ],
+        "every endpoint is documented"
+    );
+    Ok(())
+}
+
+/// Runs a Prometheus query against `prom`; the result vector.
+fn prom_query(prom: SocketAddr, query: &str) -> Result<Vec<Value>> {
+    let q = format!("query={query}");
+    let r = curl(&[
+        "-G",
+        "--data-urlencode",
+        &q,
+        &format!("http://{prom}/api/v1/query"),
+    ])?;
+    let j = json(&r)?;
+    Ok(j["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// A real Prometheus server (`scripts/prereqs.sh test` installs it)
+/// scrapes the appliance and a sidecar; its query API sees the series.
+#[test]
+fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+    lab.wait_serving("/catalog/items", &["v1"])?;
+
+    let dir = tempdir()?;
+    let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+             scrape_configs:\n  - job_name: meshgate\n    static_configs:\n\
+             \x20     - targets: [\"{}\", \"{sidecar}\"]\n",
+            lab.admin
+        ),
+    )?;
+    let mut cmd = std::process::Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={prom}"));
+    let proc = meshgate_tests::Proc::spawn(cmd)
+        .context("prometheus is not installed: run scripts/prereqs.sh test")?;
+    meshgate_tests::wait_for_port(prom)
+        .with_context(|| format!("prometheus did not start:\n{}", proc.stderr()))?;
+
+    let both_up = || {
+        prom_query(prom, "up == 1").is_ok_and(|r| r.len() == 2)
+            && prom_query(prom, "meshgate_requests_total{direction=\"inbound\"}")
+                .is_ok_and(|r| !r.is_empty())
+    };
+    wait_for(Duration::from_secs(20), "both targets scraped", both_up)
+        .with_context(|| format!("prometheus:\n{}", proc.stderr()))?;
+
+    let inbound = prom_query(prom, "meshgate_requests_total{direction=\"inbound\"}")?;
+    assert!(
+        inbound
+            .iter()
+            .all(|s| s["metric"]["instance"] == sidecar.to_string()),
+        "{inbound:?}"
+    );
+    let outbound = prom_query(
+        prom,
+        "sum by (instance) (meshgate_requests_total{route=\"catalog\",direction=\"outbound\"})",
+    )?;
+    assert_eq!(outbound.len(), 1, "{outbound:?}");
+    assert_eq!(outbound[0]["metric"]["instance"], lab.admin.to_string());
+    let endpoints = prom_query(prom, "meshgate_mesh_endpoints{service=\"product-catalog\"}")?;
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["value"][1], "1", "{endpoints:?}");
+    Ok(())
+}
+
+#[test]
+fn readyz_turns_unready_while_draining() -> Result<()> {
+    let o = meshgate_tests::scripted::scripted("slow");
+    let (gw, edge) = Gateway::start_web(
+        "",
+        &format!(
+            "[[route]]\nname = \"r\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\n\
+             endpoints = [{{ address = \"{}\" }}]\n",
+            o.addr
+        ),
+    )?;
+    let admin = gw.admin_address().context("admin")?;
+    meshgate_tests::wait_for_port(admin)?;
+    let r = get(admin, "/readyz")?;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let url = format!("http://{edge}/slow/1500");
+    let slow = std::thread::spawn(move || curl(&[&url]));
+    wait_for(Duration::from_secs(5), "the slow request upstream", || {
+        curl(&[&format!("http://{}/count/slow-started", o.addr)]).is_ok_and(|r| r.body == "1")
+    })?;
+    gw.proc.signal("TERM")?;
+    wait_for(Duration::from_secs(5), "readyz says draining", || {
+        get(admin, "/readyz").is_ok_and(|r| r.status == 503 && r.body.contains("draining"))
+    })?;
+    assert_eq!(get(admin, "/healthz")?.status, 200, "still alive");
+    let r = slow
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread"))??;
+    assert_eq!(r.status, 200, "the in-flight request finishes");
+    Ok(())
+}
