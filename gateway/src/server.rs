@@ -122,6 +122,7 @@ pub fn run(
     }
     tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
     drain_on_terminate(&server, drain_limit(&snap));
+    crate::notify::on_phases(&server);
     server.run_forever()
 }
 
