@@ -35,8 +35,10 @@ stage="$target/debian/stage"
 rm -rf "$stage"
 mkdir -p "$stage/DEBIAN"
 
-install -D -m 0755 "$target/release/meshgate" "$stage/usr/bin/meshgate"
-install -D -m 0755 "$target/release/meshgate-sidecar" "$stage/usr/bin/meshgate-sidecar"
+# Stripped, as Debian ships binaries: the release profile's line tables
+# quadruple their size.
+install -D -s -m 0755 "$target/release/meshgate" "$stage/usr/bin/meshgate"
+install -D -s -m 0755 "$target/release/meshgate-sidecar" "$stage/usr/bin/meshgate-sidecar"
 install -D -m 0640 packaging/meshgate.toml "$stage/etc/meshgate/meshgate.toml"
 install -D -m 0644 packaging/systemd/meshgate.service "$stage/lib/systemd/system/meshgate.service"
 install -D -m 0644 packaging/systemd/meshgate-sidecar@.service "$stage/lib/systemd/system/meshgate-sidecar@.service"
@@ -53,7 +55,9 @@ chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
 # Everything under /etc is a conffile: dpkg keeps the admin's edits.
 (cd "$stage" && find etc -type f -printf '/%p\n') > "$stage/DEBIAN/conffiles"
 
-# Shared-library dependencies of the binaries, as dpkg-shlibdeps sees them.
+# Shared-library dependencies of the binaries, as dpkg-shlibdeps sees them;
+# passwd for useradd in postinst, procps for the unit's /bin/kill,
+# ca-certificates for the roots pingora's TLS client loads at start-up.
 depends="libc6"
 if command -v dpkg-shlibdeps >/dev/null 2>&1; then
     work="$(mktemp -d)"
@@ -72,7 +76,7 @@ Version: $version
 Architecture: $arch
 Maintainer: meshgate developers <dev@meshgate.invalid>
 Installed-Size: $installed_size
-Depends: $depends, passwd
+Depends: $depends, passwd, procps, ca-certificates
 Section: net
 Priority: optional
 Homepage: https://example.invalid/meshgate

@@ -52,7 +52,7 @@ wait_for() {
 # Unmounts everything under a root, deepest first.
 unmount_all() {
     local root=$1
-    findmnt -rn -o TARGET | grep -F "$root/" | sort -r | while read -r m; do
+    findmnt -rn -o TARGET | { grep -F "$root/" || true; } | sort -r | while read -r m; do
         umount -l "$m" || true
     done
 }
@@ -64,7 +64,7 @@ fresh_root() {
         unmount_all "$root"
         rm -rf --one-file-system "$root"
     fi
-    cp -a "$work/base" "$root"
+    cp -a "$base" "$root"
     mount -t proc proc "$root/proc"
 }
 
@@ -109,7 +109,7 @@ PY
 
     wait_for 20 test -s "$root/var/lib/meshgate/ca/trust-bundle.pem" \
         || { cat "$work/meshgate.log"; fail "no trust bundle in /var/lib/meshgate/ca"; }
-    [[ "$(stat -c '%U %a' "$root/var/lib/meshgate/ca/ca-key.pem")" == "meshgate 600" ]] \
+    [[ "$(chroot "$root" stat -c '%U %a' /var/lib/meshgate/ca/ca-key.pem)" == "meshgate 600" ]] \
         || fail "the CA key is not meshgate's, mode 0600"
     ok "the mesh CA is in /var/lib/meshgate, key mode 0600"
     chroot --userspec=meshgate:meshgate "$root" /usr/bin/meshgate demo service \
@@ -169,12 +169,16 @@ started=$SECONDS
 mkdir -p "$work"
 trap 'unmount_all "$work"' EXIT
 
-step "a Debian $suite minbase root (cached in $work/base)"
-if [[ ! -d "$work/base" ]]; then
-    rm -rf --one-file-system "$work/base.tmp"
-    debootstrap --variant=minbase "$suite" "$work/base.tmp" "$mirror" >"$work/debootstrap.log" 2>&1 \
+# minbase plus what the package depends on beyond it (procps: /bin/kill;
+# ca-certificates: the upstream TLS client loads the system roots).
+includes=procps,ca-certificates
+base="$work/base-$suite-${includes//,/-}"
+step "a Debian $suite minbase root (cached in $base)"
+if [[ ! -d "$base" ]]; then
+    rm -rf --one-file-system "$base.tmp"
+    debootstrap --variant=minbase --include="$includes" "$suite" "$base.tmp" "$mirror" >"$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log"; fail "debootstrap failed"; }
-    mv "$work/base.tmp" "$work/base"
+    mv "$base.tmp" "$base"
 fi
 ok "base root ready"
 
@@ -193,8 +197,11 @@ rm -rf "$units"
 mkdir -p "$units"
 cp "$repo/packaging/systemd/meshgate.service" "$units/"
 cp "$repo/packaging/systemd/meshgate-sidecar@.service" "$units/meshgate-sidecar@demo.service"
-# The units name /usr/bin binaries; verify them against a root that has them.
+# The units name /usr/bin binaries and /bin/kill; verify them against a
+# root that has them, plus systemd's own units (sysinit.target and the
+# like) from the systemd that provides systemd-analyze here.
 fresh_root "$work/verify-root"
+cp -an /lib/systemd/system/. "$work/verify-root/lib/systemd/system/"
 cp "$deb1" "$work/verify-root/tmp/"
 chroot "$work/verify-root" dpkg -i "/tmp/$(basename "$deb1")" >"$work/verify-dpkg.log" 2>&1 \
     || { cat "$work/verify-dpkg.log"; fail "dpkg -i failed"; }
@@ -221,8 +228,9 @@ for f in /usr/bin/meshgate /usr/bin/meshgate-sidecar /lib/systemd/system/meshgat
     [[ -f "$root$f" ]] || fail "$f is not installed"
 done
 chroot "$root" getent passwd meshgate >/dev/null || fail "no user meshgate"
-[[ "$(stat -c '%U %G %a' "$root/var/lib/meshgate")" == "meshgate meshgate 700" ]] \
-    || fail "/var/lib/meshgate is $(stat -c '%U %G %a' "$root/var/lib/meshgate"), not meshgate meshgate 700"
+# stat inside the root: the owner names are the root's, not this machine's.
+[[ "$(chroot "$root" stat -c '%U %G %a' /var/lib/meshgate)" == "meshgate meshgate 700" ]] \
+    || fail "/var/lib/meshgate is $(chroot "$root" stat -c '%U %G %a' /var/lib/meshgate), not meshgate meshgate 700"
 ok "files, user meshgate, /var/lib/meshgate meshgate:meshgate 0700"
 chroot "$root" /usr/bin/meshgate --help | grep -q "Usage" || fail "meshgate --help"
 chroot "$root" /usr/bin/meshgate-sidecar --help | grep -q "Usage" || fail "meshgate-sidecar --help"
