@@ -13,35 +13,41 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use pingora::server::{ExecutionPhase, Server};
 
-/// Tells systemd `READY=1` once pingora reports its services running, and
-/// `STOPPING=1` when a graceful or fast shutdown begins. Call it just
-/// before `run_forever`; it watches the server's phases on a thread of its
-/// own.
+/// Tells systemd `READY=1` once pingora reports its services running (its
+/// listeners are started by then). Call it just before `run_forever`; it
+/// watches the server's phases on a thread of its own.
 pub(crate) fn on_phases(server: &Server) {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
-    };
-    let target = target.to_string_lossy().into_owned();
+    }
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
         loop {
-            let state = match phases.blocking_recv() {
-                Ok(ExecutionPhase::Running) => "READY=1",
-                Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
-                    "STOPPING=1"
-                }
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::Running) => return notify("READY=1"),
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
-            };
-            match send(&target, state) {
-                Ok(()) => tracing::debug!(state, "told systemd"),
-                Err(e) => tracing::warn!(socket = %target, state, "cannot notify systemd: {e}"),
-            }
-            if state == "STOPPING=1" {
-                return;
             }
         }
     });
+}
+
+/// Tells systemd `STOPPING=1`. Called by the drain on SIGTERM before it
+/// waits, on the same thread: a phase watcher of its own could lose the
+/// race against the drain's `exit`.
+pub(crate) fn stopping() {
+    notify("STOPPING=1");
+}
+
+fn notify(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy();
+    match send(&target, state) {
+        Ok(()) => tracing::debug!(state, "told systemd"),
+        Err(e) => tracing::warn!(socket = %target, state, "cannot notify systemd: {e}"),
+    }
 }
 
 /// Sends one notification datagram to `target`: a socket path, or an

@@ -264,6 +264,7 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
                 Err(_) => return,
             }
         }
+        crate::notify::stopping();
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
         while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {

@@ -75,11 +75,12 @@ fresh_root() {
 phase_run_installed() {
     local root=$1
     ip link set lo up
-    local pids=()
+    # Global, not local: the EXIT trap runs after this function returned.
+    pids=()
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
     local sock=/run/meshgate-test-notify.sock
     # A stand-in for systemd's notify socket: records every datagram.
-    python3 - "$root$sock" "$root/run/notify.log" <<'PY' &
+    python3 - "$root$sock" "$root/run/notify.log" >/dev/null 2>&1 <<'PY' &
 import socket, sys
 path, log = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -141,8 +142,8 @@ phase_run_container() {
     shift 3
     ip link set lo up
     chroot --userspec="$user:$user" "$root" "$@" >"$work/container.log" 2>&1 &
-    local pid=$!
-    trap 'kill "$pid" 2>/dev/null || true' EXIT
+    image_pid=$!
+    trap 'kill "$image_pid" 2>/dev/null || true' EXIT
     wait_for 30 curl -fsS -o /dev/null http://127.0.0.1:8080/ \
         || { cat "$work/container.log"; fail "the image's entrypoint serves nothing on :8080"; }
     ok "the image's entrypoint ($*) as $user: curl :8080 answered 200"
