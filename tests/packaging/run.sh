@@ -232,7 +232,9 @@ chroot "$root" getent passwd meshgate >/dev/null || fail "no user meshgate"
 # stat inside the root: the owner names are the root's, not this machine's.
 [[ "$(chroot "$root" stat -c '%U %G %a' /var/lib/meshgate)" == "meshgate meshgate 700" ]] \
     || fail "/var/lib/meshgate is $(chroot "$root" stat -c '%U %G %a' /var/lib/meshgate), not meshgate meshgate 700"
-ok "files, user meshgate, /var/lib/meshgate meshgate:meshgate 0700"
+[[ "$(chroot "$root" stat -c '%U %G %a' /etc/meshgate/meshgate.toml)" == "root meshgate 640" ]] \
+    || fail "/etc/meshgate/meshgate.toml is not root:meshgate 0640"
+ok "files, user meshgate, /var/lib/meshgate meshgate:meshgate 0700, config root:meshgate 0640"
 chroot "$root" /usr/bin/meshgate --help | grep -q "Usage" || fail "meshgate --help"
 chroot "$root" /usr/bin/meshgate-sidecar --help | grep -q "Usage" || fail "meshgate-sidecar --help"
 chroot "$root" /usr/bin/meshgate check /etc/meshgate/meshgate.toml || fail "the installed config does not check"
