@@ -1,18 +1,21 @@
 # The two commands of the README:
 #   make demo   build meshgate and run it (installs build prerequisites when root)
 #   make test   install what the tests need, then run the whole suite
-# Everything else is optional.
+# Everything else is optional; `make deb` builds the Debian package.
 
 CARGO ?= cargo
 
-.PHONY: demo test prereqs test-deps build build-release unit e2e lint fmt bench-micro bench bench-quick clean-results
+.PHONY: demo test prereqs test-deps build build-release deb test-packaging unit e2e lint fmt bench-micro bench bench-quick clean-results
 
 demo: prereqs
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	./scripts/demo.sh
 
+# The release binaries are for the packaging test (tests/tests/packaging.rs),
+# which packages and installs them.
 test: test-deps lint
 	$(CARGO) build --workspace --bins
+	$(CARGO) build --release -p meshgate -p meshgate-sidecar
 	./scripts/run-tests.sh
 
 prereqs:
@@ -26,6 +29,18 @@ build:
 
 build-release:
 	$(CARGO) build --release --bins
+
+# The Debian package, into target/debian/ (packaging/build-deb.sh; its
+# Depends line comes from dpkg-shlibdeps when dpkg-dev is installed).
+# VERSION_SUFFIX=+local1 appends to the version.
+deb: prereqs
+	./packaging/build-deb.sh
+
+# The packaging test alone (root): package, install, run, upgrade, purge,
+# systemd-analyze verify, the container image's root filesystem.
+test-packaging: test-deps
+	$(CARGO) build --release -p meshgate -p meshgate-sidecar
+	MESHGATE_SKIP_BUILD=1 ./tests/packaging/run.sh
 
 lint:
 	$(CARGO) fmt --all --check

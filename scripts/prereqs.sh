@@ -5,7 +5,9 @@
 #   prereqs.sh test    build prerequisites + the real clients the tests use:
 #                      curl, nghttp/h2load, openssl (test certificates),
 #                      prometheus (scrapes the admin API in one test) and
-#                      the Python packages grpcio and websockets
+#                      the Python packages grpcio, websockets and PyYAML;
+#                      for the packaging test debootstrap, dpkg-dev,
+#                      systemd (systemd-analyze) and iproute2
 # As root it installs with apt-get; otherwise it prints the exact command.
 set -euo pipefail
 
@@ -14,11 +16,15 @@ mode="${1:-build}"
 needs=(cmake:cmake)
 # Python modules the tests import, and the pip requirements that provide them
 # (websockets 13 brought the `websockets.asyncio` API the helpers use).
-py_modules="grpc, websockets.asyncio.client"
-py_requirements=(grpcio "websockets>=13")
+# PyYAML: the packaging test parses packaging/compose.yaml.
+py_modules="grpc, websockets.asyncio.client, yaml"
+py_requirements=(grpcio "websockets>=13" PyYAML)
 need_py=0
 if [[ "$mode" == "test" ]]; then
     needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl prometheus:prometheus)
+    # The packaging test (tests/packaging/run.sh): a fresh Debian root, the
+    # package tools, systemd-analyze for the units, ip for a private loopback.
+    needs+=(debootstrap:debootstrap dpkg-shlibdeps:dpkg-dev systemd-analyze:systemd ip:iproute2)
     if ! python3 -c "import ${py_modules}" >/dev/null 2>&1; then
         need_py=1
         if ! python3 -m pip --version >/dev/null 2>&1; then

@@ -18,6 +18,7 @@ mod framing;
 mod inbound;
 mod mesh;
 mod metrics;
+mod notify;
 mod reload;
 mod resilience;
 pub mod rotation;

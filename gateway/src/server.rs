@@ -127,6 +127,7 @@ pub fn run(
     }
     tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
     drain_on_terminate(&server, drain_limit(&snap));
+    crate::notify::on_phases(&server);
     server.run_forever()
 }
 
@@ -274,6 +275,7 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
             }
         }
         DRAINING.store(true, Ordering::Relaxed);
+        crate::notify::stopping();
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
         while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {
