@@ -821,34 +821,25 @@ impl ProxyHttp for Edge {
             reason = ctx.reason.unwrap_or(""),
             "request finished"
         );
-        if let Some(m) = crate::metrics::metrics() {
-            let service = ctx.service.as_ref().map_or("", |s| s.name.as_str());
-            m.requests
-                .with_label_values(&[
-                    self.listener.as_str(),
-                    route.unwrap_or(""),
-                    service,
-                    &status.to_string(),
-                    ctx.reason.unwrap_or(""),
-                    if session.is_http2() { "http2" } else { "http1" },
-                    "outbound",
-                ])
-                .inc();
-            let labels = [self.listener.as_str(), route.unwrap_or("")];
-            m.duration
-                .with_label_values(&labels)
-                .observe(now.duration_since(ctx.start).as_secs_f64());
-            m.request_bytes
-                .with_label_values(&labels)
-                .inc_by(session.body_bytes_read() as u64);
-            m.response_bytes
-                .with_label_values(&labels)
-                .inc_by(session.body_bytes_sent() as u64);
-            if ctx.flight.retries_done > 0 {
-                m.retries
-                    .with_label_values(&[service])
-                    .inc_by(u64::from(ctx.flight.retries_done));
-            }
+        let service = ctx.service.as_ref().map_or("", |s| s.name.as_str());
+        crate::metrics::finished(&crate::metrics::Finished {
+            listener: &self.listener,
+            route: route.unwrap_or(""),
+            service,
+            status,
+            reason: ctx.reason.unwrap_or(""),
+            http2: session.is_http2(),
+            inbound: false,
+            elapsed: now.duration_since(ctx.start),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+        });
+        if ctx.flight.retries_done > 0
+            && let Some(m) = crate::metrics::metrics()
+        {
+            m.retries
+                .with_label_values(&[service])
+                .inc_by(u64::from(ctx.flight.retries_done));
         }
         if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
             return;

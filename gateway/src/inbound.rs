@@ -143,28 +143,18 @@ impl ProxyHttp for Inbound {
         let snap = self.store.current();
         let status = session.response_written().map(|r| r.status.as_u16());
         let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
-        if let Some(m) = crate::metrics::metrics() {
-            m.requests
-                .with_label_values(&[
-                    "inbound",
-                    "",
-                    self.service.as_str(),
-                    &status.unwrap_or(0).to_string(),
-                    reason.unwrap_or(""),
-                    if session.is_http2() { "http2" } else { "http1" },
-                    "inbound",
-                ])
-                .inc();
-            m.duration
-                .with_label_values(&["inbound", ""])
-                .observe(ctx.start.elapsed().as_secs_f64());
-            m.request_bytes
-                .with_label_values(&["inbound", ""])
-                .inc_by(session.body_bytes_read() as u64);
-            m.response_bytes
-                .with_label_values(&["inbound", ""])
-                .inc_by(session.body_bytes_sent() as u64);
-        }
+        crate::metrics::finished(&crate::metrics::Finished {
+            listener: "inbound",
+            route: "",
+            service: &self.service,
+            status: status.unwrap_or(0),
+            reason: reason.unwrap_or(""),
+            http2: session.is_http2(),
+            inbound: true,
+            elapsed: ctx.start.elapsed(),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+        });
         if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
             return;
         }

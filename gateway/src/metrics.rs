@@ -258,6 +258,61 @@ impl Drop for InFlight {
     }
 }
 
+/// One finished request, as both the edge pipeline and a sidecar's
+/// inbound side report it.
+#[derive(Debug)]
+pub(crate) struct Finished<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) status: u16,
+    pub(crate) reason: &'a str,
+    pub(crate) http2: bool,
+    pub(crate) inbound: bool,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) bytes_in: usize,
+    pub(crate) bytes_out: usize,
+}
+
+/// Records a finished request in the request, duration and byte families.
+pub(crate) fn finished(f: &Finished<'_>) {
+    let Some(m) = metrics() else { return };
+    let mut digits = [0u8; 3];
+    m.requests
+        .with_label_values(&[
+            f.listener,
+            f.route,
+            f.service,
+            status_text(f.status, &mut digits),
+            f.reason,
+            if f.http2 { "http2" } else { "http1" },
+            if f.inbound { "inbound" } else { "outbound" },
+        ])
+        .inc();
+    let labels = [f.listener, f.route];
+    m.duration
+        .with_label_values(&labels)
+        .observe(f.elapsed.as_secs_f64());
+    m.request_bytes
+        .with_label_values(&labels)
+        .inc_by(f.bytes_in as u64);
+    m.response_bytes
+        .with_label_values(&labels)
+        .inc_by(f.bytes_out as u64);
+}
+
+/// A status code as label text without allocating: `0` (no response) or
+/// three digits.
+fn status_text(code: u16, buf: &mut [u8; 3]) -> &str {
+    if code == 0 || code > 999 {
+        return "0";
+    }
+    buf[0] = b'0' + (code / 100) as u8;
+    buf[1] = b'0' + (code / 10 % 10) as u8;
+    buf[2] = b'0' + (code % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("0")
+}
+
 /// Counts one JWT check on a route of `provider`.
 pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
     if let Some(m) = metrics() {
@@ -269,5 +324,19 @@ pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
 pub(crate) fn retry_budget_exhausted(service: &str) {
     if let Some(m) = metrics() {
         m.budget_exhausted.with_label_values(&[service]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_text;
+
+    #[test]
+    fn status_codes_render_as_three_digits_or_zero() {
+        let mut b = [0u8; 3];
+        assert_eq!(status_text(200, &mut b), "200");
+        assert_eq!(status_text(503, &mut b), "503");
+        assert_eq!(status_text(101, &mut b), "101");
+        assert_eq!(status_text(0, &mut b), "0");
     }
 }
