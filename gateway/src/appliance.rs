@@ -197,9 +197,13 @@ async fn follow(
     let mut applied = store.current().source_digest().to_owned();
     let mut ca_files = ca_fingerprint(&store.current(), &ca_dir);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // What the store last got: the loop also wakes for the config and CA
+    // checks, and an unchanged registry must not rebuild the snapshot.
+    let mut last: Option<Discovered> = None;
     loop {
+        let instances = cp.instances();
         let mut discovered = Discovered::new();
-        for i in cp.instances() {
+        for i in &instances {
             discovered
                 .entry(i.service.clone())
                 .or_default()
@@ -212,22 +216,25 @@ async fn follow(
         for eps in discovered.values_mut() {
             eps.sort_by_key(|e| e.address);
         }
-        if let Some(m) = crate::metrics::metrics() {
-            for svc in store.current().services.iter() {
-                if svc.discovery == Discovery::Mesh {
-                    let n = discovered.get(&svc.name).map_or(0, Vec::len);
-                    m.mesh_endpoints
-                        .with_label_values(&[svc.name.as_str()])
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+        if last.as_ref() != Some(&discovered) {
+            if let Some(m) = crate::metrics::metrics() {
+                for svc in store.current().services.iter() {
+                    if svc.discovery == Discovery::Mesh {
+                        let n = discovered.get(&svc.name).map_or(0, Vec::len);
+                        m.mesh_endpoints
+                            .with_label_values(&[svc.name.as_str()])
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
                 }
             }
-        }
-        if let ReloadOutcome::Applied { version, .. } = store.set_discovered(discovered) {
-            tracing::info!(
-                version,
-                instances = cp.instances().len(),
-                "mesh endpoints changed"
-            );
+            last = Some(discovered.clone());
+            if let ReloadOutcome::Applied { version, .. } = store.set_discovered(discovered) {
+                tracing::info!(
+                    version,
+                    instances = instances.len(),
+                    "mesh endpoints changed"
+                );
+            }
         }
         tokio::select! {
             changed = registry.changed() => {
@@ -244,6 +251,8 @@ async fn follow(
                 }
                 if snap.source_digest() != applied {
                     applied = snap.source_digest().to_owned();
+                    // Services may have joined or left the mesh.
+                    last = None;
                     match config_text(&store) {
                         Ok(text) => {
                             if let Err(e) = cp.set_config(&text) {
