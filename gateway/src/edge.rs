@@ -828,7 +828,7 @@ impl ProxyHttp for Edge {
             service,
             status,
             reason: ctx.reason.unwrap_or(""),
-            http2: session.is_http2(),
+            protocol: crate::metrics::protocol_of(session),
             inbound: false,
             elapsed: now.duration_since(ctx.start),
             bytes_in: session.body_bytes_read(),
@@ -845,7 +845,7 @@ impl ProxyHttp for Edge {
             return;
         }
         let req = session.req_header();
-        let proto = if session.is_http2() { "http2" } else { "http1" };
+        let proto = crate::metrics::protocol_of(session);
         let line = serde_json::json!({
             "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             "listener": self.listener,

@@ -149,7 +149,7 @@ impl ProxyHttp for Inbound {
             service: &self.service,
             status: status.unwrap_or(0),
             reason: reason.unwrap_or(""),
-            http2: session.is_http2(),
+            protocol: crate::metrics::protocol_of(session),
             inbound: true,
             elapsed: ctx.start.elapsed(),
             bytes_in: session.body_bytes_read(),
@@ -162,7 +162,7 @@ impl ProxyHttp for Inbound {
         let line = serde_json::json!({
             "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             "listener": "inbound",
-            "proto": if session.is_http2() { "http2" } else { "http1" },
+            "proto": crate::metrics::protocol_of(session),
             "method": req.method.as_str(),
             "path": req.uri.path(),
             "status": status,

@@ -20,7 +20,7 @@ use prometheus::{
 pub(crate) struct Metrics {
     registry: Registry,
     /// Requests answered, by listener, route, service, status, reason,
-    /// protocol (`http1`, `http2`) and direction (`outbound` for edge and
+    /// protocol (`http1`, `http2`, `http3`, `grpc`) and direction (`outbound` for edge and
     /// sidecar outbound listeners, `inbound` for a sidecar's mTLS side).
     pub(crate) requests: IntCounterVec,
     /// Request duration from first byte in to the log line, by listener
@@ -267,11 +267,32 @@ pub(crate) struct Finished<'a> {
     pub(crate) service: &'a str,
     pub(crate) status: u16,
     pub(crate) reason: &'a str,
-    pub(crate) http2: bool,
+    /// `http1`, `http2`, `http3` or `grpc`, from [`protocol_of`].
+    pub(crate) protocol: &'static str,
     pub(crate) inbound: bool,
     pub(crate) elapsed: std::time::Duration,
     pub(crate) bytes_in: usize,
     pub(crate) bytes_out: usize,
+}
+
+/// The `protocol` label of a downstream request: `grpc` for a gRPC call
+/// (whatever carries it), otherwise the HTTP version it arrived over;
+/// HTTP/3 requests reach the pipeline as pingora custom sessions.
+pub(crate) fn protocol_of(session: &pingora::proxy::Session) -> &'static str {
+    let grpc = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        "grpc"
+    } else if session.downstream_session.is_custom() {
+        "http3"
+    } else if session.is_http2() {
+        "http2"
+    } else {
+        "http1"
+    }
 }
 
 /// Records a finished request in the request, duration and byte families.
@@ -285,7 +306,7 @@ pub(crate) fn finished(f: &Finished<'_>) {
             f.service,
             status_text(f.status, &mut digits),
             f.reason,
-            if f.http2 { "http2" } else { "http1" },
+            f.protocol,
             if f.inbound { "inbound" } else { "outbound" },
         ])
         .inc();
