@@ -51,6 +51,19 @@ pub(crate) struct RawListener {
     pub protocols: Option<Spanned<Vec<S>>>,
     pub tls: Option<Spanned<RawTls>>,
     pub limits: Option<RawListenerLimits>,
+    pub http3: Option<Spanned<RawHttp3>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp3 {
+    pub max_concurrent_streams: Option<N>,
+    pub stream_receive_window: Option<N>,
+    pub receive_window: Option<N>,
+    pub idle_timeout: Option<S>,
+    pub retry_threshold: Option<N>,
+    pub early_data: Option<bool>,
+    pub alt_svc_max_age: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

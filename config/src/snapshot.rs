@@ -154,8 +154,49 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// Limits and timeouts.
     pub limits: ListenerLimits,
+    /// QUIC transport settings, used when `protocols.http3` is on.
+    pub http3: Http3Spec,
     /// The routes bound to this listener, compiled.
     pub routes: Arc<RouteTable>,
+}
+
+/// HTTP/3 (QUIC) transport settings of a listener: `[listener.http3]`.
+/// The listener's `max_connections` caps QUIC connections too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http3Spec {
+    /// Concurrent request streams a client may open on one connection.
+    /// Default 100.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of one request body, in bytes. Default 1 MiB.
+    pub stream_receive_window: u32,
+    /// Flow-control window of a whole connection, in bytes. Default 8 MiB.
+    pub receive_window: u32,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Once more than this many handshakes are in progress, new clients
+    /// must prove their address with a retry token first (one extra round
+    /// trip). 0 asks every client. Default 64.
+    pub retry_threshold: u32,
+    /// Accept 0-RTT early data (replayable; only safe methods are served
+    /// from it, others get 425 Too Early). Default off.
+    pub early_data: bool,
+    /// `max-age` of the `Alt-Svc` header advertising HTTP/3 on TCP
+    /// responses; zero sends no header. Default 24 h.
+    pub alt_svc_max_age: Duration,
+}
+
+impl Default for Http3Spec {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            stream_receive_window: 1 << 20,
+            receive_window: 8 << 20,
+            idle_timeout: Duration::from_secs(30),
+            retry_threshold: 64,
+            early_data: false,
+            alt_svc_max_age: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// TLS termination settings.

@@ -547,6 +547,7 @@ impl Cx<'_, '_> {
             let tls = r.tls.as_ref().map(|t| self.tls(t));
             let protocols = self.protocols(r, tls.is_some());
             let limits = self.listener_limits(r.limits.as_ref());
+            let http3 = self.http3(r.http3.as_ref(), protocols.http3);
             if let Some(address) = address {
                 out.push((
                     ListenerSpec {
@@ -555,6 +556,7 @@ impl Cx<'_, '_> {
                         protocols,
                         tls: tls.flatten(),
                         limits,
+                        http3,
                         routes: Arc::new(RouteTable::default()),
                     },
                     r.address.span(),
@@ -704,6 +706,76 @@ impl Cx<'_, '_> {
             min_version,
             client_auth,
         })
+    }
+
+    fn http3(&mut self, raw: Option<&Spanned<RawHttp3>>, on: bool) -> Http3Spec {
+        let dflt = Http3Spec::default();
+        let Some(raw) = raw else { return dflt };
+        if !on {
+            self.hint(
+                raw.span(),
+                "[listener.http3] settings on a listener without `http3` in its protocols",
+                "add \"http3\" to `protocols`, or remove the table",
+            );
+        }
+        let r = raw.get_ref();
+        let d = Duration::from_secs;
+        let stream_receive_window = self.opt_u32(
+            r.stream_receive_window.as_ref(),
+            "stream_receive_window",
+            16 * 1024,
+            64 << 20,
+            dflt.stream_receive_window,
+        );
+        let receive_window = self.opt_u32(
+            r.receive_window.as_ref(),
+            "receive_window",
+            16 * 1024,
+            1 << 30,
+            dflt.receive_window.max(stream_receive_window),
+        );
+        if receive_window < stream_receive_window {
+            self.hint(
+                raw.span(),
+                format!(
+                    "`receive_window` ({receive_window}) is smaller than `stream_receive_window` ({stream_receive_window})"
+                ),
+                "the connection window must hold at least one stream's window",
+            );
+        }
+        Http3Spec {
+            max_concurrent_streams: self.opt_u32(
+                r.max_concurrent_streams.as_ref(),
+                "max_concurrent_streams",
+                1,
+                10_000,
+                dflt.max_concurrent_streams,
+            ),
+            stream_receive_window,
+            receive_window,
+            idle_timeout: self.opt_duration(
+                r.idle_timeout.as_ref(),
+                "idle_timeout",
+                dflt.idle_timeout,
+                Duration::from_secs(1),
+                d(3_600),
+            ),
+            retry_threshold: self.opt_u32(
+                r.retry_threshold.as_ref(),
+                "retry_threshold",
+                0,
+                1_000_000,
+                dflt.retry_threshold,
+            ),
+            early_data: r.early_data.unwrap_or(dflt.early_data),
+            alt_svc_max_age: self.opt_duration(
+                r.alt_svc_max_age.as_ref(),
+                "alt_svc_max_age",
+                dflt.alt_svc_max_age,
+                Duration::ZERO,
+                d(365 * 86_400),
+            ),
+        }
     }
 
     fn listener_limits(&mut self, raw: Option<&RawListenerLimits>) -> ListenerLimits {

@@ -52,6 +52,8 @@ pub(crate) struct Edge {
     pub(crate) authn: Arc<crate::authn::Authn>,
     /// This process's mesh identity, for `tls = "mesh"` services.
     pub(crate) mesh: Arc<crate::mesh::MeshTls>,
+    /// `Alt-Svc` advertising this listener's HTTP/3 side on TCP responses.
+    pub(crate) alt_svc: Option<HeaderValue>,
 }
 
 /// A response the proxy writes itself.
@@ -171,6 +173,16 @@ fn error_outcome(e: &Error) -> Outcome {
 }
 
 impl Edge {
+    /// Advertises HTTP/3 on a TCP response of a listener that has it.
+    fn advertise_http3(&self, session: &Session, resp: &mut ResponseHeader) -> Result<()> {
+        match &self.alt_svc {
+            Some(v) if !session.downstream_session.is_custom() => {
+                resp.insert_header(http::header::ALT_SVC, v.clone())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn local_response(
         &self,
         session: &mut Session,
@@ -194,6 +206,7 @@ impl Edge {
         for (k, v) in extra {
             resp.insert_header(k, v)?;
         }
+        self.advertise_http3(session, &mut resp)?;
         ctx.status = status;
         ctx.reason = reason;
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -733,11 +746,12 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
+        self.advertise_http3(session, resp)?;
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };

@@ -15,6 +15,7 @@ pub mod check;
 pub mod demo;
 mod edge;
 mod framing;
+mod h3;
 mod inbound;
 mod mesh;
 mod metrics;

@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     pub(crate) config_version: IntGauge,
     /// Reload attempts by outcome: applied, unchanged, rejected.
     pub(crate) config_reloads: IntCounterVec,
+    /// QUIC connections offered to HTTP/3 listeners, by outcome.
+    pub(crate) http3_connections: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -151,6 +153,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["service"],
     )?;
+    let http3_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_http3_connections_total",
+            "QUIC connections offered to HTTP/3 listeners, by outcome: ok, \
+             refused (connection limit), timeout, protocol-error, closed.",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(http3_connections.clone()))?;
     registry.register(Box::new(jwt.clone()))?;
     registry.register(Box::new(budget_exhausted.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
@@ -179,6 +190,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         in_flight,
         config_version,
         config_reloads,
+        http3_connections,
     })
 }
 
@@ -225,6 +237,13 @@ pub(crate) fn config_reload(outcome: &'static str, version: u64) {
         m.config_reloads.with_label_values(&[outcome]).inc();
         m.config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+}
+
+/// Records how a QUIC connection attempt on an HTTP/3 listener ended.
+pub(crate) fn http3_connection(outcome: &'static str) {
+    if let Some(m) = metrics() {
+        m.http3_connections.with_label_values(&[outcome]).inc();
     }
 }
 
