@@ -17,8 +17,9 @@ needs=(cmake:cmake)
 # Python modules the tests import, and the pip requirements that provide them
 # (websockets 13 brought the `websockets.asyncio` API the helpers use).
 # PyYAML: the packaging test parses packaging/compose.yaml.
-py_modules="grpc, websockets.asyncio.client, yaml"
-py_requirements=(grpcio "websockets>=13" PyYAML)
+# aioquic: the HTTP/3 client of the HTTP/3 tests (tests/py/h3_client.py).
+py_modules="grpc, websockets.asyncio.client, yaml, aioquic.h3.connection"
+py_requirements=(grpcio "websockets>=13" PyYAML "aioquic>=1.2")
 need_py=0
 if [[ "$mode" == "test" ]]; then
     needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl prometheus:prometheus)

@@ -690,6 +690,18 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // pingora strips hop-by-hop headers from a custom (HTTP/3)
+        // downstream, `te` included; `te: trailers` is end to end in
+        // HTTP/2 and HTTP/3 and gRPC servers require it.
+        if session.downstream_session.is_custom()
+            && session
+                .req_header()
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            upstream.insert_header(http::header::TE, "trailers")?;
+        }
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };

@@ -156,8 +156,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let http3_connections = IntCounterVec::new(
         Opts::new(
             "meshgate_http3_connections_total",
-            "QUIC connections offered to HTTP/3 listeners, by outcome: ok, \
-             refused (connection limit), timeout, protocol-error, closed.",
+            "QUIC connection attempts on HTTP/3 listeners, by outcome: ok, \
+             retry (asked to prove its address first), refused (connection \
+             limit), timeout, protocol-error, closed.",
         ),
         &["outcome"],
     )?;

@@ -13,7 +13,7 @@ mod session;
 
 use std::net::UdpSocket;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,10 +78,12 @@ impl H3Listener {
             addr: l.address,
             source,
         })?;
-        socket.set_nonblocking(true).map_err(|source| H3Error::Bind {
-            addr: l.address,
-            source,
-        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| H3Error::Bind {
+                addr: l.address,
+                source,
+            })?;
         let spec = &l.http3;
         let crypto = crate::tls::quic_server_config(tls, certs, spec.early_data)
             .map_err(|e| H3Error::Tls(e.to_string()))?;
@@ -96,7 +98,8 @@ impl H3Listener {
             .stream_receive_window(VarInt::from_u32(spec.stream_receive_window))
             .receive_window(VarInt::from_u32(spec.receive_window))
             .max_idle_timeout(Some(
-                IdleTimeout::try_from(spec.idle_timeout).map_err(|e| H3Error::Tls(e.to_string()))?,
+                IdleTimeout::try_from(spec.idle_timeout)
+                    .map_err(|e| H3Error::Tls(e.to_string()))?,
             ));
         config.transport_config(Arc::new(transport));
         config.max_incoming(l.limits.max_connections as usize);
@@ -242,7 +245,10 @@ impl Service for H3Listener {
                 // Many handshakes in progress: make this client prove it
                 // owns its address before we spend a handshake on it.
                 match incoming.retry() {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        crate::metrics::http3_connection("retry");
+                        continue;
+                    }
                     Err(e) => e.into_incoming(),
                 }
             } else {
@@ -290,17 +296,17 @@ impl ConnShared {
                 return;
             }
         };
-        // `early` stays true until the handshake is confirmed; requests
-        // that arrive before then came as replayable 0-RTT data.
-        let early = Arc::new(AtomicBool::new(false));
+        // `confirmed` turns true once the handshake is complete. Until
+        // then a request may have come as 0-RTT early data, which an
+        // attacker can replay: unsafe methods wait for the handshake.
+        let (confirm, confirmed) = tokio::sync::watch::channel(true);
         let conn = if self.early_data {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
-                    early.store(true, Ordering::Relaxed);
-                    let flag = early.clone();
+                    confirm.send_replace(false);
                     tokio::spawn(async move {
                         accepted.await;
-                        flag.store(false, Ordering::Relaxed);
+                        confirm.send_replace(true);
                     });
                     conn
                 }
@@ -342,9 +348,9 @@ impl ConnShared {
                 r = h3.accept() => match r {
                     Ok(Some(resolver)) => {
                         let shared = self.clone();
-                        let early = early.load(Ordering::Relaxed);
+                        let confirmed = confirmed.clone();
                         requests.spawn(async move {
-                            shared.request(resolver, peer, local, early).await;
+                            shared.request(resolver, peer, local, confirmed).await;
                         });
                     }
                     Ok(None) => break,
@@ -385,7 +391,7 @@ impl ConnShared {
         resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
         peer: std::net::SocketAddr,
         local: Option<std::net::SocketAddr>,
-        early: bool,
+        mut confirmed: tokio::sync::watch::Receiver<bool>,
     ) {
         let (req, stream) = match resolver.resolve_request().await {
             Ok(r) => r,
@@ -396,8 +402,15 @@ impl ConnShared {
         };
         let (parts, ()) = req.into_parts();
         let (mut send, mut recv) = stream.split();
-        if early && !is_safe(&parts.method) {
-            // Replayable 0-RTT data may only carry safe requests (RFC 8470).
+        let confirm = confirmed.wait_for(|done| *done);
+        if !is_safe(&parts.method)
+            && !matches!(
+                tokio::time::timeout(self.head_timeout, confirm).await,
+                Ok(Ok(_))
+            )
+        {
+            // Early data that never became a full handshake: only safe
+            // requests are served from it (RFC 8470).
             let resp = http::Response::builder()
                 .status(StatusCode::TOO_EARLY)
                 .header("x-meshgate-reason", "too-early")
@@ -449,5 +462,8 @@ fn handshake_failed(peer: std::net::SocketAddr, e: &quinn::ConnectionError) {
 }
 
 fn is_safe(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }

@@ -163,7 +163,12 @@ impl H3Session {
         }
         let resp = Response::from_parts(head.as_owned_parts(), ());
         let t = self.write_timeout;
-        deadline(t, self.send.send_response(resp), "writing an HTTP/3 response head").await?;
+        deadline(
+            t,
+            self.send.send_response(resp),
+            "writing an HTTP/3 response head",
+        )
+        .await?;
         self.response = Some(head);
         if end {
             self.end_stream().await?;
@@ -181,7 +186,12 @@ impl H3Session {
         if !data.is_empty() {
             let n = data.len();
             let t = self.write_timeout;
-            deadline(t, self.send.send_data(data), "writing an HTTP/3 response body").await?;
+            deadline(
+                t,
+                self.send.send_data(data),
+                "writing an HTTP/3 response body",
+            )
+            .await?;
             self.body_sent += n;
         }
         if end {
@@ -195,7 +205,12 @@ impl H3Session {
             return Ok(());
         }
         let t = self.write_timeout;
-        deadline(t, self.send.send_trailers(trailers), "writing HTTP/3 trailers").await?;
+        deadline(
+            t,
+            self.send.send_trailers(trailers),
+            "writing HTTP/3 trailers",
+        )
+        .await?;
         self.end_stream().await
     }
 
@@ -354,10 +369,7 @@ impl CustomSession for H3Session {
         format!(
             "{} {}, Host: {}",
             self.req.method,
-            self.req
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str()),
+            self.req.uri.path_and_query().map_or("/", |p| p.as_str()),
             self.req.uri.authority().map_or("", |a| a.as_str()),
         )
     }
@@ -476,7 +488,10 @@ impl CustomSession for H3Session {
         None
     }
 
-    fn restore_custom_message_writer(&mut self, _writer: Box<dyn CustomMessageWrite>) -> Result<()> {
+    fn restore_custom_message_writer(
+        &mut self,
+        _writer: Box<dyn CustomMessageWrite>,
+    ) -> Result<()> {
         Ok(())
     }
 }
