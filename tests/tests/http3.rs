@@ -53,7 +53,13 @@ struct Setup {
     up: Upstreams,
 }
 
-fn config_text(port: u16, admin: u16, up: &Upstreams, http3_extra: &str, marker: &str) -> String {
+fn config_text(
+    port: u16,
+    admin: u16,
+    up: &Upstreams,
+    (http3_extra, limits_extra): (&str, &str),
+    marker: &str,
+) -> String {
     let tls = tls_dir();
     format!(
         r#"
@@ -64,7 +70,7 @@ address = "127.0.0.1:{admin}"
 name = "edge"
 address = "127.0.0.1:{port}"
 protocols = ["http1", "http2", "http3"]
-limits = {{ drain_timeout = "10s" }}
+limits = {{ drain_timeout = "10s"{limits_extra} }}
 
 [listener.tls]
 certificates = [{{ cert = "{cert}", key = "{key}" }}]
@@ -162,12 +168,18 @@ access_log = {{ format = "json", path = "stdout" }}
 }
 
 fn setup(http3_extra: &str) -> Setup {
+    setup_with(http3_extra, "")
+}
+
+/// `limits_extra` continues the listener's inline `limits` table
+/// (`, key = value`).
+fn setup_with(http3_extra: &str, limits_extra: &str) -> Setup {
     let up = Upstreams::start();
     let dir = tempdir().expect("tempdir");
     std::fs::write(dir.join("hmac.key"), SECRET).expect("secret");
     let port = free_port();
     let config = dir.join("meshgate.toml");
-    let text = config_text(port, free_port(), &up, http3_extra, "one");
+    let text = config_text(port, free_port(), &up, (http3_extra, limits_extra), "one");
     std::fs::write(&config, text).expect("config");
     let gw = Gateway::start(&config, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway");
     Setup { gw, port, dir, up }
@@ -536,6 +548,43 @@ fn every_client_can_be_asked_to_prove_its_address() {
     };
     assert_eq!(count("retry"), 3.0, "{m}");
     assert_eq!(count("ok"), 3.0, "{m}");
+}
+
+#[test]
+fn connections_beyond_the_listener_limit_are_refused() {
+    let s = setup_with("", ", max_connections = 1");
+    let mut held = Proc::spawn(h3_command(&s.url("/chunked?id=cap"), &[])).expect("client");
+    wait_in_flight(&s.gw, 1.0);
+    let out = h3_command(&s.url("/hello"), &["--timeout", "10"])
+        .output()
+        .expect("second client");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let refused = v["responses"][0]["status"] != 200 || !v["error"].is_null();
+    assert!(refused, "a second connection is refused: {v}");
+    let release = format!("http://{}/release?id=cap", s.up.stream.addr);
+    assert_eq!(curl(&[&release]).expect("release").status, 200);
+    held.wait_exit(Duration::from_secs(20)).expect("held ends");
+    let out: Value = serde_json::from_str(held.stdout().trim()).expect("json");
+    assert_eq!(out["responses"][0]["status"], 200, "{out}");
+    let m = s.gw.metrics().expect("metrics");
+    assert!(
+        metric(
+            &m,
+            "meshgate_http3_connections_total",
+            &["outcome=\"refused\""]
+        ) >= Some(1.0),
+        "{m}"
+    );
+    // Once the first connection is gone, a new one is served.
+    wait_for(Duration::from_secs(20), "a free connection slot", || {
+        h3_command(&s.url("/hello"), &["--timeout", "5"])
+            .output()
+            .is_ok_and(|o| {
+                serde_json::from_slice::<Value>(&o.stdout)
+                    .is_ok_and(|v| v["responses"][0]["status"] == 200)
+            })
+    })
+    .expect("served again");
 }
 
 #[test]
