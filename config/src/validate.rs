@@ -1593,9 +1593,7 @@ impl Cx<'_, '_> {
             metrics_path: "/metrics".to_owned(),
             access_log_format: AccessLogFormat::Json,
             access_log_target: LogTarget::Stdout,
-            trace_exporter: TraceExporter::None,
-            trace_sample_percent: 100,
-            trace_service_name: "meshgate".to_owned(),
+            tracing: Arc::new(TracingSpec::default()),
         };
         let Some(r) = raw else { return spec };
         if let Some(l) = &r.log_level {
@@ -1654,61 +1652,106 @@ impl Cx<'_, '_> {
             }
         }
         if let Some(t) = &r.tracing {
-            let tr = t.get_ref();
-            let exporter = tr
-                .exporter
-                .as_ref()
-                .and_then(|e| {
-                    self.word(
-                        e,
-                        "tracing.exporter",
-                        &[("none", 0u8), ("otlp-http", 1), ("log", 2)],
-                    )
-                })
-                .unwrap_or(0);
-            spec.trace_exporter = match exporter {
-                1 => match &tr.endpoint {
-                    Some(e)
-                        if e.get_ref().starts_with("http://")
-                            || e.get_ref().starts_with("https://") =>
-                    {
-                        TraceExporter::OtlpHttp {
-                            endpoint: e.get_ref().clone(),
-                        }
-                    }
-                    Some(e) => {
-                        self.hint(
-                            e.span(),
-                            "`tracing.endpoint` must be an http(s) URL",
-                            "e.g. \"http://127.0.0.1:4318/v1/traces\"",
-                        );
-                        TraceExporter::None
-                    }
-                    None => {
-                        self.hint(
-                            t.span(),
-                            "the otlp-http exporter needs an `endpoint`",
-                            "e.g. endpoint = \"http://127.0.0.1:4318/v1/traces\"",
-                        );
-                        TraceExporter::None
-                    }
-                },
-                2 => TraceExporter::Log,
-                _ => TraceExporter::None,
-            };
-            spec.trace_sample_percent = u8::try_from(self.opt_int(
-                tr.sample_percent.as_ref(),
-                "sample_percent",
-                0,
-                100,
-                100,
-            ))
-            .unwrap_or(100);
-            if let Some(n) = &tr.service_name {
-                spec.trace_service_name = n.get_ref().clone();
-            }
+            spec.tracing = Arc::new(self.tracing(t.get_ref()));
         }
         spec
+    }
+
+    fn tracing(&mut self, t: &RawTracing) -> TracingSpec {
+        let mut spec = TracingSpec::default();
+        if let Some(e) = &t.otlp_endpoint {
+            spec.otlp_endpoint = self.otlp_endpoint(e);
+        }
+        if let Some(v) = &t.sampling_ratio {
+            let ratio = match v.get_ref() {
+                toml::Value::Float(f) => Some(*f),
+                toml::Value::Integer(i) => Some(*i as f64),
+                _ => None,
+            };
+            match ratio {
+                Some(r) if (0.0..=1.0).contains(&r) => spec.sampling_ratio = r,
+                Some(r) => self.hint(
+                    v.span(),
+                    format!("`sampling_ratio` = {r} is out of range"),
+                    "use a number from 0.0 to 1.0, e.g. 0.1 to sample one new trace in ten",
+                ),
+                None => self.hint(
+                    v.span(),
+                    "`sampling_ratio` must be a number",
+                    "use a number from 0.0 to 1.0, e.g. sampling_ratio = 0.1",
+                ),
+            }
+        }
+        if let Some(n) = &t.service_name {
+            let name = n.get_ref().trim();
+            if name.is_empty() || name.chars().any(char::is_control) {
+                self.hint(
+                    n.span(),
+                    "`service_name` must be a non-empty name without control characters",
+                    "leave it out to use \"meshgate\" (a sidecar: its service's name)",
+                );
+            } else {
+                spec.service_name = Some(name.to_owned());
+            }
+        }
+        let batch = self.opt_int(t.batch_size.as_ref(), "batch_size", 1, 65_536, 512);
+        let queue = self.opt_int(
+            t.queue_capacity.as_ref(),
+            "queue_capacity",
+            1,
+            1_048_576,
+            2048,
+        );
+        if batch > queue
+            && let Some(b) = &t.batch_size
+        {
+            self.hint(
+                b.span(),
+                format!("`batch_size` = {batch} is larger than `queue_capacity` = {queue}"),
+                "a batch is taken from the queue: lower batch_size or raise queue_capacity",
+            );
+        }
+        spec.batch_size = usize::try_from(batch).unwrap_or(512);
+        spec.queue_capacity = usize::try_from(queue).unwrap_or(2048);
+        spec.flush_interval = self.opt_duration(
+            t.flush_interval.as_ref(),
+            "flush_interval",
+            spec.flush_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        spec.export_timeout = self.opt_duration(
+            t.export_timeout.as_ref(),
+            "export_timeout",
+            spec.export_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
+        spec
+    }
+
+    /// An OTLP/HTTP collector URL; a URL without a path gets the
+    /// standard `/v1/traces`, as OpenTelemetry SDKs do for a base URL.
+    fn otlp_endpoint(&mut self, e: &S) -> Option<String> {
+        let text = e.get_ref().trim();
+        let uri = text.parse::<http::Uri>().ok();
+        let ok = uri.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
+        let Some(uri) = uri.filter(|_| ok) else {
+            self.hint(
+                e.span(),
+                format!("`otlp_endpoint` = \"{text}\" is not an http:// or https:// URL"),
+                "give the collector's OTLP/HTTP traces URL, e.g. \"http://127.0.0.1:4318/v1/traces\"",
+            );
+            return None;
+        };
+        if matches!(uri.path(), "" | "/") && uri.query().is_none() {
+            let base = text.trim_end_matches('/');
+            return Some(format!("{base}/v1/traces"));
+        }
+        Some(text.to_owned())
     }
 
     // ---- routes --------------------------------------------------------
