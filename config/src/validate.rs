@@ -2400,4 +2400,109 @@ mod tests {
         assert!(!url_host_is_loopback("http://10.0.0.1/jwks.json"));
         assert!(!url_host_is_loopback("not a url"));
     }
+
+    fn tracing(table: &str) -> Result<crate::TracingSpec, String> {
+        let text = format!("[observability.tracing]\n{table}\n");
+        crate::load_str(&text, "t.toml", std::path::Path::new("/"))
+            .map(|s| (*s.observability.tracing).clone())
+            .map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn tracing_defaults_propagate_without_exporting() {
+        let none = crate::load_str("", "t.toml", std::path::Path::new("/")).expect("empty config");
+        let t = &none.observability.tracing;
+        assert_eq!(t.otlp_endpoint, None);
+        assert_eq!(t.sampling_ratio, 1.0);
+        assert_eq!(t.service_name, None);
+        assert_eq!((t.batch_size, t.queue_capacity), (512, 2048));
+        assert_eq!(t.flush_interval, std::time::Duration::from_secs(5));
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            tracing("").expect("empty table"),
+            crate::TracingSpec::default()
+        );
+    }
+
+    #[test]
+    fn tracing_keys_are_read_and_checked() {
+        let t = tracing(
+            "otlp_endpoint = \"https://collector.example:4318/v1/traces\"\n\
+             sampling_ratio = 0.25\nservice_name = \"edge-eu\"\nbatch_size = 100\n\
+             queue_capacity = 1000\nflush_interval = \"200ms\"\nexport_timeout = \"3s\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("https://collector.example:4318/v1/traces")
+        );
+        assert_eq!(t.sampling_ratio, 0.25);
+        assert_eq!(t.service_name.as_deref(), Some("edge-eu"));
+        assert_eq!((t.batch_size, t.queue_capacity), (100, 1000));
+        assert_eq!(t.flush_interval, std::time::Duration::from_millis(200));
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(3));
+        // Whole numbers are ratios too; a base URL gets the traces path.
+        let t = tracing("sampling_ratio = 0\notlp_endpoint = \"http://127.0.0.1:4318\"")
+            .expect("valid");
+        assert_eq!(t.sampling_ratio, 0.0);
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        let t = tracing("otlp_endpoint = \"http://otel:4318/\"").expect("valid");
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://otel:4318/v1/traces")
+        );
+
+        for (table, want) in [
+            (
+                "sampling_ratio = 1.5",
+                "`sampling_ratio` = 1.5 is out of range",
+            ),
+            (
+                "sampling_ratio = -1",
+                "`sampling_ratio` = -1 is out of range",
+            ),
+            (
+                "sampling_ratio = \"10%\"",
+                "`sampling_ratio` must be a number",
+            ),
+            (
+                "sampling_ratio = nan",
+                "`sampling_ratio` = NaN is out of range",
+            ),
+            (
+                "otlp_endpoint = \"grpc://otel:4317\"",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "otlp_endpoint = \"otel:4318\"",
+                "is not an http:// or https:// URL",
+            ),
+            ("otlp_endpoint = \"\"", "is not an http:// or https:// URL"),
+            (
+                "service_name = \" \"",
+                "`service_name` must be a non-empty name",
+            ),
+            ("batch_size = 0", "`batch_size` = 0 is out of range"),
+            (
+                "queue_capacity = 10\nbatch_size = 20",
+                "is larger than `queue_capacity` = 10",
+            ),
+            (
+                "flush_interval = \"soon\"",
+                "invalid duration for `flush_interval`",
+            ),
+            (
+                "export_timeout = \"1h\"",
+                "`export_timeout` = \"1h\" is too long",
+            ),
+            ("endpoint = \"http://x\"", "unknown"),
+        ] {
+            let err = tracing(table).expect_err(table);
+            assert!(err.contains(want), "{table}: want {want:?} in\n{err}");
+            assert!(err.contains("hint:"), "{table}: no hint in\n{err}");
+        }
+    }
 }

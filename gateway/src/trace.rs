@@ -341,7 +341,10 @@ impl Hop {
             if t.index > 0 {
                 attrs.push(("http.request.resend_count", i64::from(t.index).into()));
             }
-            for (k, v) in [("meshgate.service", f.service), ("meshgate.subset", f.subset)] {
+            for (k, v) in [
+                ("meshgate.service", f.service),
+                ("meshgate.subset", f.subset),
+            ] {
                 if let Some(v) = v.filter(|v| !v.is_empty()) {
                     attrs.push((k, v.into()));
                 }

@@ -53,7 +53,10 @@ impl Collector {
 
     fn spans_of(&self, trace_id: &str) -> Vec<Value> {
         let lines = self.lines();
-        let bad: Vec<&Value> = lines.iter().filter(|l| l.get("bad_request").is_some()).collect();
+        let bad: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l.get("bad_request").is_some())
+            .collect();
         assert!(bad.is_empty(), "the receiver refused exports: {bad:?}");
         lines
             .into_iter()
@@ -89,9 +92,14 @@ fn traceparent(v: &str) -> (String, String, String) {
     assert_eq!(parts.len(), 4, "traceparent {v:?}");
     assert_eq!(parts[0], "00", "traceparent {v:?}");
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    assert!(hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2), "traceparent {v:?}");
+    assert!(
+        hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2),
+        "traceparent {v:?}"
+    );
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
@@ -102,7 +110,12 @@ fn attr(span: &Value, key: &str) -> Value {
 /// The one span among `spans` that `pred` picks.
 fn one<'a>(spans: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
     let found: Vec<&Value> = spans.iter().filter(|s| pred(s)).collect();
-    assert_eq!(found.len(), 1, "{what}: {} matches among {spans:#?}", found.len());
+    assert_eq!(
+        found.len(),
+        1,
+        "{what}: {} matches among {spans:#?}",
+        found.len()
+    );
     found[0]
 }
 
@@ -164,8 +177,12 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
     assert_eq!(trace_id.len(), 32, "{trace_id}");
     let spans = collector.trace(&trace_id, 8)?;
 
-    let gw_server = one(&spans, "gateway SERVER", |s| is(s, "meshgate", "SPAN_KIND_SERVER"));
-    let gw_client = one(&spans, "gateway CLIENT", |s| is(s, "meshgate", "SPAN_KIND_CLIENT"));
+    let gw_server = one(&spans, "gateway SERVER", |s| {
+        is(s, "meshgate", "SPAN_KIND_SERVER")
+    });
+    let gw_client = one(&spans, "gateway CLIENT", |s| {
+        is(s, "meshgate", "SPAN_KIND_CLIENT")
+    });
     let inbound = |s: &Value| attr(s, "meshgate.direction") == "inbound";
     let outbound = |s: &Value| attr(s, "meshgate.direction") == "outbound";
     let op_in = one(&spans, "order-processing inbound SERVER", |s| {
@@ -190,7 +207,10 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
     // The chain: each hop's SERVER span under the previous hop's CLIENT
     // span; order-processing's app carried the context from its inbound
     // request to its outbound call.
-    assert_eq!(gw_server["parent_span_id"], "", "the gateway started the trace");
+    assert_eq!(
+        gw_server["parent_span_id"], "",
+        "the gateway started the trace"
+    );
     assert_child(gw_client, gw_server);
     assert_child(op_in, gw_client);
     assert_child(op_in_client, op_in);
@@ -290,13 +310,18 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
         "/orders/7",
         &[
             ("x-canary", "v1"),
-            ("traceparent", &format!("00-{caller_trace}-{caller_span}-01")),
+            (
+                "traceparent",
+                &format!("00-{caller_trace}-{caller_span}-01"),
+            ),
             ("tracestate", "congo=t61rcWkgMzE"),
         ],
     )?;
     assert_eq!(r.status, 200, "{}", r.body);
     let spans = collector.trace(caller_trace, 8)?;
-    let gw_server = one(&spans, "gateway SERVER", |s| is(s, "meshgate", "SPAN_KIND_SERVER"));
+    let gw_server = one(&spans, "gateway SERVER", |s| {
+        is(s, "meshgate", "SPAN_KIND_SERVER")
+    });
     assert_eq!(gw_server["parent_span_id"], caller_span);
     assert_ne!(flags(gw_server) & SPAN_FLAGS_IS_REMOTE, 0);
     for s in &spans {
@@ -316,7 +341,10 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
         "/orders/8",
         &[
             ("x-canary", "v1"),
-            ("traceparent", &format!("00-{unsampled}-00f067aa0ba902b7-00")),
+            (
+                "traceparent",
+                &format!("00-{unsampled}-00f067aa0ba902b7-00"),
+            ),
         ],
     )?;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -398,7 +426,8 @@ fn the_edge_starts_continues_and_translates_trace_context() -> Result<()> {
     let r = get(addr, "/new", &[])?;
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = seen_headers(&r)?;
-    let (trace, parent, flags) = traceparent(&seen_one(&seen, "traceparent").context("traceparent")?);
+    let (trace, parent, flags) =
+        traceparent(&seen_one(&seen, "traceparent").context("traceparent")?);
     assert_eq!(flags, "01", "the default sampling ratio is 1.0");
     assert_eq!(seen_one(&seen, "tracestate"), None);
     let spans = collector.trace(&trace, 2)?;
@@ -422,7 +451,10 @@ fn the_edge_starts_continues_and_translates_trace_context() -> Result<()> {
     let r = get(
         addr,
         "/bad",
-        &[&format!("traceparent: {bad}"), "tracestate: congo=t61rcWkgMzE"],
+        &[
+            &format!("traceparent: {bad}"),
+            "tracestate: congo=t61rcWkgMzE",
+        ],
     )?;
     let seen = seen_headers(&r)?;
     let (fresh, _, _) = traceparent(&seen_one(&seen, "traceparent").context("traceparent")?);
@@ -546,7 +578,10 @@ fn ratio_zero_exports_nothing_but_still_propagates() -> Result<()> {
         &[&format!("traceparent: 00-{marker}-00f067aa0ba902b7-01")],
     )?;
     let seen = seen_headers(&r)?;
-    assert_eq!(traceparent(&seen_one(&seen, "traceparent").context("tp")?).2, "01");
+    assert_eq!(
+        traceparent(&seen_one(&seen, "traceparent").context("tp")?).2,
+        "01"
+    );
     collector.trace(marker, 2)?;
     for t in &unsampled {
         assert_eq!(collector.spans_of(t), Vec::<Value>::new(), "trace {t}");
@@ -571,7 +606,13 @@ fn a_collector_that_is_down_fails_no_request() -> Result<()> {
     let dropped = |gw: &Gateway| {
         gw.metrics()
             .ok()
-            .and_then(|m| metric(&m, "meshgate_trace_spans_dropped_total", &["reason=\"export_failed\""]))
+            .and_then(|m| {
+                metric(
+                    &m,
+                    "meshgate_trace_spans_dropped_total",
+                    &["reason=\"export_failed\""],
+                )
+            })
             .unwrap_or(0.0)
     };
     for i in 0..5 {
@@ -585,14 +626,19 @@ fn a_collector_that_is_down_fails_no_request() -> Result<()> {
     // A second failing batch: the warning is not repeated.
     let r = get(addr, "/down/again", &[])?;
     assert_eq!(r.status, 200);
-    wait_for(Duration::from_secs(20), "more failed exports counted", || {
-        dropped(&gw) >= 12.0
-    })?;
+    wait_for(
+        Duration::from_secs(20),
+        "more failed exports counted",
+        || dropped(&gw) >= 12.0,
+    )?;
     let stderr = gw.proc.stderr();
     let warnings = stderr.matches("span export failed").count();
     assert_eq!(warnings, 1, "one rate-limited warning:\n{stderr}");
     let m = gw.metrics()?;
-    assert_eq!(metric(&m, "meshgate_trace_spans_exported_total", &[]), Some(0.0));
+    assert_eq!(
+        metric(&m, "meshgate_trace_spans_exported_total", &[]),
+        Some(0.0)
+    );
     Ok(())
 }
 
@@ -624,13 +670,21 @@ fn a_full_export_queue_drops_and_counts_spans() -> Result<()> {
     assert_eq!(collector.spans_of(&proxied), Vec::<Value>::new());
     // The receiver prints the span before it answers, so the exporter may
     // count it a moment later.
-    wait_for(Duration::from_secs(10), "one span counted as exported", || {
-        gw.metrics()
-            .is_ok_and(|m| metric(&m, "meshgate_trace_spans_exported_total", &[]) == Some(1.0))
-    })?;
+    wait_for(
+        Duration::from_secs(10),
+        "one span counted as exported",
+        || {
+            gw.metrics()
+                .is_ok_and(|m| metric(&m, "meshgate_trace_spans_exported_total", &[]) == Some(1.0))
+        },
+    )?;
     let m = gw.metrics()?;
     assert_eq!(
-        metric(&m, "meshgate_trace_spans_dropped_total", &["reason=\"queue_full\""]),
+        metric(
+            &m,
+            "meshgate_trace_spans_dropped_total",
+            &["reason=\"queue_full\""]
+        ),
         Some(2.0),
         "{m}"
     );

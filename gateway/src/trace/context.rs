@@ -241,7 +241,9 @@ fn tracestate(headers: &HeaderMap) -> Option<String> {
         }
         out.push_str(text);
     }
-    let printable = out.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic());
+    let printable = out
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic());
     let members = out.split(',').filter(|m| !m.trim().is_empty()).count();
     let well_formed = out
         .split(',')
@@ -296,7 +298,12 @@ pub(crate) fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
 /// `X-B3-TraceId` and `X-B3-SpanId` (both or neither), `X-B3-Sampled`
 /// (`1`, `0`, `true`, `false`) and `X-B3-Flags: 1` (debug: sampled).
 pub(crate) fn parse_b3_multi(headers: &HeaderMap) -> Incoming {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let debug = text(B3_FLAGS) == Some("1");
     let sampled = if debug {
         Some(true)
@@ -382,7 +389,10 @@ pub(crate) fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> String
 
 /// The single `b3` header for a span whose parent is `parent`.
 pub(crate) fn b3_single(trace: TraceId, span: SpanId, sampled: bool, parent: SpanId) -> String {
-    format!("{trace}-{span}-{}-{parent}", if sampled { '1' } else { '0' })
+    format!(
+        "{trace}-{span}-{}-{parent}",
+        if sampled { '1' } else { '0' }
+    )
 }
 
 #[cfg(test)]
@@ -407,10 +417,16 @@ mod tests {
         assert_eq!(s.to_string(), "00f067aa0ba902b7");
         assert!(sampled);
         let unsampled = TP.replace("-01", "-00");
-        assert_eq!(parse_traceparent(unsampled.as_bytes()).map(|p| p.2), Some(false));
+        assert_eq!(
+            parse_traceparent(unsampled.as_bytes()).map(|p| p.2),
+            Some(false)
+        );
         // Other flag bits do not change the sampled bit.
         let other = TP.replace("-01", "-02");
-        assert_eq!(parse_traceparent(other.as_bytes()).map(|p| p.2), Some(false));
+        assert_eq!(
+            parse_traceparent(other.as_bytes()).map(|p| p.2),
+            Some(false)
+        );
         let both = TP.replace("-01", "-03");
         assert_eq!(parse_traceparent(both.as_bytes()).map(|p| p.2), Some(true));
     }
@@ -441,7 +457,11 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
         ];
         for b in bad {
-            assert_eq!(parse_traceparent(b.as_bytes()), None, "{b:?} must be refused");
+            assert_eq!(
+                parse_traceparent(b.as_bytes()),
+                None,
+                "{b:?} must be refused"
+            );
         }
     }
 
@@ -469,7 +489,10 @@ mod tests {
             i.tracestate.as_deref(),
             Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
         );
-        let bad = headers(&[("traceparent", "00-zz"), ("tracestate", "congo=t61rcWkgMzE")]);
+        let bad = headers(&[
+            ("traceparent", "00-zz"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]);
         assert_eq!(extract(&bad), Incoming::NONE);
         let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         let h = headers(&[("traceparent", TP), ("tracestate", &many.join(","))]);
@@ -545,7 +568,11 @@ mod tests {
             "a3ce929d0e0e4736-00f067aa0ba902b7-1-xyz",
             "a3ce929d0e0e4736-00f067aa0ba902b7-1-05e3ac9a4f6e3b90-more",
         ] {
-            assert_eq!(parse_b3_single(bad.as_bytes()), None, "{bad:?} must be refused");
+            assert_eq!(
+                parse_b3_single(bad.as_bytes()),
+                None,
+                "{bad:?} must be refused"
+            );
         }
         assert_eq!(extract(&headers(&[("b3", "nonsense")])), Incoming::NONE);
     }

@@ -285,7 +285,10 @@ mod tests {
         // A negative int64 is ten bytes (two's complement), as protobuf says.
         let mut b = Vec::new();
         varint(&mut b, -1i64 as u64);
-        assert_eq!(b, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(
+            b,
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
     }
 
     #[test]
