@@ -631,7 +631,8 @@ impl ProxyHttp for Edge {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
         if let Some(t) = &mut ctx.trace {
-            t.end_try(Some(classify(&e).1));
+            // A retryable response ends its try by its status alone.
+            t.end_try((!ctx.flight.response_retry).then(|| classify(&e).1));
         }
         if std::mem::take(&mut ctx.flight.response_retry) {
             // upstream_response_filter already decided to retry.

@@ -350,8 +350,9 @@ impl Hop {
                 }
             }
             // A client span fails on 4xx too (HTTP semantic conventions):
-            // the request did not get what it asked for.
-            let status = if t.status >= 400 || t.status == 0 {
+            // the request did not get what it asked for; and when the try
+            // broke off after its response header (a reset body).
+            let status = if t.status >= 400 || t.status == 0 || e.reason.is_some() {
                 attrs.push(("error.type", error_type(t.status, e.reason).into()));
                 Status::Error(e.reason.map_or_else(
                     || {
