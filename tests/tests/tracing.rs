@@ -158,7 +158,12 @@ fn logged_trace_id(log: &[Value], path: &str) -> Option<String> {
 #[test]
 fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
     let collector = Collector::start()?;
-    let table = tracing_table(&collector.endpoint(), "sampling_ratio = 1.0");
+    // The appliance's service_name is its own: the control plane does not
+    // pass it to sidecars, which report their service's name.
+    let table = tracing_table(
+        &collector.endpoint(),
+        "sampling_ratio = 1.0\nservice_name = \"edge-gateway\"",
+    );
     let mut lab = MeshLab::start_with(LabOptions::default(), &table)?;
     let catalog = lab.add("product-catalog", "v1", None)?;
     let orders = lab.add("order-processing", "v1", Some("product-catalog"))?;
@@ -178,10 +183,10 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
     let spans = collector.trace(&trace_id, 8)?;
 
     let gw_server = one(&spans, "gateway SERVER", |s| {
-        is(s, "meshgate", "SPAN_KIND_SERVER")
+        is(s, "edge-gateway", "SPAN_KIND_SERVER")
     });
     let gw_client = one(&spans, "gateway CLIENT", |s| {
-        is(s, "meshgate", "SPAN_KIND_CLIENT")
+        is(s, "edge-gateway", "SPAN_KIND_CLIENT")
     });
     let inbound = |s: &Value| attr(s, "meshgate.direction") == "inbound";
     let outbound = |s: &Value| attr(s, "meshgate.direction") == "outbound";
@@ -320,7 +325,7 @@ fn one_trace_crosses_the_gateway_and_both_sidecars() -> Result<()> {
     assert_eq!(r.status, 200, "{}", r.body);
     let spans = collector.trace(caller_trace, 8)?;
     let gw_server = one(&spans, "gateway SERVER", |s| {
-        is(s, "meshgate", "SPAN_KIND_SERVER")
+        is(s, "edge-gateway", "SPAN_KIND_SERVER")
     });
     assert_eq!(gw_server["parent_span_id"], caller_span);
     assert_ne!(flags(gw_server) & SPAN_FLAGS_IS_REMOTE, 0);
