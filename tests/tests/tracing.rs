@@ -8,9 +8,9 @@
 //! incoming `traceparent` (and `tracestate`) continued, B3 accepted and
 //! answered in kind, malformed context replaced by a new trace; parent-based
 //! and ratio sampling (nothing exported, context still propagated); HTTP
-//! attributes and ERROR status on 5xx and on each retried try; and a
-//! collector that is down or a full queue never failing a request, but
-//! counted in the metrics.
+//! attributes and ERROR status on 5xx and on each retried try; HTTP/1.1
+//! and h2c; a collector that is down or a full queue never failing a
+//! request, but counted in the metrics; and a reload turning export on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -709,5 +709,38 @@ fn a_full_export_queue_drops_and_counts_spans() -> Result<()> {
         Some(2.0),
         "{m}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_reload_turns_export_on() -> Result<()> {
+    let collector = Collector::start()?;
+    let origin = Origin::start("web")?;
+    // No [observability.tracing]: context is propagated, nothing exported.
+    let (gw, addr) = edge_gateway(origin.addr, "")?;
+    let r = get(addr, "/before", &[])?;
+    let before = traceparent(&seen_one(&seen_headers(&r)?, "traceparent").context("tp")?);
+    assert_eq!(
+        before.2, "01",
+        "sampled by the default ratio, though not exported"
+    );
+
+    let file = gw.config.clone().context("the gateway's config file")?;
+    let text = std::fs::read_to_string(&file)? + &tracing_table(&collector.endpoint(), "");
+    std::fs::write(&file, text)?;
+    gw.proc.signal("HUP")?;
+    wait_for(Duration::from_secs(10), "the reload to apply", || {
+        gw.metrics()
+            .is_ok_and(|m| metric(&m, "meshgate_config_version", &[]) == Some(2.0))
+    })?;
+    let r = get(addr, "/after", &[])?;
+    let after = traceparent(&seen_one(&seen_headers(&r)?, "traceparent").context("tp")?);
+    let spans = collector.trace(&after.0, 2)?;
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["resource"]["service.name"] == "meshgate")
+    );
+    assert_eq!(collector.spans_of(&before.0), Vec::<Value>::new());
     Ok(())
 }
