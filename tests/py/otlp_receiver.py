@@ -14,18 +14,25 @@ the Rust test asserts on what a real collector would have understood:
 A request that is not a valid protobuf export (wrong method, path,
 content type or body) is answered 400 and printed as {"bad_request": why}.
 Binds 127.0.0.1 on a port the OS picks and prints the port first.
+
+To play a collector in trouble: `--status N` answers every valid export
+with status N (its spans are not printed, a {"refused": N} line is), and
+`--hang` never answers at all.
 """
 
+import argparse
 import http.server
 import json
 import sys
 import threading
+import time
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 out_lock = threading.Lock()
+args = None
 
 
 def emit(obj):
@@ -71,6 +78,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n) if n else b""
+        if args.hang:
+            emit({"hanging": len(body)})
+            while True:
+                time.sleep(3600)
         if self.path != "/v1/traces":
             return self.refuse("path %s" % self.path)
         ctype = self.headers.get("content-type") or ""
@@ -109,6 +120,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         })
         except (DecodeError, ValueError) as e:
             return self.refuse("undecodable export: %s" % e)
+        if args.status != 200:
+            emit({"refused": args.status, "spans": len(spans)})
+            self.send_response(args.status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         for s in spans:
             emit(s)
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
@@ -127,6 +144,11 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def main():
+    global args
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--hang", action="store_true")
+    args = parser.parse_args()
     server = Server(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

@@ -31,8 +31,13 @@ struct Collector {
 
 impl Collector {
     fn start() -> Result<Collector> {
+        Collector::start_with(&[])
+    }
+
+    /// With the receiver's `--status N` or `--hang`.
+    fn start_with(args: &[&str]) -> Result<Collector> {
         Ok(Collector {
-            server: PyServer::start("otlp_receiver.py", &[])?,
+            server: PyServer::start("otlp_receiver.py", args)?,
         })
     }
 
@@ -742,5 +747,66 @@ fn a_reload_turns_export_on() -> Result<()> {
             .all(|s| s["resource"]["service.name"] == "meshgate")
     );
     assert_eq!(collector.spans_of(&before.0), Vec::<Value>::new());
+    Ok(())
+}
+
+#[test]
+fn a_collector_that_refuses_or_hangs_fails_no_request() -> Result<()> {
+    let origin = Origin::start("web")?;
+    let failed = |gw: &Gateway| {
+        gw.metrics()
+            .ok()
+            .and_then(|m| {
+                metric(
+                    &m,
+                    "meshgate_trace_spans_dropped_total",
+                    &["reason=\"export_failed\""],
+                )
+            })
+            .unwrap_or(0.0)
+    };
+
+    // A collector answering 503: the batch is counted as failed.
+    let refusing = Collector::start_with(&["--status", "503"])?;
+    let (gw, addr) = edge_gateway(origin.addr, &tracing_table(&refusing.endpoint(), ""))?;
+    let r = get(addr, "/refused", &[])?;
+    assert_eq!(r.status, 200);
+    wait_for(
+        Duration::from_secs(20),
+        "the refused export counted",
+        || failed(&gw) >= 2.0,
+    )?;
+    assert!(refusing.lines().iter().any(|l| l["refused"] == 503));
+    let m = gw.metrics()?;
+    assert_eq!(
+        metric(&m, "meshgate_trace_spans_exported_total", &[]),
+        Some(0.0)
+    );
+    assert!(gw.proc.stderr().contains("the collector answered 503"));
+
+    // A collector that never answers: the export times out; requests
+    // meanwhile are served as ever.
+    let hanging = Collector::start_with(&["--hang"])?;
+    let (gw, addr) = edge_gateway(
+        origin.addr,
+        &tracing_table(&hanging.endpoint(), "export_timeout = \"300ms\""),
+    )?;
+    let r = get(addr, "/first", &[])?;
+    assert_eq!(r.status, 200);
+    wait_for(
+        Duration::from_secs(20),
+        "an export to reach the collector",
+        || hanging.lines().iter().any(|l| l.get("hanging").is_some()),
+    )?;
+    for i in 0..10 {
+        let r = get(addr, &format!("/while-hanging/{i}"), &[])?;
+        assert_eq!(r.status, 200, "request {i} while the collector hangs");
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the timed-out export counted",
+        || failed(&gw) >= 2.0,
+    )
+    .with_context(|| gw.proc.stderr())?;
     Ok(())
 }
