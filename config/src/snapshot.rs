@@ -610,18 +610,43 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// Trace exporters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TraceExporter {
-    /// Propagate W3C trace context but export nothing.
-    None,
-    /// OTLP over HTTP/JSON to a collector.
-    OtlpHttp {
-        /// Collector URL.
-        endpoint: String,
-    },
-    /// Spans written to the log.
-    Log,
+/// `[observability.tracing]`: W3C trace context is propagated (and
+/// created when a request has none) whatever this says; spans are
+/// exported only with an `otlp_endpoint`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSpec {
+    /// OTLP/HTTP (protobuf) traces URL of the collector, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. `None`: nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled when the caller did not decide, 0.0-1.0.
+    /// Default 1.0.
+    pub sampling_ratio: f64,
+    /// `service.name` of exported spans; `None`: `meshgate` on the
+    /// appliance, the service's name on a sidecar.
+    pub service_name: Option<String>,
+    /// Most spans sent in one export request. Default 512.
+    pub batch_size: usize,
+    /// Longest a finished span waits before it is sent. Default 5 s.
+    pub flush_interval: Duration,
+    /// Most finished spans waiting for export; more are dropped and
+    /// counted. Default 2048.
+    pub queue_capacity: usize,
+    /// Limit on one export request. Default 10 s.
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingSpec {
+    fn default() -> Self {
+        TracingSpec {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: None,
+            batch_size: 512,
+            flush_interval: Duration::from_secs(5),
+            queue_capacity: 2048,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Metrics, logs and traces.
@@ -637,12 +662,8 @@ pub struct ObservabilitySpec {
     pub access_log_format: AccessLogFormat,
     /// Access log target. Default stdout.
     pub access_log_target: LogTarget,
-    /// Trace exporter.
-    pub trace_exporter: TraceExporter,
-    /// Share of requests traced when the caller did not decide, 0-100.
-    pub trace_sample_percent: u8,
-    /// `service.name` on exported spans.
-    pub trace_service_name: String,
+    /// Distributed tracing (`[observability.tracing]`).
+    pub tracing: Arc<TracingSpec>,
 }
 
 /// A route as listed by the admin API and `check --diff`.

@@ -87,6 +87,8 @@ pub(crate) struct RequestCtx {
     body_bytes: u64,
     /// Verified JWT claims, on routes with `auth`.
     claims: Option<Arc<serde_json::Value>>,
+    /// The request's trace and this hop's spans, from `request_filter` on.
+    pub(crate) trace: Option<crate::trace::Hop>,
 }
 
 impl Drop for RequestCtx {
@@ -219,6 +221,38 @@ impl Edge {
         Ok(true)
     }
 
+    /// Ends this hop's spans; a request refused before `request_filter`
+    /// (bad framing, body too large) gets its trace here.
+    fn finish_trace(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(snap) = ctx.snap.clone() else {
+            return;
+        };
+        let mut hop = ctx.trace.take().unwrap_or_else(|| {
+            let tracing = &snap.observability.tracing;
+            crate::trace::Hop::start(&session.req_header().headers, tracing, ctx.start)
+        });
+        let service = ctx.service.as_deref();
+        hop.finish(&crate::trace::Facts {
+            session,
+            scheme: self.scheme,
+            listener: &self.listener,
+            inbound: false,
+            status: session
+                .response_written()
+                .map_or(ctx.status, |r| r.status.as_u16()),
+            reason: ctx.reason,
+            route: ctx.route(&snap).map(|r| r.name.as_str()),
+            service: service.map(|s| s.name.as_str()),
+            subset: ctx
+                .subset
+                .zip(service)
+                .and_then(|(i, s)| s.subsets.get(i))
+                .map(|s| s.name.as_str()),
+            peer_identity: None,
+        });
+        ctx.trace = Some(hop);
+    }
+
     async fn proxy_error(
         &self,
         session: &mut Session,
@@ -263,6 +297,7 @@ impl ProxyHttp for Edge {
             status: 0,
             body_bytes: 0,
             claims: None,
+            trace: None,
         }
     }
 
@@ -333,6 +368,12 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = self.store.current();
         ctx.snap = Some(snap.clone());
+        let tracing = &snap.observability.tracing;
+        ctx.trace = Some(crate::trace::Hop::start(
+            &session.req_header().headers,
+            tracing,
+            ctx.start,
+        ));
         let Some(li) = snap.listeners.iter().position(|l| l.name == self.listener) else {
             // The listener was removed by a reload; its socket stays until
             // restart, so answer clearly rather than route by stale rules.
@@ -542,6 +583,9 @@ impl ProxyHttp for Edge {
             ));
         };
         ctx.upstream = Some(addr);
+        if let Some(t) = &mut ctx.trace {
+            t.begin_try(addr);
+        }
         let per_try = ctx.retry_policy().and_then(|p| p.per_try_timeout);
         let try_timeout = ctx.flight.deadline.try_timeout(now, per_try);
         let Some(mut peer) = crate::upstream::peer(addr, &svc, &self.mesh) else {
@@ -570,6 +614,9 @@ impl ProxyHttp for Edge {
         let Some(svc) = ctx.service.clone() else {
             return e;
         };
+        if let Some(t) = &mut ctx.trace {
+            t.end_try(Some(classify(&e).1));
+        }
         let now = Instant::now();
         ctx.flight.finish(&svc, true, now);
         let policy = ctx.retry_policy();
@@ -596,6 +643,10 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
+        if let Some(t) = &mut ctx.trace {
+            // A retryable response ends its try by its status alone.
+            t.end_try((!ctx.flight.response_retry).then(|| classify(&e).1));
+        }
         if std::mem::take(&mut ctx.flight.response_retry) {
             // upstream_response_filter already decided to retry.
             e.set_retry(true);
@@ -658,6 +709,9 @@ impl ProxyHttp for Edge {
         if (100..200).contains(&status) && status != 101 {
             return Ok(());
         }
+        if let Some(t) = &mut ctx.trace {
+            t.try_status(status);
+        }
         let now = Instant::now();
         let outcome = response_outcome(resp);
         let policy = ctx.retry_policy();
@@ -701,6 +755,10 @@ impl ProxyHttp for Edge {
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
         {
             upstream.insert_header(http::header::TE, "trailers")?;
+        }
+        // First, so that a route's header rules can still override it.
+        if let Some(t) = &ctx.trace {
+            t.inject(upstream)?;
         }
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
@@ -833,6 +891,7 @@ impl ProxyHttp for Edge {
             let failed = e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream);
             ctx.flight.finish(&svc, failed, now);
         }
+        self.finish_trace(session, ctx);
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
@@ -890,6 +949,7 @@ impl ProxyHttp for Edge {
             "retry_stop": ctx.flight.give_up,
             "duration_ms": duration_ms(now.duration_since(ctx.start)),
             "error": e.map(|e| e.to_string()),
+            "trace_id": ctx.trace.as_ref().map(|t| t.trace_id().to_string()),
         });
         crate::server::access_log(&line.to_string());
     }

@@ -44,6 +44,8 @@ pub(crate) struct InboundCtx {
     _in_flight: crate::metrics::InFlight,
     peer: Option<String>,
     reason: Option<&'static str>,
+    /// The request's trace and this hop's spans, from `request_filter` on.
+    pub(crate) trace: Option<crate::trace::Hop>,
 }
 
 impl Drop for InboundCtx {
@@ -90,10 +92,16 @@ impl ProxyHttp for Inbound {
             _in_flight: crate::metrics::InFlight::start("inbound"),
             peer: None,
             reason: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        ctx.trace = Some(crate::trace::Hop::start(
+            &session.req_header().headers,
+            &self.store.current().observability.tracing,
+            ctx.start,
+        ));
         ctx.peer = peer_identity(session);
         let Some(peer) = ctx.peer.as_deref() else {
             // The handshake demanded a certificate from the mesh CA, so
@@ -114,8 +122,11 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut InboundCtx,
+        ctx: &mut InboundCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(t) = &mut ctx.trace {
+            t.begin_try(self.app);
+        }
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         Ok(Box::new(peer))
@@ -131,6 +142,21 @@ impl ProxyHttp for Inbound {
         if let Some(peer) = ctx.peer.as_deref() {
             upstream_request.insert_header(PEER_IDENTITY_HEADER, peer)?;
         }
+        if let Some(t) = &ctx.trace {
+            t.inject(upstream_request)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        if let Some(t) = &mut ctx.trace {
+            t.try_status(resp.status.as_u16());
+        }
         Ok(())
     }
 
@@ -143,6 +169,23 @@ impl ProxyHttp for Inbound {
         let snap = self.store.current();
         let status = session.response_written().map(|r| r.status.as_u16());
         let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
+        if let Some(t) = &mut ctx.trace {
+            if e.is_some() {
+                t.end_try(reason);
+            }
+            t.finish(&crate::trace::Facts {
+                session,
+                scheme: "https",
+                listener: "inbound",
+                inbound: true,
+                status: status.unwrap_or(0),
+                reason,
+                route: None,
+                service: Some(&self.service),
+                subset: None,
+                peer_identity: ctx.peer.as_deref(),
+            });
+        }
         crate::metrics::finished(&crate::metrics::Finished {
             listener: "inbound",
             route: "",
@@ -170,6 +213,7 @@ impl ProxyHttp for Inbound {
             "peer": ctx.peer,
             "reason": reason,
             "duration_ms": ctx.start.elapsed().as_secs_f64() * 1000.0,
+            "trace_id": ctx.trace.as_ref().map(|t| t.trace_id().to_string()),
         });
         crate::server::access_log(&line.to_string());
     }

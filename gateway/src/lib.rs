@@ -28,4 +28,5 @@ pub mod server;
 pub mod sidecar;
 mod status_page;
 mod tls;
+mod trace;
 mod upstream;

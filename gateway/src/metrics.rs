@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metric families.
@@ -53,6 +53,11 @@ pub(crate) struct Metrics {
     pub(crate) config_reloads: IntCounterVec,
     /// QUIC connections offered to HTTP/3 listeners, by outcome.
     pub(crate) http3_connections: IntCounterVec,
+    /// Spans the collector accepted.
+    pub(crate) trace_spans_exported: IntCounter,
+    /// Spans dropped, by reason: `queue_full` (the export queue was at
+    /// `queue_capacity`), `export_failed` (the collector failed or refused).
+    pub(crate) trace_spans_dropped: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -163,6 +168,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["outcome"],
     )?;
     registry.register(Box::new(http3_connections.clone()))?;
+    let trace_spans_exported = IntCounter::new(
+        "meshgate_trace_spans_exported_total",
+        "Spans sent to the trace collector and accepted.",
+    )?;
+    let trace_spans_dropped = IntCounterVec::new(
+        Opts::new(
+            "meshgate_trace_spans_dropped_total",
+            "Spans not exported: queue_full (export queue at capacity) or export_failed (collector error).",
+        ),
+        &["reason"],
+    )?;
+    for reason in ["queue_full", "export_failed"] {
+        trace_spans_dropped.with_label_values(&[reason]);
+    }
+    registry.register(Box::new(trace_spans_exported.clone()))?;
+    registry.register(Box::new(trace_spans_dropped.clone()))?;
     registry.register(Box::new(jwt.clone()))?;
     registry.register(Box::new(budget_exhausted.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
@@ -192,6 +213,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_version,
         config_reloads,
         http3_connections,
+        trace_spans_exported,
+        trace_spans_dropped,
     })
 }
 
@@ -365,6 +388,22 @@ pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
 pub(crate) fn retry_budget_exhausted(service: &str) {
     if let Some(m) = metrics() {
         m.budget_exhausted.with_label_values(&[service]).inc();
+    }
+}
+
+/// Counts spans the collector accepted.
+pub(crate) fn trace_spans_exported(n: usize) {
+    if let Some(m) = metrics() {
+        m.trace_spans_exported.inc_by(n as u64);
+    }
+}
+
+/// Counts spans dropped for `reason` (`queue_full`, `export_failed`).
+pub(crate) fn trace_spans_dropped(reason: &'static str, n: usize) {
+    if let Some(m) = metrics() {
+        m.trace_spans_dropped
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
     }
 }
 

@@ -437,6 +437,16 @@ fn jwt_retries_breaker_split_and_trailers_behave_as_on_tcp() {
         .collect();
     seen.dedup();
     assert_eq!(seen.len(), 1, "one user, one version: {seen:?}");
+    // The upstream got a W3C trace context, started at this hop.
+    let r = &v["responses"][0];
+    let upstream_saw: Value =
+        serde_json::from_str(r["headers"]["x-seen-headers"].as_str().unwrap_or("{}"))
+            .expect("x-seen-headers");
+    let tp = upstream_saw["traceparent"][0].as_str().unwrap_or("");
+    assert!(
+        tp.len() == 55 && tp.starts_with("00-"),
+        "traceparent upstream: {upstream_saw}"
+    );
 
     // gRPC over HTTP/3 to an HTTP/2 upstream: the status and metadata
     // trailers come back as HTTP/3 trailers.
