@@ -100,6 +100,7 @@ pub(crate) struct RawListenerLimits {
     pub header_read_timeout: Option<S>,
     pub idle_timeout: Option<S>,
     pub drain_timeout: Option<S>,
+    pub read_buffer_bytes: Option<N>,
 }
 
 #[derive(Debug, Deserialize)]

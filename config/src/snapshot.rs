@@ -264,6 +264,10 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests. Default 30 s.
     pub drain_timeout: Duration,
+    /// Read buffer kept per client connection in front of TLS and the
+    /// HTTP parsers, in bytes; 0 = none (reads go straight to the socket).
+    /// Default 0: an idle connection then holds no large buffer.
+    pub read_buffer_bytes: usize,
 }
 
 /// JWT signature algorithms we accept.

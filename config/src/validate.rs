@@ -790,6 +790,7 @@ impl Cx<'_, '_> {
                 header_read_timeout: d(10),
                 idle_timeout: d(60),
                 drain_timeout: d(30),
+                read_buffer_bytes: 0,
             };
         };
         ListenerLimits {
@@ -835,6 +836,13 @@ impl Cx<'_, '_> {
                 Duration::ZERO,
                 d(3_600),
             ),
+            read_buffer_bytes: self.opt_int(
+                r.read_buffer_bytes.as_ref(),
+                "read_buffer_bytes",
+                0,
+                1 << 20,
+                0,
+            ) as usize,
         }
     }
 

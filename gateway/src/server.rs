@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use meshgate_config::{ConfigSource, ConfigStore, LogTarget, Snapshot, load_embedded};
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -241,14 +242,15 @@ pub(crate) fn add_edge_listeners(
             format!("listener {}", l.name),
             crate::h3::SharedProxy(proxy.clone()),
         );
-        let addr = l.address.to_string();
+        let endpoint = ListenerConfig::tcp(l.address.to_string())
+            .l4_buffer(read_buffer(l.limits.read_buffer_bytes));
         match &l.tls {
-            None => svc.add_tcp(&addr),
+            None => svc.add_listener(endpoint),
             Some(tls) => {
                 let (settings, live) = crate::tls::settings(&l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                 certs.insert(l.name.clone(), live.clone());
-                svc.add_tls_with_settings(&addr, None, settings);
+                svc.add_listener(endpoint.tls(settings));
                 if l.protocols.http3 {
                     let quic = crate::h3::H3Listener::bind(l, tls, live, proxy)
                         .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
@@ -259,6 +261,14 @@ pub(crate) fn add_edge_listeners(
         server.add_service(svc);
     }
     Ok(certs)
+}
+
+/// The L4 buffering of a client connection: `read` bytes of read buffer
+/// (pingora's default is 64 KiB, allocated up front for every connection,
+/// idle ones included; rustls and the HTTP parsers read through their own
+/// buffers anyway) and pingora's default small write buffer.
+pub(crate) fn read_buffer(read: usize) -> L4BufferSettings {
+    L4BufferSettings::default().read(read)
 }
 
 /// Set once SIGTERM starts the drain: `/readyz` answers 503 from then on,

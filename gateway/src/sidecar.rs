@@ -243,7 +243,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     settings.set_cert_resolver(resolver);
     settings.set_client_cert_verifier(verifier);
     settings.set_alpn(ALPN::H2H1);
-    svc.add_tls_with_settings(&cli.inbound.to_string(), None, settings);
+    // No extra read buffer per connection, as on the config's listeners.
+    svc.add_listener(
+        pingora::listeners::ListenerConfig::tcp(cli.inbound.to_string())
+            .tls(settings)
+            .l4_buffer(crate::server::read_buffer(0)),
+    );
     server.add_service(svc);
 
     if let Some(address) = cli.admin {
