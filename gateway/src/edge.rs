@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -85,6 +85,8 @@ pub(crate) struct RequestCtx {
     body_bytes: u64,
     /// Verified JWT claims, on routes with `auth`.
     claims: Option<Arc<serde_json::Value>>,
+    /// When the current try was sent and answered, for the access log.
+    upstream_times: crate::access_log::UpstreamTimes,
 }
 
 impl Drop for RequestCtx {
@@ -250,6 +252,7 @@ impl ProxyHttp for Edge {
             status: 0,
             body_bytes: 0,
             claims: None,
+            upstream_times: Default::default(),
         }
     }
 
@@ -646,6 +649,7 @@ impl ProxyHttp for Edge {
             return Ok(());
         }
         let now = Instant::now();
+        ctx.upstream_times.header = Some(now);
         let outcome = response_outcome(resp);
         let policy = ctx.retry_policy();
         let failure = status >= 500;
@@ -677,6 +681,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_times.sending(Instant::now());
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };
@@ -729,6 +734,19 @@ impl ProxyHttp for Edge {
             upstream.insert_header("x-request-id", id)?;
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.upstream_times.end = Some(Instant::now());
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -841,36 +859,57 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[service])
                 .inc_by(u64::from(ctx.flight.retries_done));
         }
-        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
+        if !crate::access_log::enabled(snap, route) {
             return;
         }
         let req = session.req_header();
-        let proto = crate::metrics::protocol_of(session);
-        let line = serde_json::json!({
-            "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            "listener": self.listener,
-            "proto": proto,
-            "method": req.method.as_str(),
-            "authority": req.uri.authority().map(|a| a.as_str())
-                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
-            "path": req.uri.path(),
-            "status": status,
-            "route": route,
-            "service": ctx.service.as_ref().map(|s| s.name.as_str()),
-            "subset": ctx.subset.zip(ctx.service.as_ref()).and_then(|(i, s)| s.subsets.get(i)).map(|s| s.name.as_str()),
-            "upstream": ctx.upstream.map(|a| a.to_string()),
-            "reason": ctx.reason,
-            "retries": ctx.flight.retries_done,
-            "retry_stop": ctx.flight.give_up,
-            "duration_ms": duration_ms(now.duration_since(ctx.start)),
-            "error": e.map(|e| e.to_string()),
-        });
-        crate::server::access_log(&line.to_string());
+        let svc = ctx.service.as_deref();
+        // The upstream's identity was verified as its service's SPIFFE ID.
+        let peer_identity = svc
+            .filter(|s| s.tls == UpstreamTls::Mesh)
+            .and_then(|s| {
+                meshgate_identity::SpiffeId::service(&snap.mesh.trust_domain, &s.name).ok()
+            })
+            .map(|id| id.to_string());
+        let (upstream_header, upstream) = ctx.upstream_times.durations(now);
+        crate::access_log::record(
+            snap,
+            &crate::access_log::Entry {
+                listener: &self.listener,
+                protocol: crate::metrics::protocol_of(session),
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                method: req.method.as_str(),
+                authority: req.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                }),
+                path: req.uri.path(),
+                status,
+                reason: ctx.reason,
+                route,
+                service: svc.map(|s| s.name.as_str()),
+                subset: ctx
+                    .subset
+                    .zip(svc)
+                    .and_then(|(i, s)| s.subsets.get(i))
+                    .map(|s| s.name.as_str()),
+                endpoint: ctx.upstream,
+                duration: now.duration_since(ctx.start),
+                upstream_header,
+                upstream,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                // Tracing hands the request's trace id over here.
+                trace_id: None,
+                user: crate::access_log::user(snap, ctx.claims.as_deref()),
+                peer_identity: peer_identity.as_deref(),
+                retries: ctx.flight.retries_done,
+                retry_stop: ctx.flight.give_up,
+                error: e.map(|e| e.to_string()),
+            },
+        );
     }
-}
-
-fn duration_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The status and reason for an error pingora hands us.

@@ -220,8 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         p.store = Some(store.clone());
     }
     let snap = store.current();
-    crate::server::init_access_log(&snap)
-        .map_err(|e| format!("cannot open the access log: {e}"))?;
+    crate::access_log::init(&snap).map_err(|e| format!("cannot open the access log: {e}"))?;
 
     let mut server = crate::server::new_server(&snap, Some(cli.threads));
     let runtimes = Arc::new(Runtimes::default());
