@@ -266,7 +266,12 @@ impl ProxyHttp for Edge {
             ctx.snap = Some(self.store.current());
         })?;
         // 0 would mean "forever" to pingora; a sub-second setting rounds up.
-        session.set_keepalive(Some(self.idle_secs.max(1)));
+        // While draining, HTTP/1.1 connections close after this request.
+        if crate::server::DRAINING.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.idle_secs.max(1)));
+        }
         if let Some(max) = self.max_body {
             let declared = session
                 .req_header()

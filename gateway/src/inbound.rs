@@ -97,6 +97,9 @@ impl ProxyHttp for Inbound {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        if crate::server::DRAINING.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         ctx.peer = peer_identity(session);
         let Some(peer) = ctx.peer.as_deref() else {
             // The handshake demanded a certificate from the mesh CA, so

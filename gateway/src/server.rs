@@ -96,6 +96,7 @@ pub fn run(
             mesh: mesh.clone(),
             ready_when: snap.listeners.iter().map(|l| l.address).collect(),
             certs: certs.clone(),
+            config_writes: true,
         })
     {
         eprintln!("error: {e}");
@@ -253,8 +254,9 @@ pub(crate) fn add_edge_listeners(
     Ok(certs)
 }
 
-/// Set once SIGTERM starts the drain: `/readyz` answers 503 from then on,
-/// so load balancers stop sending new requests.
+/// Set once SIGTERM or `POST /drain` starts the drain: `/readyz` answers
+/// 503 from then on, so load balancers stop sending new requests, and
+/// HTTP/1.1 keep-alive connections close after their current request.
 pub(crate) static DRAINING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 

@@ -101,12 +101,23 @@ fn json(r: &CurlResponse) -> Result<Value> {
 
 /// `PUT path` with `body`, optionally with the bearer token.
 fn put(admin: SocketAddr, path: &str, body: &str, token: Option<&str>) -> Result<CurlResponse> {
+    send(admin, "PUT", path, body, token)
+}
+
+/// `METHOD path` with `body`, optionally with the bearer token.
+fn send(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<CurlResponse> {
     let file = tempdir()?.join("body");
     std::fs::write(&file, body)?;
     let data = format!("@{}", file.display());
     let auth = token.map(|t| format!("authorization: Bearer {t}"));
     let url = format!("http://{admin}{path}");
-    let mut args = vec!["-X", "PUT", "--data-binary", data.as_str()];
+    let mut args = vec!["-X", method, "--data-binary", data.as_str()];
     if let Some(a) = &auth {
         args.extend(["-H", a.as_str()]);
     }
@@ -427,9 +438,11 @@ fn mesh_identities_show_in_certificates() -> Result<()> {
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         json(&r)?;
     }
-    // A sidecar's config comes from the control plane; it has no token,
-    // so its admin API cannot be written to.
+    // Without --admin-token-file a sidecar's admin API cannot be
+    // written to.
     let r = put(sidecar, "/config", "", None)?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = send(sidecar, "POST", "/drain", "", None)?;
     assert_eq!(r.status, 403, "{}", r.body);
     // The appliance knows the instance.
     let svc = json(&get(lab.admin, "/services")?)?;
@@ -468,61 +481,83 @@ fn every_documented_path_answers_as_documented() -> Result<()> {
     let s = setup(Some(TOKEN))?;
     let config = std::fs::read_to_string(s.gw.config.as_ref().context("config")?)?;
     let paths = spec["paths"].as_mapping().context("paths")?;
-    let mut seen = Vec::new();
-    for (path, ops) in paths {
+    let mut ops = Vec::new();
+    for (path, item) in paths {
         let path = path.as_str().context("path")?;
-        for (method, op) in ops.as_mapping().context("operations")? {
-            let method = method.as_str().context("method")?;
-            seen.push(format!("{method} {path}"));
-            let r = match method {
-                "get" => get(s.admin, path)?,
-                "put" => {
-                    let body = if path == "/config" {
-                        config.clone()
-                    } else {
-                        op["requestBody"]["content"]["text/plain"]["example"]
-                            .as_str()
-                            .context("a request example")?
-                            .to_owned()
-                    };
-                    // Writes without the token are refused as documented.
-                    let refused = put(s.admin, path, &body, None)?;
-                    assert_eq!(refused.status, 401, "{method} {path}");
-                    let doc = documented(&spec, &op["responses"]["401"]);
-                    assert!(
-                        doc["content"]
-                            .get(refused.header("content-type").unwrap_or(""))
-                            .is_some(),
-                        "{method} {path}: 401 {:?}",
-                        refused.header("content-type")
-                    );
-                    put(s.admin, path, &body, Some(TOKEN))?
-                }
-                other => anyhow::bail!("a method the test does not know: {other}"),
-            };
-            assert!(
-                (200..300).contains(&r.status),
-                "{method} {path}: {} {}",
-                r.status,
-                r.body
-            );
-            let doc = documented(&spec, &op["responses"][r.status.to_string().as_str()]);
-            assert!(
-                !doc.is_null(),
-                "{method} {path}: status {} is not documented",
-                r.status
-            );
-            let content_type = r.header("content-type").unwrap_or("");
-            assert!(
-                doc["content"].get(content_type).is_some(),
-                "{method} {path}: content type {content_type:?} is not documented"
-            );
+        // Path parameters take their documented example.
+        let mut concrete = path.to_owned();
+        for p in item["parameters"].as_sequence().into_iter().flatten() {
+            let name = p["name"].as_str().context("parameter name")?;
+            let example = p["example"].as_str().context("a parameter example")?;
+            concrete = concrete.replace(&format!("{{{name}}}"), example);
         }
+        for (method, op) in item.as_mapping().context("operations")? {
+            let method = method.as_str().context("method")?;
+            if method != "parameters" {
+                ops.push((method.to_owned(), path.to_owned(), concrete.clone(), op));
+            }
+        }
+    }
+    // Draining turns /readyz unready for good: last.
+    ops.sort_by_key(|(m, p, _, _)| m == "post" && p == "/drain");
+    let mut seen = Vec::new();
+    for (method, path, url_path, op) in ops {
+        seen.push(format!("{method} {path}"));
+        let r = if method == "get" {
+            get(s.admin, &url_path)?
+        } else {
+            let body = if path == "/config" {
+                config.clone()
+            } else {
+                op["requestBody"]["content"]
+                    .as_mapping()
+                    .and_then(|c| c.values().next())
+                    .map_or(Some(""), |c| c["example"].as_str())
+                    .context("a request example")?
+                    .to_owned()
+            };
+            // Writes without the token are refused as documented.
+            let refused = send(s.admin, &method.to_uppercase(), &url_path, &body, None)?;
+            assert_eq!(refused.status, 401, "{method} {path}");
+            let doc = documented(&spec, &op["responses"]["401"]);
+            assert!(
+                doc["content"]
+                    .get(refused.header("content-type").unwrap_or(""))
+                    .is_some(),
+                "{method} {path}: 401 {:?}",
+                refused.header("content-type")
+            );
+            send(
+                s.admin,
+                &method.to_uppercase(),
+                &url_path,
+                &body,
+                Some(TOKEN),
+            )?
+        };
+        assert!(
+            (200..300).contains(&r.status),
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+        let doc = documented(&spec, &op["responses"][r.status.to_string().as_str()]);
+        assert!(
+            !doc.is_null(),
+            "{method} {path}: status {} is not documented",
+            r.status
+        );
+        let content_type = r.header("content-type").unwrap_or("");
+        assert!(
+            doc["content"].get(content_type).is_some(),
+            "{method} {path}: content type {content_type:?} is not documented"
+        );
     }
     seen.sort();
     assert_eq!(
         seen,
         [
+            "delete /services/{service}/split",
             "get /certificates",
             "get /config",
             "get /healthz",
@@ -531,8 +566,10 @@ fn every_documented_path_answers_as_documented() -> Result<()> {
             "get /readyz",
             "get /routes",
             "get /services",
+            "post /drain",
             "put /config",
             "put /log-level",
+            "put /services/{service}/split",
         ],
         "every endpoint is documented"
     );
@@ -644,5 +681,235 @@ fn readyz_turns_unready_while_draining() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("client thread"))??;
     assert_eq!(r.status, 200, "the in-flight request finishes");
+    Ok(())
+}
+
+#[test]
+fn split_weights_change_at_run_time_and_stay_over_reloads() -> Result<()> {
+    let s = setup(Some(TOKEN))?;
+    let url = format!("http://{}/echo/x", s.edge);
+    let split = |body: &str| put(s.admin, "/services/backend/split", body, Some(TOKEN));
+    let targets = |v1: u32, v2: u32| {
+        format!(
+            r#"{{"targets": [{{"subset": "v1", "weight": {v1}}}, {{"subset": "v2", "weight": {v2}}}]}}"#
+        )
+    };
+    let version = || -> Result<Value> { Ok(json(&get(s.admin, "/config")?)?["version"].clone()) };
+
+    // Refused like a bad config, and nothing changes.
+    let r = put(s.admin, "/services/backend/split", &targets(0, 100), None)?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    for (body, status, says) in [
+        (targets(50, 40), 400, "add up to 90, not 100"),
+        (
+            r#"{"targets": [{"subset": "v3", "weight": 100}]}"#.to_owned(),
+            400,
+            "no subset \"v3\"",
+        ),
+        (
+            r#"{"targets": [{"subset": "v1", "weight": 50}, {"subset": "v1", "weight": 50}]}"#
+                .to_owned(),
+            400,
+            "twice",
+        ),
+        (r#"{"targets": []}"#.to_owned(), 400, "at least one target"),
+        ("v1=100".to_owned(), 400, "not a split"),
+    ] {
+        let r = split(&body)?;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(
+            json(&r)?["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(says)),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let r = put(
+        s.admin,
+        "/services/nope/split",
+        &targets(0, 100),
+        Some(TOKEN),
+    )?;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(version()?, 1);
+
+    // All traffic to v2, at once, as a new version.
+    let r = split(&targets(0, 100))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = json(&r)?;
+    assert_eq!(j["version"], 2, "{j}");
+    assert_eq!(j["split"]["override"], true, "{j}");
+    assert_eq!(j["split"]["targets"][1]["weight"], 100, "{j}");
+    assert_eq!(j["split"]["configured_targets"][0]["weight"], 90, "{j}");
+    let only_v2 = || -> Result<bool> {
+        for _ in 0..20 {
+            let r = curl(&[&url])?;
+            if r.status != 200 || r.header("x-origin") != Some("v2") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    assert!(only_v2()?, "every request goes to v2");
+    let services = json(&get(s.admin, "/services")?)?;
+    assert_eq!(
+        services["services"][0]["split"]["override"], true,
+        "{services}"
+    );
+
+    // A file reload keeps the override.
+    let file = s.gw.config.clone().context("config file")?;
+    let mut text = std::fs::read_to_string(&file)?;
+    text.push_str("\n[[route]]\nname = \"extra\"\nmatch = { path = \"/extra\" }\nrespond = { status = 204 }\n");
+    std::fs::write(&file, text)?;
+    wait_for(Duration::from_secs(10), "the file reload", || {
+        curl(&[&format!("http://{}/extra", s.edge)]).is_ok_and(|r| r.status == 204)
+    })?;
+    let services = json(&get(s.admin, "/services")?)?;
+    assert_eq!(
+        services["services"][0]["split"]["override"], true,
+        "{services}"
+    );
+    assert!(only_v2()?, "still every request to v2 after the reload");
+
+    // DELETE: the file's weights again.
+    let r = send(
+        s.admin,
+        "DELETE",
+        "/services/backend/split",
+        "",
+        Some(TOKEN),
+    )?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = json(&r)?;
+    assert_eq!(j["split"]["override"], false, "{j}");
+    assert_eq!(j["split"]["targets"][0]["weight"], 90, "{j}");
+    let r = send(
+        s.admin,
+        "DELETE",
+        "/services/backend/split",
+        "",
+        Some(TOKEN),
+    )?;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let m = get(s.admin, "/metrics")?.body;
+    assert!(
+        metric(
+            &m,
+            "meshgate_config_reloads_total",
+            &["outcome=\"applied\""]
+        ) >= Some(3.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+/// `curl URL URL` on one keep-alive connection where possible: each
+/// transfer's status and how many new connections it opened.
+fn two_requests(url: &str) -> Result<String> {
+    let out = meshgate_tests::run(
+        std::process::Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            url,
+            url,
+        ]),
+        Duration::from_secs(15),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn drain_closes_keep_alive_connections_and_keeps_serving() -> Result<()> {
+    let mut s = setup(Some(TOKEN))?;
+    let url = format!("http://{}/hello", s.edge);
+    assert_eq!(
+        two_requests(&url)?,
+        "200 1\n200 0\n",
+        "one connection, reused"
+    );
+    assert_eq!(curl(&[&url])?.header("connection"), Some("keep-alive"));
+
+    let r = send(s.admin, "POST", "/drain", "", None)?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = send(s.admin, "POST", "/drain", "", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r)?["status"], "draining");
+    let r = get(s.admin, "/readyz")?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json(&r)?["status"], "draining");
+
+    // Still served, but every response closes its connection.
+    let r = curl(&[&url])?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    assert_eq!(
+        two_requests(&url)?,
+        "200 1\n200 1\n",
+        "a new connection each"
+    );
+    let r = curl(&[&format!("http://{}/echo/after-drain", s.edge)])?;
+    assert_eq!(r.status, 200, "proxied too");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(s.gw.proc.running(), "draining does not stop the process");
+    // Asking again is harmless.
+    assert_eq!(
+        send(s.admin, "POST", "/drain", "", Some(TOKEN))?.status,
+        200
+    );
+    Ok(())
+}
+
+#[test]
+fn sidecar_admin_takes_writes_with_a_token_file_and_refuses_public_without() -> Result<()> {
+    // Refused before anything starts: a public admin address without a token.
+    let out = meshgate_tests::run(
+        std::process::Command::new(meshgate_tests::bin("meshgate-sidecar")).args([
+            "--ca-file",
+            "/nonexistent/ca.pem",
+            "--service",
+            "x",
+            "--app",
+            "127.0.0.1:1",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "0.0.0.0:0",
+        ]),
+        Duration::from_secs(15),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admin 0.0.0.0:0 is not a loopback address")
+            && err.contains("--admin-token-file"),
+        "{err}"
+    );
+
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    lab.sidecar_admin_token = Some(TOKEN.to_owned());
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+    meshgate_tests::wait_for_port(sidecar)?;
+    // Reads as before; writes need the token.
+    assert_eq!(get(sidecar, "/services")?.status, 200);
+    let r = put(sidecar, "/log-level", "debug", None)?;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = put(sidecar, "/log-level", "info,meshgate=debug", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Its config belongs to the control plane.
+    let r = put(sidecar, "/config", "", Some(TOKEN))?;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = send(sidecar, "POST", "/drain", "", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(Duration::from_secs(10), "the sidecar unready", || {
+        get(sidecar, "/readyz").is_ok_and(|r| r.status == 503)
+    })?;
     Ok(())
 }
