@@ -197,7 +197,9 @@ async fn handle(opts: &AdminOptions, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     if !write && opts.metrics_path.as_deref() == Some(path.as_str()) {
         // Read at scrape time: a sidecar's config also changes by push.
-        crate::metrics::config_version(opts.store.current().version);
+        let snap = opts.store.current();
+        crate::metrics::config_version(snap.version);
+        crate::metrics::endpoint_states(&snap, &opts.runtimes);
         return text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

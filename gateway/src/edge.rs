@@ -741,6 +741,22 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(svc) = &ctx.service {
+            crate::metrics::upstream_connection(false, &svc.name, reused);
+        }
+        Ok(())
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -849,10 +865,16 @@ impl ProxyHttp for Edge {
             listener: &self.listener,
             route: route.unwrap_or(""),
             service,
+            subset: ctx
+                .subset
+                .zip(ctx.service.as_deref())
+                .and_then(|(i, s)| s.subsets.get(i))
+                .map_or("", |s| s.name.as_str()),
             status,
             reason: ctx.reason.unwrap_or(""),
             protocol: crate::metrics::protocol_of(session),
             inbound: false,
+            source_identity: "",
             elapsed: now.duration_since(ctx.start),
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),

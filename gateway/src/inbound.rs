@@ -151,6 +151,20 @@ impl ProxyHttp for Inbound {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        crate::metrics::upstream_connection(true, &self.service, reused);
+        Ok(())
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -177,10 +191,12 @@ impl ProxyHttp for Inbound {
             listener: "inbound",
             route: "",
             service: &self.service,
+            subset: "",
             status: status.unwrap_or(0),
             reason: reason.unwrap_or(""),
             protocol: crate::metrics::protocol_of(session),
             inbound: true,
+            source_identity: ctx.peer.as_deref().unwrap_or(""),
             elapsed: ctx.start.elapsed(),
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),

@@ -51,6 +51,19 @@ pub(crate) struct Metrics {
     pub(crate) config_version: IntGauge,
     /// Reload attempts by outcome: applied, unchanged, rejected.
     pub(crate) config_reloads: IntCounterVec,
+    /// Upstream connections used, by direction, service and whether the
+    /// pool supplied it (`reused="true"`) or it was opened for the try.
+    pub(crate) upstream_connections: IntCounterVec,
+    /// Each endpoint's outlier (breaker) state, 1 for the state it is in:
+    /// `healthy`, `half_open` or `ejected`. Set at scrape time.
+    pub(crate) endpoint_state: IntGaugeVec,
+    /// JWKS fetches by provider and outcome (`ok`, `error`).
+    pub(crate) jwks_fetches: IntCounterVec,
+    /// When each provider's JWKS was last fetched successfully (Unix
+    /// seconds); key age is `time() - this`.
+    pub(crate) jwks_last_success: GaugeVec,
+    /// Keys in each provider's current key set.
+    pub(crate) jwks_keys: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -61,10 +74,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "listener",
             "route",
             "service",
+            "subset",
             "status",
             "reason",
             "protocol",
             "direction",
+            "source_identity",
         ],
     )?;
     let duration = HistogramVec::new(
@@ -151,6 +166,43 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["service"],
     )?;
+    let upstream_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_upstream_connections_total",
+            "Upstream connections used per try, new or reused from the pool.",
+        ),
+        &["direction", "service", "reused"],
+    )?;
+    let endpoint_state = IntGaugeVec::new(
+        Opts::new(
+            "meshgate_endpoint_state",
+            "Outlier-detection (breaker) state of each endpoint: 1 for its state.",
+        ),
+        &["service", "endpoint", "state"],
+    )?;
+    let jwks_fetches = IntCounterVec::new(
+        Opts::new(
+            "meshgate_jwks_fetches_total",
+            "JWKS fetches from a provider's jwks_url, by outcome.",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let jwks_last_success = GaugeVec::new(
+        Opts::new(
+            "meshgate_jwks_last_success_timestamp_seconds",
+            "When the provider's JWKS was last fetched successfully (Unix time).",
+        ),
+        &["provider"],
+    )?;
+    let jwks_keys = IntGaugeVec::new(
+        Opts::new("meshgate_jwks_keys", "Keys in the provider's current JWKS."),
+        &["provider"],
+    )?;
+    registry.register(Box::new(upstream_connections.clone()))?;
+    registry.register(Box::new(endpoint_state.clone()))?;
+    registry.register(Box::new(jwks_fetches.clone()))?;
+    registry.register(Box::new(jwks_last_success.clone()))?;
+    registry.register(Box::new(jwks_keys.clone()))?;
     registry.register(Box::new(jwt.clone()))?;
     registry.register(Box::new(budget_exhausted.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
@@ -179,6 +231,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         in_flight,
         config_version,
         config_reloads,
+        upstream_connections,
+        endpoint_state,
+        jwks_fetches,
+        jwks_last_success,
+        jwks_keys,
     })
 }
 
@@ -265,11 +322,16 @@ pub(crate) struct Finished<'a> {
     pub(crate) listener: &'a str,
     pub(crate) route: &'a str,
     pub(crate) service: &'a str,
+    /// The split's subset; empty without a split.
+    pub(crate) subset: &'a str,
     pub(crate) status: u16,
     pub(crate) reason: &'a str,
     /// `http1`, `http2`, `http3` or `grpc`, from [`protocol_of`].
     pub(crate) protocol: &'static str,
     pub(crate) inbound: bool,
+    /// Inbound: the caller's SPIFFE ID (bounded by the mesh's services);
+    /// empty otherwise.
+    pub(crate) source_identity: &'a str,
     pub(crate) elapsed: std::time::Duration,
     pub(crate) bytes_in: usize,
     pub(crate) bytes_out: usize,
@@ -304,10 +366,12 @@ pub(crate) fn finished(f: &Finished<'_>) {
             f.listener,
             f.route,
             f.service,
+            f.subset,
             status_text(f.status, &mut digits),
             f.reason,
             f.protocol,
             if f.inbound { "inbound" } else { "outbound" },
+            f.source_identity,
         ])
         .inc();
     let labels = [f.listener, f.route];
@@ -345,6 +409,62 @@ pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
 pub(crate) fn retry_budget_exhausted(service: &str) {
     if let Some(m) = metrics() {
         m.budget_exhausted.with_label_values(&[service]).inc();
+    }
+}
+
+/// Counts one upstream connection a try used.
+pub(crate) fn upstream_connection(inbound: bool, service: &str, reused: bool) {
+    if let Some(m) = metrics() {
+        m.upstream_connections
+            .with_label_values(&[
+                if inbound { "inbound" } else { "outbound" },
+                service,
+                if reused { "true" } else { "false" },
+            ])
+            .inc();
+    }
+}
+
+/// Records one JWKS fetch; a success also records when and how many keys.
+pub(crate) fn jwks_fetch(provider: &str, keys: Option<usize>) {
+    let Some(m) = metrics() else { return };
+    let outcome = if keys.is_some() { "ok" } else { "error" };
+    m.jwks_fetches.with_label_values(&[provider, outcome]).inc();
+    if let Some(n) = keys {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.jwks_last_success.with_label_values(&[provider]).set(now);
+        m.jwks_keys
+            .with_label_values(&[provider])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Sets the endpoint-state gauge from the live state of every service of
+/// the running config (called at scrape time, so removed endpoints go).
+pub(crate) fn endpoint_states(
+    snap: &meshgate_config::Snapshot,
+    runtimes: &crate::runtime::Runtimes,
+) {
+    use meshgate_policy::breaker::Health;
+    let Some(m) = metrics() else { return };
+    m.endpoint_state.reset();
+    let now = std::time::Instant::now();
+    for spec in &snap.services {
+        let state = runtimes.service(snap, spec);
+        for e in &state.endpoints {
+            let current = match e.outlier.health(now) {
+                Health::Healthy => "healthy",
+                Health::HalfOpen => "half_open",
+                Health::Ejected { .. } => "ejected",
+            };
+            for s in ["healthy", "half_open", "ejected"] {
+                m.endpoint_state
+                    .with_label_values(&[spec.name.as_str(), e.key.as_str(), s])
+                    .set(i64::from(s == current));
+            }
+        }
     }
 }
 

@@ -365,7 +365,7 @@ fn metrics_count_known_traffic() -> Result<()> {
     }
     let m = get(s.admin, "/metrics")?.body;
     let total = |proto: &str| {
-        metric(
+        sum_of(
             &m,
             "meshgate_requests_total",
             &[
@@ -404,6 +404,43 @@ fn metrics_count_known_traffic() -> Result<()> {
         "{m}"
     );
     assert_eq!(metric(&m, "meshgate_config_version", &[]), Some(1.0), "{m}");
+    // By subset: the split sent each request to v1 or v2.
+    let by_subset = |subset: &str| {
+        sum_of(
+            &m,
+            "meshgate_requests_total",
+            &["route=\"echo\"", &format!("subset=\"{subset}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(by_subset("v1") + by_subset("v2"), f64::from(n) + 2.0, "{m}");
+    // Every try used one upstream connection, new or from the pool; the
+    // keep-alive origins let later requests reuse them.
+    let conns = |reused: &str| {
+        metric(
+            &m,
+            "meshgate_upstream_connections_total",
+            &["service=\"backend\"", &format!("reused=\"{reused}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(conns("true") + conns("false"), f64::from(n) + 2.0, "{m}");
+    assert!(conns("false") >= 1.0 && conns("true") >= 1.0, "{m}");
+    // Both endpoints healthy, one series per state.
+    for (state, want) in [("healthy", 1.0), ("half_open", 0.0), ("ejected", 0.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                "meshgate_endpoint_state",
+                &[
+                    &format!("endpoint=\"{}\"", s.origin.addr),
+                    &format!("state=\"{state}\""),
+                ]
+            ),
+            Some(want),
+            "{m}"
+        );
+    }
     Ok(())
 }
 
@@ -576,6 +613,21 @@ fn every_documented_path_answers_as_documented() -> Result<()> {
     Ok(())
 }
 
+/// The sum of every sample of family `name` whose labels include all of
+/// `labels`; `None` when there is none.
+fn sum_of(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// Runs a Prometheus query against `prom`; the result vector.
 fn prom_query(prom: SocketAddr, query: &str) -> Result<Vec<Value>> {
     let q = format!("query={query}");
@@ -637,6 +689,13 @@ fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
         inbound
             .iter()
             .all(|s| s["metric"]["instance"] == sidecar.to_string()),
+        "{inbound:?}"
+    );
+    // The inbound side names its callers: here the gateway.
+    assert!(
+        inbound.iter().all(|s| s["metric"]["source_identity"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/gateway"))),
         "{inbound:?}"
     );
     let outbound = prom_query(
