@@ -442,7 +442,8 @@ pub(crate) fn jwks_fetch(provider: &str, keys: Option<usize>) {
 }
 
 /// Sets the endpoint-state gauge from the live state of every service of
-/// the running config (called at scrape time, so removed endpoints go).
+/// the running config (called at scrape time, so removed endpoints go),
+/// and gives every service its per-service counters.
 pub(crate) fn endpoint_states(
     snap: &meshgate_config::Snapshot,
     runtimes: &crate::runtime::Runtimes,
@@ -452,6 +453,11 @@ pub(crate) fn endpoint_states(
     m.endpoint_state.reset();
     let now = std::time::Instant::now();
     for spec in &snap.services {
+        // Per-service counters exist from the start (at 0), so rates and
+        // increases over them are 0 rather than absent.
+        m.ejections.with_label_values(&[spec.name.as_str()]);
+        m.retries.with_label_values(&[spec.name.as_str()]);
+        m.budget_exhausted.with_label_values(&[spec.name.as_str()]);
         let state = runtimes.service(snap, spec);
         for e in &state.endpoints {
             let current = match e.outlier.health(now) {

@@ -641,24 +641,19 @@ fn prom_query(prom: SocketAddr, query: &str) -> Result<Vec<Value>> {
     Ok(j["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
-/// A real Prometheus server (`scripts/prereqs.sh test` installs it)
-/// scrapes the appliance and a sidecar; its query API sees the series.
-#[test]
-fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
-    let mut lab = MeshLab::start(LabOptions::default())?;
-    let i = lab.add("product-catalog", "v1", None)?;
-    let sidecar = lab.instances[i].admin;
-    lab.wait_serving("/catalog/items", &["v1"])?;
-
+/// Starts a real Prometheus (`scripts/prereqs.sh test` installs it)
+/// scraping `targets` every second; returns it and its address.
+fn start_prometheus(targets: &[SocketAddr]) -> Result<(meshgate_tests::Proc, SocketAddr)> {
     let dir = tempdir()?;
     let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
              scrape_configs:\n  - job_name: meshgate\n    static_configs:\n\
-             \x20     - targets: [\"{}\", \"{sidecar}\"]\n",
-            lab.admin
+             \x20     - targets: [{}]\n",
+            list.join(", ")
         ),
     )?;
     let mut cmd = std::process::Command::new("prometheus");
@@ -675,6 +670,19 @@ fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
         .context("prometheus is not installed: run scripts/prereqs.sh test")?;
     meshgate_tests::wait_for_port(prom)
         .with_context(|| format!("prometheus did not start:\n{}", proc.stderr()))?;
+    Ok((proc, prom))
+}
+
+/// A real Prometheus server (`scripts/prereqs.sh test` installs it)
+/// scrapes the appliance and a sidecar; its query API sees the series.
+#[test]
+fn prometheus_scrapes_the_appliance_and_a_sidecar() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+    lab.wait_serving("/catalog/items", &["v1"])?;
+
+    let (proc, prom) = start_prometheus(&[lab.admin, sidecar])?;
 
     let both_up = || {
         prom_query(prom, "up == 1").is_ok_and(|r| r.len() == 2)
@@ -970,5 +978,151 @@ fn sidecar_admin_takes_writes_with_a_token_file_and_refuses_public_without() -> 
     wait_for(Duration::from_secs(10), "the sidecar unready", || {
         get(sidecar, "/readyz").is_ok_and(|r| r.status == 503)
     })?;
+    Ok(())
+}
+
+/// Runs `query` and returns Prometheus's whole answer.
+fn prom_answer(prom: SocketAddr, query: &str) -> Result<Value> {
+    let q = format!("query={query}");
+    let r = curl(&[
+        "-G",
+        "--data-urlencode",
+        &q,
+        &format!("http://{prom}/api/v1/query"),
+    ])?;
+    json(&r)
+}
+
+/// Every PromQL expression of the Grafana dashboard, with its variables
+/// as Grafana substitutes them for "All", runs against a real Prometheus
+/// that scraped an appliance and a sidecar after known traffic: each one
+/// is valid, and the golden-signal panels have data.
+#[test]
+fn grafana_dashboard_queries_run_against_prometheus() -> Result<()> {
+    let file = meshgate_tests::workspace().join("packaging/grafana/meshgate-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let sidecar = lab.instances[i].admin;
+    lab.wait_serving("/catalog/items", &["v1"])?;
+    let (proc, prom) = start_prometheus(&[lab.admin, sidecar])?;
+    let traffic = || -> Result<()> {
+        for _ in 0..20 {
+            curl(&[&format!("http://{}/catalog/items", lab.edge)])?;
+        }
+        Ok(())
+    };
+    traffic()?;
+    wait_for(
+        Duration::from_secs(20),
+        "the first scrape with traffic",
+        || {
+            prom_query(prom, "meshgate_requests_total{route=\"catalog\"}")
+                .is_ok_and(|r| !r.is_empty())
+        },
+    )
+    .with_context(|| format!("prometheus:\n{}", proc.stderr()))?;
+    // More traffic after that scrape, so rates over the window are not 0.
+    traffic()?;
+    wait_for(Duration::from_secs(20), "a rate above zero", || {
+        prom_query(
+            prom,
+            "sum(rate(meshgate_requests_total{route=\"catalog\"}[1m])) > 0",
+        )
+        .is_ok_and(|r| !r.is_empty())
+    })?;
+
+    // Variables: `label_values(SELECTOR, LABEL)` has values.
+    let all = |expr: &str| {
+        expr.replace("$__rate_interval", "1m")
+            .replace("$instance", ".*")
+            .replace("$route", ".*")
+            .replace("$service", ".*")
+    };
+    let vars = dash["templating"]["list"]
+        .as_array()
+        .context("templating")?;
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(v["allValue"], ".*", "{v}");
+        let q = v["query"]["query"].as_str().context("variable query")?;
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .context(q.to_owned())?;
+        let (selector, label) = inner.rsplit_once(',').context(q.to_owned())?;
+        let values = prom_query(
+            prom,
+            &format!("count by ({}) ({})", label.trim(), all(selector)),
+        )?;
+        assert!(!values.is_empty(), "variable {}: {q}", v["name"]);
+    }
+
+    let must_have_data = [
+        "Request rate by route",
+        "Latency p50 by route",
+        "Latency p99 by route",
+        "In-flight requests (saturation)",
+        "Inbound requests by caller",
+        "Traffic split by subset",
+        "Upstream connection reuse",
+        "Ejected endpoints",
+        "Retries",
+        "Mesh certificate expires in",
+        "Response bytes",
+        "Config version and rejected reloads",
+    ];
+    let mut with_data = Vec::new();
+    let panels = dash["panels"].as_array().context("panels")?;
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for p in panels {
+        let title = p["title"].as_str().context("title")?;
+        let targets = p["targets"].as_array().context("targets")?;
+        assert!(!targets.is_empty(), "{title}: no query");
+        let mut finite = true;
+        let mut empty = false;
+        for t in targets {
+            let expr = t["expr"].as_str().context("expr")?;
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            let answer = prom_answer(prom, &all(expr))?;
+            assert_eq!(answer["status"], "success", "{title}: {expr}: {answer}");
+            assert_eq!(answer["data"]["resultType"], "vector", "{title}: {expr}");
+            let result = answer["data"]["result"].as_array().context("result")?;
+            empty |= result.is_empty();
+            finite &= result.iter().all(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            });
+        }
+        if !empty && finite {
+            with_data.push(title);
+        }
+    }
+    for title in must_have_data {
+        assert!(
+            with_data.contains(&title),
+            "panel {title:?} has no data; panels with data: {with_data:?}"
+        );
+    }
+    // The certificate panel says something true: expiry is ahead.
+    let left = prom_query(
+        prom,
+        &all(&dash["panels"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p["title"] == "Mesh certificate expires in")
+            })
+            .and_then(|p| p["targets"][0]["expr"].as_str())
+            .context("certificate panel")?
+            .to_owned()),
+    )?;
+    assert!(
+        left.iter()
+            .all(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)),
+        "{left:?}"
+    );
     Ok(())
 }
