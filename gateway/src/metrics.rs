@@ -64,6 +64,12 @@ pub(crate) struct Metrics {
     pub(crate) jwks_last_success: GaugeVec,
     /// Keys in each provider's current key set.
     pub(crate) jwks_keys: IntGaugeVec,
+    /// Downstream TLS handshakes by listener and outcome: `started` (the
+    /// ClientHello reached certificate selection), `completed`.
+    pub(crate) tls_handshakes: IntCounterVec,
+    /// Downstream TLS handshake failures whose reason is known, by
+    /// listener and reason.
+    pub(crate) tls_failures: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -198,6 +204,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("meshgate_jwks_keys", "Keys in the provider's current JWKS."),
         &["provider"],
     )?;
+    let tls_handshakes = IntCounterVec::new(
+        Opts::new(
+            "meshgate_tls_handshakes_total",
+            "Downstream TLS handshakes, by listener and outcome (started, completed).",
+        ),
+        &["listener", "outcome"],
+    )?;
+    let tls_failures = IntCounterVec::new(
+        Opts::new(
+            "meshgate_tls_handshake_failures_total",
+            "Downstream TLS handshakes refused for a known reason, by listener and reason.",
+        ),
+        &["listener", "reason"],
+    )?;
+    registry.register(Box::new(tls_handshakes.clone()))?;
+    registry.register(Box::new(tls_failures.clone()))?;
     registry.register(Box::new(upstream_connections.clone()))?;
     registry.register(Box::new(endpoint_state.clone()))?;
     registry.register(Box::new(jwks_fetches.clone()))?;
@@ -236,6 +258,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_fetches,
         jwks_last_success,
         jwks_keys,
+        tls_handshakes,
+        tls_failures,
     })
 }
 
@@ -471,6 +495,189 @@ pub(crate) fn endpoint_states(
                     .set(i64::from(s == current));
             }
         }
+    }
+}
+
+// ---- downstream TLS handshakes ------------------------------------------
+//
+// pingora builds the rustls server config and runs the handshake itself; it
+// reports a failed handshake only in its log. What we supply to it — the
+// certificate resolver, the client-certificate verifier and the
+// post-handshake callback — sees each handshake at three points, so these
+// wrappers count there: `started` when a ClientHello reaches certificate
+// selection, `completed` after the handshake, and a reason when our side
+// refuses (no certificate to offer, a client certificate rejected).
+// `started - completed` is every failure after the ClientHello, whoever
+// gave up (a client refusing our certificate, a missing client
+// certificate, a timeout); ClientHellos rustls refuses before selection
+// (no shared protocol version or cipher suite) are not seen.
+
+fn tls_counter(listener: &str, outcome: &str) -> Option<prometheus::IntCounter> {
+    metrics().map(|m| m.tls_handshakes.with_label_values(&[listener, outcome]))
+}
+
+fn tls_failure(listener: &str, reason: &str) {
+    if let Some(m) = metrics() {
+        m.tls_failures.with_label_values(&[listener, reason]).inc();
+    }
+}
+
+/// A certificate resolver that counts handshakes reaching it.
+#[derive(Debug)]
+pub(crate) struct CountingResolver {
+    listener: String,
+    started: Option<prometheus::IntCounter>,
+    inner: std::sync::Arc<dyn rustls::server::ResolvesServerCert>,
+}
+
+impl CountingResolver {
+    pub(crate) fn new(
+        listener: &str,
+        inner: std::sync::Arc<dyn rustls::server::ResolvesServerCert>,
+    ) -> Self {
+        // The completed series exists from the start too, so the
+        // difference is defined before the first success.
+        let _ = tls_counter(listener, "completed");
+        CountingResolver {
+            listener: listener.to_owned(),
+            started: tls_counter(listener, "started"),
+            inner,
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CountingResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        if let Some(c) = &self.started {
+            c.inc();
+        }
+        let key = self.inner.resolve(hello);
+        if key.is_none() {
+            tls_failure(&self.listener, "no-certificate");
+        }
+        key
+    }
+}
+
+/// Post-handshake callbacks that count completed handshakes, then run
+/// `inner`.
+#[derive(Debug)]
+pub(crate) struct CountingCallbacks<T> {
+    completed: Option<prometheus::IntCounter>,
+    inner: T,
+}
+
+impl<T> CountingCallbacks<T> {
+    pub(crate) fn new(listener: &str, inner: T) -> Self {
+        CountingCallbacks {
+            completed: tls_counter(listener, "completed"),
+            inner,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: pingora::listeners::TlsAccept + Send + Sync> pingora::listeners::TlsAccept
+    for CountingCallbacks<T>
+{
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        if let Some(c) = &self.completed {
+            c.inc();
+        }
+        self.inner.handshake_complete_callback(tls).await
+    }
+}
+
+/// A client-certificate verifier that counts the certificates it rejects,
+/// by why.
+#[derive(Debug)]
+pub(crate) struct CountingVerifier {
+    listener: String,
+    inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl CountingVerifier {
+    pub(crate) fn new(
+        listener: &str,
+        inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Self {
+        CountingVerifier {
+            listener: listener.to_owned(),
+            inner,
+        }
+    }
+}
+
+/// The `reason` label of a rejected client certificate.
+fn client_cert_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "client-cert-unknown-ca",
+            C::Expired | C::ExpiredContext { .. } => "client-cert-expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "client-cert-not-yet-valid",
+            C::Revoked => "client-cert-revoked",
+            C::BadSignature => "client-cert-bad-signature",
+            _ => "client-cert-invalid",
+        },
+        _ => "client-cert-invalid",
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for CountingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| tls_failure(&self.listener, client_cert_reason(e)))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
     }
 }
 

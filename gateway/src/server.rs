@@ -243,7 +243,7 @@ pub(crate) fn add_edge_listeners(
         match &l.tls {
             None => svc.add_tcp(&addr),
             Some(tls) => {
-                let (settings, live) = crate::tls::settings(&l.protocols, tls)
+                let (settings, live) = crate::tls::settings(&l.name, &l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                 certs.insert(l.name.clone(), live);
                 svc.add_tls_with_settings(&addr, None, settings);

@@ -266,11 +266,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     let mut svc =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, inbound, "inbound");
-    let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
-        .map_err(|e| format!("inbound TLS: {e}"))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(
+        crate::metrics::CountingCallbacks::new("inbound", ClientCertCallback),
+    ))
+    .map_err(|e| format!("inbound TLS: {e}"))?;
     let (resolver, verifier) = shared.mesh.server_hooks();
-    settings.set_cert_resolver(resolver);
-    settings.set_client_cert_verifier(verifier);
+    settings.set_cert_resolver(Arc::new(crate::metrics::CountingResolver::new(
+        "inbound", resolver,
+    )));
+    settings.set_client_cert_verifier(Arc::new(crate::metrics::CountingVerifier::new(
+        "inbound", verifier,
+    )));
     settings.set_alpn(ALPN::H2H1);
     svc.add_tls_with_settings(&cli.inbound.to_string(), None, settings);
     server.add_service(svc);

@@ -1125,3 +1125,60 @@ fn grafana_dashboard_queries_run_against_prometheus() -> Result<()> {
     );
     Ok(())
 }
+
+/// Downstream TLS handshakes are counted where pingora lets us see them: a
+/// sidecar's inbound mTLS side completes the gateway's handshakes, refuses
+/// a client certificate from another CA (with its reason) and sees a
+/// client without a certificate give up.
+#[test]
+fn tls_handshakes_are_counted_with_failure_reasons() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    let (sidecar, inbound) = (lab.instances[i].admin, lab.instances[i].inbound);
+    lab.wait_serving("/catalog/items", &["v1"])?;
+    let count = |m: &str, outcome: &str| {
+        metric(
+            m,
+            "meshgate_tls_handshakes_total",
+            &["listener=\"inbound\"", &format!("outcome=\"{outcome}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    let m = get(sidecar, "/metrics")?.body;
+    let (started, completed) = (count(&m, "started"), count(&m, "completed"));
+    assert!(completed >= 1.0, "the gateway's connection: {m}");
+    assert!(started >= completed, "{m}");
+
+    // A certificate from a CA the mesh does not trust.
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["intruder.test".to_owned()])?.self_signed(&key)?;
+    let dir = tempdir()?;
+    std::fs::write(dir.join("c.pem"), cert.pem())?;
+    std::fs::write(dir.join("k.pem"), key.serialize_pem())?;
+    let url = format!("https://{inbound}/");
+    let c = dir.join("c.pem").display().to_string();
+    let k = dir.join("k.pem").display().to_string();
+    for args in [
+        vec!["-sk", "--max-time", "5", "--cert", &c, "--key", &k, &url],
+        vec!["-sk", "--max-time", "5", &url],
+    ] {
+        let out = meshgate_tests::run(
+            std::process::Command::new("curl").args(&args),
+            Duration::from_secs(10),
+        )?;
+        assert!(!out.status.success(), "refused: {args:?}");
+    }
+    wait_for(Duration::from_secs(10), "both refusals counted", || {
+        get(sidecar, "/metrics").is_ok_and(|r| {
+            count(&r.body, "started") - count(&r.body, "completed") >= started - completed + 2.0
+                && metric(
+                    &r.body,
+                    "meshgate_tls_handshake_failures_total",
+                    &["listener=\"inbound\"", "reason=\"client-cert-unknown-ca\""],
+                ) == Some(1.0)
+        })
+    })
+    .with_context(|| get(sidecar, "/metrics").map(|r| r.body).unwrap_or_default())?;
+    Ok(())
+}
