@@ -2,10 +2,10 @@
 //! the edge pipeline (the appliance's listeners and a sidecar's outbound
 //! side) and by a sidecar's inbound side.
 //!
-//! Each side fills an [`Entry`] in its `logging` phase and calls
-//! [`record`], which decides whether the request is logged at all (the
-//! `[observability.access_log]` format, the route's `access_log` switch,
-//! sampling) and renders it as JSON or as one human-readable line.
+//! Each side asks [`sampled`] in its `logging` phase whether the request
+//! is logged at all (the `[observability.access_log]` format, the route's
+//! `access_log` switch, sampling), then fills an [`Entry`] and calls
+//! [`record`], which renders it as JSON or as one human-readable line.
 //!
 //! What is logged is bounded by what the proxy decided (route, service,
 //! reason) plus the request line; values from the client (path,
@@ -101,36 +101,47 @@ impl UpstreamTimes {
     }
 }
 
-/// Whether a request with this outcome is always logged, sampling or not:
-/// a server error, no response at all, or a response the proxy produced
-/// for a reason of its own (no route, unauthenticated, breaker open...).
-fn always(e: &Entry<'_>) -> bool {
-    e.status >= 500 || e.status == 0 || e.reason.is_some() || e.error.is_some()
+/// How a request ended, as far as the logging decision goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome<'a> {
+    pub(crate) route: Option<&'a str>,
+    pub(crate) status: u16,
+    /// The proxy's reason for a response it produced.
+    pub(crate) reason: Option<&'a str>,
+    /// An error ended the request.
+    pub(crate) failed: bool,
 }
 
-/// Whether `e` is logged under `spec`; `draw` is a uniform number in
+/// Whether a request that ended so is always logged, sampling or not: a
+/// server error, no response at all, an error, or a response the proxy
+/// produced for a reason of its own (no route, unauthenticated, breaker
+/// open...).
+fn always(o: &Outcome<'_>) -> bool {
+    o.status >= 500 || o.status == 0 || o.reason.is_some() || o.failed
+}
+
+/// Whether `o` is logged under `spec`; `draw` is a uniform number in
 /// `0..100` (only taken when sampling decides).
-fn wanted(spec: &ObservabilitySpec, e: &Entry<'_>, draw: impl FnOnce() -> u64) -> bool {
+fn wanted(spec: &ObservabilitySpec, o: &Outcome<'_>, draw: impl FnOnce() -> u64) -> bool {
     if spec.access_log_format == AccessLogFormat::Off {
         return false;
     }
-    if let Some(r) = e.route
+    if let Some(r) = o.route
         && !spec.access_log_off.is_empty()
         && spec.access_log_off.contains(r)
     {
         return false;
     }
-    always(e)
+    always(o)
         || spec.access_log_sample_percent >= 100
         || draw() < u64::from(spec.access_log_sample_percent)
 }
 
-/// Whether anything would be written for a request on `route`: lets a
-/// side skip building an entry for a route that is never logged.
-pub(crate) fn enabled(snap: &Snapshot, route: Option<&str>) -> bool {
-    let spec = &snap.observability;
-    spec.access_log_format != AccessLogFormat::Off
-        && !route.is_some_and(|r| spec.access_log_off.contains(r))
+/// Whether the request that ended as `o` goes to the access log: the
+/// format, the route's switch and sampling decide. Asked before building
+/// an [`Entry`], so a sampled-out request costs no allocation.
+pub(crate) fn sampled(snap: &Snapshot, o: &Outcome<'_>) -> bool {
+    wanted(&snap.observability, o, || crate::runtime::below(100))
 }
 
 /// The user to log for verified `claims`, when the config asks for one.
@@ -139,15 +150,12 @@ pub(crate) fn user<'c>(snap: &Snapshot, claims: Option<&'c serde_json::Value>) -
     claims?.get(claim)?.as_str()
 }
 
-/// Logs `e` if the config wants it.
+/// Writes `e` in the configured format (after [`sampled`] said yes).
 pub(crate) fn record(snap: &Snapshot, e: &Entry<'_>) {
-    let spec = &snap.observability;
-    if !wanted(spec, e, || crate::runtime::below(100)) {
-        return;
-    }
-    let line = match spec.access_log_format {
+    let line = match snap.observability.access_log_format {
+        AccessLogFormat::Off => return,
         AccessLogFormat::Combined => text_line(e, SystemTime::now()),
-        _ => json_line(e, SystemTime::now()),
+        AccessLogFormat::Json => json_line(e, SystemTime::now()),
     };
     write_line(&line);
 }
@@ -374,9 +382,18 @@ mod tests {
         }
     }
 
+    fn ok() -> Outcome<'static> {
+        Outcome {
+            route: Some("r"),
+            status: 200,
+            reason: None,
+            failed: false,
+        }
+    }
+
     #[test]
     fn sampling_spares_failures_and_routes_can_opt_out() {
-        let e = ok_entry();
+        let e = ok();
         let none = spec("sample_percent = 0", false);
         assert!(!wanted(&none, &e, || 0), "0% logs no success");
         let half = spec("sample_percent = 50", false);
@@ -385,27 +402,28 @@ mod tests {
         let all = spec("", false);
         assert!(wanted(&all, &e, || unreachable!("no draw at 100%")));
         for failed in [
-            Entry {
+            Outcome {
                 status: 503,
-                ..ok_entry()
+                ..ok()
             },
-            Entry {
-                status: 0,
-                ..ok_entry()
-            },
-            Entry {
+            Outcome { status: 0, ..ok() },
+            Outcome {
                 status: 404,
                 reason: Some("no-route"),
-                ..ok_entry()
+                ..ok()
+            },
+            Outcome {
+                failed: true,
+                ..ok()
             },
         ] {
             assert!(wanted(&none, &failed, || 99), "{failed:?}");
         }
         let quiet = spec("", true);
         assert!(!wanted(&quiet, &e, || 0));
-        let err = Entry {
+        let err = Outcome {
             status: 502,
-            ..ok_entry()
+            ..ok()
         };
         assert!(!wanted(&quiet, &err, || 0), "route off is off");
         let off = spec("format = \"off\"", false);

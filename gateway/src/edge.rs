@@ -886,7 +886,13 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[service])
                 .inc_by(u64::from(ctx.flight.retries_done));
         }
-        if !crate::access_log::enabled(snap, route) {
+        let outcome = crate::access_log::Outcome {
+            route,
+            status,
+            reason: ctx.reason,
+            failed: e.is_some(),
+        };
+        if !crate::access_log::sampled(snap, &outcome) {
             return;
         }
         let req = session.req_header();

@@ -201,7 +201,13 @@ impl ProxyHttp for Inbound {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
         });
-        if !crate::access_log::enabled(&snap, None) {
+        let outcome = crate::access_log::Outcome {
+            route: None,
+            status: status.unwrap_or(0),
+            reason,
+            failed: e.is_some(),
+        };
+        if !crate::access_log::sampled(&snap, &outcome) {
             return;
         }
         let req = session.req_header();
