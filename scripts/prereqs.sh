@@ -5,7 +5,8 @@
 #   prereqs.sh test    build prerequisites + the real clients the tests use:
 #                      curl, nghttp/h2load, openssl (test certificates),
 #                      prometheus (scrapes the admin API in one test) and
-#                      the Python packages grpcio, websockets and PyYAML;
+#                      the Python packages grpcio, websockets, PyYAML and
+#                      opentelemetry-proto;
 #                      for the packaging test debootstrap, dpkg-dev,
 #                      systemd (systemd-analyze) and iproute2
 # As root it installs with apt-get; otherwise it prints the exact command.
@@ -17,8 +18,11 @@ needs=(cmake:cmake)
 # Python modules the tests import, and the pip requirements that provide them
 # (websockets 13 brought the `websockets.asyncio` API the helpers use).
 # PyYAML: the packaging test parses packaging/compose.yaml.
-py_modules="grpc, websockets.asyncio.client, yaml"
-py_requirements=(grpcio "websockets>=13" PyYAML)
+# aioquic: the HTTP/3 client of the HTTP/3 tests (tests/py/h3_client.py).
+# opentelemetry-proto (with protobuf): the OTLP receiver of the tracing test
+# decodes exported spans with the official generated classes.
+py_modules="grpc, websockets.asyncio.client, yaml, aioquic.h3.connection, opentelemetry.proto.collector.trace.v1.trace_service_pb2"
+py_requirements=(grpcio "websockets>=13" PyYAML "aioquic>=1.2" opentelemetry-proto)
 need_py=0
 if [[ "$mode" == "test" ]]; then
     needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl prometheus:prometheus)

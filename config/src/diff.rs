@@ -223,6 +223,9 @@ fn listener_details(a: &&ListenerSpec, b: &&ListenerSpec) -> Vec<String> {
     if format!("{:?}", a.limits) != format!("{:?}", b.limits) {
         d.push("limits changed".to_owned());
     }
+    if a.http3 != b.http3 {
+        d.push("http3 settings changed".to_owned());
+    }
     let names = |l: &ListenerSpec| -> Vec<String> {
         l.routes.routes().iter().map(|r| r.name.clone()).collect()
     };

@@ -51,6 +51,19 @@ pub(crate) struct RawListener {
     pub protocols: Option<Spanned<Vec<S>>>,
     pub tls: Option<Spanned<RawTls>>,
     pub limits: Option<RawListenerLimits>,
+    pub http3: Option<Spanned<RawHttp3>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp3 {
+    pub max_concurrent_streams: Option<N>,
+    pub stream_receive_window: Option<N>,
+    pub receive_window: Option<N>,
+    pub idle_timeout: Option<S>,
+    pub retry_threshold: Option<N>,
+    pub early_data: Option<bool>,
+    pub alt_svc_max_age: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,8 +391,13 @@ pub(crate) struct RawAccessLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTracing {
-    pub exporter: Option<S>,
-    pub endpoint: Option<S>,
-    pub sample_percent: Option<N>,
+    pub otlp_endpoint: Option<S>,
+    /// A number from 0.0 to 1.0; an integer (`0`, `1`) is accepted too,
+    /// so it stays a TOML value until validation.
+    pub sampling_ratio: Option<Spanned<toml::Value>>,
     pub service_name: Option<S>,
+    pub batch_size: Option<N>,
+    pub flush_interval: Option<S>,
+    pub queue_capacity: Option<N>,
+    pub export_timeout: Option<S>,
 }

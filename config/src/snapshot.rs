@@ -154,8 +154,49 @@ pub struct ListenerSpec {
     pub tls: Option<TlsSpec>,
     /// Limits and timeouts.
     pub limits: ListenerLimits,
+    /// QUIC transport settings, used when `protocols.http3` is on.
+    pub http3: Http3Spec,
     /// The routes bound to this listener, compiled.
     pub routes: Arc<RouteTable>,
+}
+
+/// HTTP/3 (QUIC) transport settings of a listener: `[listener.http3]`.
+/// The listener's `max_connections` caps QUIC connections too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http3Spec {
+    /// Concurrent request streams a client may open on one connection.
+    /// Default 100.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of one request body, in bytes. Default 1 MiB.
+    pub stream_receive_window: u32,
+    /// Flow-control window of a whole connection, in bytes. Default 8 MiB.
+    pub receive_window: u32,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Once more than this many handshakes are in progress, new clients
+    /// must prove their address with a retry token first (one extra round
+    /// trip). 0 asks every client. Default 64.
+    pub retry_threshold: u32,
+    /// Accept 0-RTT early data (replayable; only safe methods are served
+    /// from it, others get 425 Too Early). Default off.
+    pub early_data: bool,
+    /// `max-age` of the `Alt-Svc` header advertising HTTP/3 on TCP
+    /// responses; zero sends no header. Default 24 h.
+    pub alt_svc_max_age: Duration,
+}
+
+impl Default for Http3Spec {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            stream_receive_window: 1 << 20,
+            receive_window: 8 << 20,
+            idle_timeout: Duration::from_secs(30),
+            retry_threshold: 64,
+            early_data: false,
+            alt_svc_max_age: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// TLS termination settings.
@@ -571,18 +612,43 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// Trace exporters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TraceExporter {
-    /// Propagate W3C trace context but export nothing.
-    None,
-    /// OTLP over HTTP/JSON to a collector.
-    OtlpHttp {
-        /// Collector URL.
-        endpoint: String,
-    },
-    /// Spans written to the log.
-    Log,
+/// `[observability.tracing]`: W3C trace context is propagated (and
+/// created when a request has none) whatever this says; spans are
+/// exported only with an `otlp_endpoint`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSpec {
+    /// OTLP/HTTP (protobuf) traces URL of the collector, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. `None`: nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled when the caller did not decide, 0.0-1.0.
+    /// Default 1.0.
+    pub sampling_ratio: f64,
+    /// `service.name` of exported spans; `None`: `meshgate` on the
+    /// appliance, the service's name on a sidecar.
+    pub service_name: Option<String>,
+    /// Most spans sent in one export request. Default 512.
+    pub batch_size: usize,
+    /// Longest a finished span waits before it is sent. Default 5 s.
+    pub flush_interval: Duration,
+    /// Most finished spans waiting for export; more are dropped and
+    /// counted. Default 2048.
+    pub queue_capacity: usize,
+    /// Limit on one export request. Default 10 s.
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingSpec {
+    fn default() -> Self {
+        TracingSpec {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: None,
+            batch_size: 512,
+            flush_interval: Duration::from_secs(5),
+            queue_capacity: 2048,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Metrics, logs and traces.
@@ -606,12 +672,8 @@ pub struct ObservabilitySpec {
     pub access_log_user_claim: Option<String>,
     /// Routes with `access_log = false`: never logged.
     pub access_log_off: BTreeSet<String>,
-    /// Trace exporter.
-    pub trace_exporter: TraceExporter,
-    /// Share of requests traced when the caller did not decide, 0-100.
-    pub trace_sample_percent: u8,
-    /// `service.name` on exported spans.
-    pub trace_service_name: String,
+    /// Distributed tracing (`[observability.tracing]`).
+    pub tracing: Arc<TracingSpec>,
 }
 
 /// A route as listed by the admin API and `check --diff`.

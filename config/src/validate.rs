@@ -552,6 +552,7 @@ impl Cx<'_, '_> {
             let tls = r.tls.as_ref().map(|t| self.tls(t));
             let protocols = self.protocols(r, tls.is_some());
             let limits = self.listener_limits(r.limits.as_ref());
+            let http3 = self.http3(r.http3.as_ref(), protocols.http3);
             if let Some(address) = address {
                 out.push((
                     ListenerSpec {
@@ -560,6 +561,7 @@ impl Cx<'_, '_> {
                         protocols,
                         tls: tls.flatten(),
                         limits,
+                        http3,
                         routes: Arc::new(RouteTable::default()),
                     },
                     r.address.span(),
@@ -709,6 +711,76 @@ impl Cx<'_, '_> {
             min_version,
             client_auth,
         })
+    }
+
+    fn http3(&mut self, raw: Option<&Spanned<RawHttp3>>, on: bool) -> Http3Spec {
+        let dflt = Http3Spec::default();
+        let Some(raw) = raw else { return dflt };
+        if !on {
+            self.hint(
+                raw.span(),
+                "[listener.http3] settings on a listener without `http3` in its protocols",
+                "add \"http3\" to `protocols`, or remove the table",
+            );
+        }
+        let r = raw.get_ref();
+        let d = Duration::from_secs;
+        let stream_receive_window = self.opt_u32(
+            r.stream_receive_window.as_ref(),
+            "stream_receive_window",
+            16 * 1024,
+            64 << 20,
+            dflt.stream_receive_window,
+        );
+        let receive_window = self.opt_u32(
+            r.receive_window.as_ref(),
+            "receive_window",
+            16 * 1024,
+            1 << 30,
+            dflt.receive_window.max(stream_receive_window),
+        );
+        if receive_window < stream_receive_window {
+            self.hint(
+                raw.span(),
+                format!(
+                    "`receive_window` ({receive_window}) is smaller than `stream_receive_window` ({stream_receive_window})"
+                ),
+                "the connection window must hold at least one stream's window",
+            );
+        }
+        Http3Spec {
+            max_concurrent_streams: self.opt_u32(
+                r.max_concurrent_streams.as_ref(),
+                "max_concurrent_streams",
+                1,
+                10_000,
+                dflt.max_concurrent_streams,
+            ),
+            stream_receive_window,
+            receive_window,
+            idle_timeout: self.opt_duration(
+                r.idle_timeout.as_ref(),
+                "idle_timeout",
+                dflt.idle_timeout,
+                Duration::from_secs(1),
+                d(3_600),
+            ),
+            retry_threshold: self.opt_u32(
+                r.retry_threshold.as_ref(),
+                "retry_threshold",
+                0,
+                1_000_000,
+                dflt.retry_threshold,
+            ),
+            early_data: r.early_data.unwrap_or(dflt.early_data),
+            alt_svc_max_age: self.opt_duration(
+                r.alt_svc_max_age.as_ref(),
+                "alt_svc_max_age",
+                dflt.alt_svc_max_age,
+                Duration::ZERO,
+                d(365 * 86_400),
+            ),
+        }
     }
 
     fn listener_limits(&mut self, raw: Option<&RawListenerLimits>) -> ListenerLimits {
@@ -1601,9 +1673,7 @@ impl Cx<'_, '_> {
             access_log_sample_percent: 100,
             access_log_user_claim: None,
             access_log_off: BTreeSet::new(),
-            trace_exporter: TraceExporter::None,
-            trace_sample_percent: 100,
-            trace_service_name: "meshgate".to_owned(),
+            tracing: Arc::new(TracingSpec::default()),
         };
         let Some(r) = raw else { return spec };
         if let Some(l) = &r.log_level {
@@ -1683,61 +1753,106 @@ impl Cx<'_, '_> {
             }
         }
         if let Some(t) = &r.tracing {
-            let tr = t.get_ref();
-            let exporter = tr
-                .exporter
-                .as_ref()
-                .and_then(|e| {
-                    self.word(
-                        e,
-                        "tracing.exporter",
-                        &[("none", 0u8), ("otlp-http", 1), ("log", 2)],
-                    )
-                })
-                .unwrap_or(0);
-            spec.trace_exporter = match exporter {
-                1 => match &tr.endpoint {
-                    Some(e)
-                        if e.get_ref().starts_with("http://")
-                            || e.get_ref().starts_with("https://") =>
-                    {
-                        TraceExporter::OtlpHttp {
-                            endpoint: e.get_ref().clone(),
-                        }
-                    }
-                    Some(e) => {
-                        self.hint(
-                            e.span(),
-                            "`tracing.endpoint` must be an http(s) URL",
-                            "e.g. \"http://127.0.0.1:4318/v1/traces\"",
-                        );
-                        TraceExporter::None
-                    }
-                    None => {
-                        self.hint(
-                            t.span(),
-                            "the otlp-http exporter needs an `endpoint`",
-                            "e.g. endpoint = \"http://127.0.0.1:4318/v1/traces\"",
-                        );
-                        TraceExporter::None
-                    }
-                },
-                2 => TraceExporter::Log,
-                _ => TraceExporter::None,
-            };
-            spec.trace_sample_percent = u8::try_from(self.opt_int(
-                tr.sample_percent.as_ref(),
-                "sample_percent",
-                0,
-                100,
-                100,
-            ))
-            .unwrap_or(100);
-            if let Some(n) = &tr.service_name {
-                spec.trace_service_name = n.get_ref().clone();
-            }
+            spec.tracing = Arc::new(self.tracing(t.get_ref()));
         }
         spec
+    }
+
+    fn tracing(&mut self, t: &RawTracing) -> TracingSpec {
+        let mut spec = TracingSpec::default();
+        if let Some(e) = &t.otlp_endpoint {
+            spec.otlp_endpoint = self.otlp_endpoint(e);
+        }
+        if let Some(v) = &t.sampling_ratio {
+            let ratio = match v.get_ref() {
+                toml::Value::Float(f) => Some(*f),
+                toml::Value::Integer(i) => Some(*i as f64),
+                _ => None,
+            };
+            match ratio {
+                Some(r) if (0.0..=1.0).contains(&r) => spec.sampling_ratio = r,
+                Some(r) => self.hint(
+                    v.span(),
+                    format!("`sampling_ratio` = {r} is out of range"),
+                    "use a number from 0.0 to 1.0, e.g. 0.1 to sample one new trace in ten",
+                ),
+                None => self.hint(
+                    v.span(),
+                    "`sampling_ratio` must be a number",
+                    "use a number from 0.0 to 1.0, e.g. sampling_ratio = 0.1",
+                ),
+            }
+        }
+        if let Some(n) = &t.service_name {
+            let name = n.get_ref().trim();
+            if name.is_empty() || name.chars().any(char::is_control) {
+                self.hint(
+                    n.span(),
+                    "`service_name` must be a non-empty name without control characters",
+                    "leave it out to use \"meshgate\" (a sidecar: its service's name)",
+                );
+            } else {
+                spec.service_name = Some(name.to_owned());
+            }
+        }
+        let batch = self.opt_int(t.batch_size.as_ref(), "batch_size", 1, 65_536, 512);
+        let queue = self.opt_int(
+            t.queue_capacity.as_ref(),
+            "queue_capacity",
+            1,
+            1_048_576,
+            2048,
+        );
+        if batch > queue
+            && let Some(b) = &t.batch_size
+        {
+            self.hint(
+                b.span(),
+                format!("`batch_size` = {batch} is larger than `queue_capacity` = {queue}"),
+                "a batch is taken from the queue: lower batch_size or raise queue_capacity",
+            );
+        }
+        spec.batch_size = usize::try_from(batch).unwrap_or(512);
+        spec.queue_capacity = usize::try_from(queue).unwrap_or(2048);
+        spec.flush_interval = self.opt_duration(
+            t.flush_interval.as_ref(),
+            "flush_interval",
+            spec.flush_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        spec.export_timeout = self.opt_duration(
+            t.export_timeout.as_ref(),
+            "export_timeout",
+            spec.export_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
+        spec
+    }
+
+    /// An OTLP/HTTP collector URL; a URL without a path gets the
+    /// standard `/v1/traces`, as OpenTelemetry SDKs do for a base URL.
+    fn otlp_endpoint(&mut self, e: &S) -> Option<String> {
+        let text = e.get_ref().trim();
+        let uri = text.parse::<http::Uri>().ok();
+        let ok = uri.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
+        let Some(uri) = uri.filter(|_| ok) else {
+            self.hint(
+                e.span(),
+                format!("`otlp_endpoint` = \"{text}\" is not an http:// or https:// URL"),
+                "give the collector's OTLP/HTTP traces URL, e.g. \"http://127.0.0.1:4318/v1/traces\"",
+            );
+            return None;
+        };
+        if matches!(uri.path(), "" | "/") && uri.query().is_none() {
+            let base = text.trim_end_matches('/');
+            return Some(format!("{base}/v1/traces"));
+        }
+        Some(text.to_owned())
     }
 
     // ---- routes --------------------------------------------------------
@@ -2386,5 +2501,110 @@ mod tests {
         ));
         assert!(!url_host_is_loopback("http://10.0.0.1/jwks.json"));
         assert!(!url_host_is_loopback("not a url"));
+    }
+
+    fn tracing(table: &str) -> Result<crate::TracingSpec, String> {
+        let text = format!("[observability.tracing]\n{table}\n");
+        crate::load_str(&text, "t.toml", std::path::Path::new("/"))
+            .map(|s| (*s.observability.tracing).clone())
+            .map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn tracing_defaults_propagate_without_exporting() {
+        let none = crate::load_str("", "t.toml", std::path::Path::new("/")).expect("empty config");
+        let t = &none.observability.tracing;
+        assert_eq!(t.otlp_endpoint, None);
+        assert_eq!(t.sampling_ratio, 1.0);
+        assert_eq!(t.service_name, None);
+        assert_eq!((t.batch_size, t.queue_capacity), (512, 2048));
+        assert_eq!(t.flush_interval, std::time::Duration::from_secs(5));
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            tracing("").expect("empty table"),
+            crate::TracingSpec::default()
+        );
+    }
+
+    #[test]
+    fn tracing_keys_are_read_and_checked() {
+        let t = tracing(
+            "otlp_endpoint = \"https://collector.example:4318/v1/traces\"\n\
+             sampling_ratio = 0.25\nservice_name = \"edge-eu\"\nbatch_size = 100\n\
+             queue_capacity = 1000\nflush_interval = \"200ms\"\nexport_timeout = \"3s\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("https://collector.example:4318/v1/traces")
+        );
+        assert_eq!(t.sampling_ratio, 0.25);
+        assert_eq!(t.service_name.as_deref(), Some("edge-eu"));
+        assert_eq!((t.batch_size, t.queue_capacity), (100, 1000));
+        assert_eq!(t.flush_interval, std::time::Duration::from_millis(200));
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(3));
+        // Whole numbers are ratios too; a base URL gets the traces path.
+        let t = tracing("sampling_ratio = 0\notlp_endpoint = \"http://127.0.0.1:4318\"")
+            .expect("valid");
+        assert_eq!(t.sampling_ratio, 0.0);
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        let t = tracing("otlp_endpoint = \"http://otel:4318/\"").expect("valid");
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://otel:4318/v1/traces")
+        );
+
+        for (table, want) in [
+            (
+                "sampling_ratio = 1.5",
+                "`sampling_ratio` = 1.5 is out of range",
+            ),
+            (
+                "sampling_ratio = -1",
+                "`sampling_ratio` = -1 is out of range",
+            ),
+            (
+                "sampling_ratio = \"10%\"",
+                "`sampling_ratio` must be a number",
+            ),
+            (
+                "sampling_ratio = nan",
+                "`sampling_ratio` = NaN is out of range",
+            ),
+            (
+                "otlp_endpoint = \"grpc://otel:4317\"",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "otlp_endpoint = \"otel:4318\"",
+                "is not an http:// or https:// URL",
+            ),
+            ("otlp_endpoint = \"\"", "is not an http:// or https:// URL"),
+            (
+                "service_name = \" \"",
+                "`service_name` must be a non-empty name",
+            ),
+            ("batch_size = 0", "`batch_size` = 0 is out of range"),
+            (
+                "queue_capacity = 10\nbatch_size = 20",
+                "is larger than `queue_capacity` = 10",
+            ),
+            (
+                "flush_interval = \"soon\"",
+                "invalid duration for `flush_interval`",
+            ),
+            (
+                "export_timeout = \"1h\"",
+                "`export_timeout` = \"1h\" is too long",
+            ),
+            ("endpoint = \"http://x\"", "unknown"),
+        ] {
+            let err = tracing(table).expect_err(table);
+            assert!(err.contains(want), "{table}: want {want:?} in\n{err}");
+            assert!(err.contains("hint:"), "{table}: no hint in\n{err}");
+        }
     }
 }

@@ -43,7 +43,11 @@ const STREAM_LOG_PATHS: &[&str] = &["stdout", "-", "stderr"];
 ///   `<service>` and `<service>.mesh`, with the calls' `timeout` (default
 ///   `"15s"`) and `retry` (default two retries on connect failures, resets
 ///   and gateway errors);
-/// - `[observability]`, with a file access log replaced by stdout.
+/// - `[observability]`, with a file access log replaced by stdout and
+///   without `tracing.service_name` (the appliance's name: each sidecar's
+///   spans carry its own service's name); the rest of
+///   `[observability.tracing]` (collector, sampling ratio, batching) is
+///   passed on as written.
 ///
 /// Nothing else: listeners, the admin API, JWT providers and edge routes
 /// stay on the appliance. The same inputs always render the same text.
@@ -125,6 +129,9 @@ pub(crate) fn render_body(source: &Table, instances: &[Instance]) -> Result<Stri
             // The appliance's log file path means nothing on the sidecar's
             // host; stdout is where a sidecar's supervisor collects logs.
             *path = "stdout".into();
+        }
+        if let Some(Value::Table(tracing)) = observability.get_mut("tracing") {
+            tracing.remove("service_name");
         }
         out.insert("observability".into(), Value::Table(observability));
     }
@@ -367,6 +374,12 @@ allow = ["spiffe://seed.meshgate.local/service/order-processing"]
 [observability]
 log_level = "info"
 access_log = { format = "json", path = "/var/log/meshgate/access.log" }
+
+[observability.tracing]
+otlp_endpoint = "http://127.0.0.1:4318/v1/traces"
+sampling_ratio = 0.25
+service_name = "edge-gateway"
+flush_interval = "200ms"
 "#;
 
     fn instance(service: &str, address: &str, version: Option<&str>) -> Instance {
@@ -528,6 +541,24 @@ access_log = { format = "json", path = "/var/log/meshgate/access.log" }
         let stderr = SOURCE.replace("/var/log/meshgate/access.log", "stderr");
         let text = render_sidecar_config(&stderr, &[]).expect("renders");
         assert!(text.contains("path = \"stderr\""), "{text}");
+    }
+
+    #[test]
+    fn tracing_reaches_sidecars_without_the_appliance_service_name() {
+        let config = rendered();
+        let tracing = config["observability"]["tracing"]
+            .as_table()
+            .expect("[observability.tracing] is passed on");
+        assert_eq!(
+            tracing["otlp_endpoint"].as_str(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(tracing["sampling_ratio"].as_float(), Some(0.25));
+        assert_eq!(tracing["flush_interval"].as_str(), Some("200ms"));
+        assert!(
+            !tracing.contains_key("service_name"),
+            "a sidecar names its spans after its own service: {tracing:?}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!
 //! Nothing here is part of the gateway's request path.
 
+mod h3get;
 mod issuer;
 mod service;
 mod setup;

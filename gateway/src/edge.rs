@@ -52,6 +52,8 @@ pub(crate) struct Edge {
     pub(crate) authn: Arc<crate::authn::Authn>,
     /// This process's mesh identity, for `tls = "mesh"` services.
     pub(crate) mesh: Arc<crate::mesh::MeshTls>,
+    /// `Alt-Svc` advertising this listener's HTTP/3 side on TCP responses.
+    pub(crate) alt_svc: Option<HeaderValue>,
 }
 
 /// A response the proxy writes itself.
@@ -87,6 +89,8 @@ pub(crate) struct RequestCtx {
     claims: Option<Arc<serde_json::Value>>,
     /// When the current try was sent and answered, for the access log.
     upstream_times: crate::access_log::UpstreamTimes,
+    /// The request's trace and this hop's spans, from `request_filter` on.
+    pub(crate) trace: Option<crate::trace::Hop>,
 }
 
 impl Drop for RequestCtx {
@@ -173,6 +177,16 @@ fn error_outcome(e: &Error) -> Outcome {
 }
 
 impl Edge {
+    /// Advertises HTTP/3 on a TCP response of a listener that has it.
+    fn advertise_http3(&self, session: &Session, resp: &mut ResponseHeader) -> Result<()> {
+        match &self.alt_svc {
+            Some(v) if !session.downstream_session.is_custom() => {
+                resp.insert_header(http::header::ALT_SVC, v.clone())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn local_response(
         &self,
         session: &mut Session,
@@ -196,6 +210,7 @@ impl Edge {
         for (k, v) in extra {
             resp.insert_header(k, v)?;
         }
+        self.advertise_http3(session, &mut resp)?;
         ctx.status = status;
         ctx.reason = reason;
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -206,6 +221,38 @@ impl Edge {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
+    }
+
+    /// Ends this hop's spans; a request refused before `request_filter`
+    /// (bad framing, body too large) gets its trace here.
+    fn finish_trace(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(snap) = ctx.snap.clone() else {
+            return;
+        };
+        let mut hop = ctx.trace.take().unwrap_or_else(|| {
+            let tracing = &snap.observability.tracing;
+            crate::trace::Hop::start(&session.req_header().headers, tracing, ctx.start)
+        });
+        let service = ctx.service.as_deref();
+        hop.finish(&crate::trace::Facts {
+            session,
+            scheme: self.scheme,
+            listener: &self.listener,
+            inbound: false,
+            status: session
+                .response_written()
+                .map_or(ctx.status, |r| r.status.as_u16()),
+            reason: ctx.reason,
+            route: ctx.route(&snap).map(|r| r.name.as_str()),
+            service: service.map(|s| s.name.as_str()),
+            subset: ctx
+                .subset
+                .zip(service)
+                .and_then(|(i, s)| s.subsets.get(i))
+                .map(|s| s.name.as_str()),
+            peer_identity: None,
+        });
+        ctx.trace = Some(hop);
     }
 
     async fn proxy_error(
@@ -253,6 +300,7 @@ impl ProxyHttp for Edge {
             body_bytes: 0,
             claims: None,
             upstream_times: Default::default(),
+            trace: None,
         }
     }
 
@@ -328,6 +376,12 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = self.store.current();
         ctx.snap = Some(snap.clone());
+        let tracing = &snap.observability.tracing;
+        ctx.trace = Some(crate::trace::Hop::start(
+            &session.req_header().headers,
+            tracing,
+            ctx.start,
+        ));
         let Some(li) = snap.listeners.iter().position(|l| l.name == self.listener) else {
             // The listener was removed by a reload; its socket stays until
             // restart, so answer clearly rather than route by stale rules.
@@ -537,6 +591,9 @@ impl ProxyHttp for Edge {
             ));
         };
         ctx.upstream = Some(addr);
+        if let Some(t) = &mut ctx.trace {
+            t.begin_try(addr);
+        }
         let per_try = ctx.retry_policy().and_then(|p| p.per_try_timeout);
         let try_timeout = ctx.flight.deadline.try_timeout(now, per_try);
         let Some(mut peer) = crate::upstream::peer(addr, &svc, &self.mesh) else {
@@ -565,6 +622,9 @@ impl ProxyHttp for Edge {
         let Some(svc) = ctx.service.clone() else {
             return e;
         };
+        if let Some(t) = &mut ctx.trace {
+            t.end_try(Some(classify(&e).1));
+        }
         let now = Instant::now();
         ctx.flight.finish(&svc, true, now);
         let policy = ctx.retry_policy();
@@ -591,6 +651,10 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
+        if let Some(t) = &mut ctx.trace {
+            // A retryable response ends its try by its status alone.
+            t.end_try((!ctx.flight.response_retry).then(|| classify(&e).1));
+        }
         if std::mem::take(&mut ctx.flight.response_retry) {
             // upstream_response_filter already decided to retry.
             e.set_retry(true);
@@ -653,6 +717,9 @@ impl ProxyHttp for Edge {
         if (100..200).contains(&status) && status != 101 {
             return Ok(());
         }
+        if let Some(t) = &mut ctx.trace {
+            t.try_status(status);
+        }
         let now = Instant::now();
         ctx.upstream_times.header = Some(now);
         let outcome = response_outcome(resp);
@@ -687,6 +754,22 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_times.sending(Instant::now());
+        // pingora strips hop-by-hop headers from a custom (HTTP/3)
+        // downstream, `te` included; `te: trailers` is end to end in
+        // HTTP/2 and HTTP/3 and gRPC servers require it.
+        if session.downstream_session.is_custom()
+            && session
+                .req_header()
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            upstream.insert_header(http::header::TE, "trailers")?;
+        }
+        // First, so that a route's header rules can still override it.
+        if let Some(t) = &ctx.trace {
+            t.inject(upstream)?;
+        }
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };
@@ -772,11 +855,12 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
+        self.advertise_http3(session, resp)?;
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };
@@ -846,6 +930,7 @@ impl ProxyHttp for Edge {
             let failed = e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream);
             ctx.flight.finish(&svc, failed, now);
         }
+        self.finish_trace(session, ctx);
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
@@ -905,6 +990,7 @@ impl ProxyHttp for Edge {
             })
             .map(|id| id.to_string());
         let (upstream_header, upstream) = ctx.upstream_times.durations(now);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id().to_string());
         crate::access_log::record(
             snap,
             &crate::access_log::Entry {
@@ -933,8 +1019,7 @@ impl ProxyHttp for Edge {
                 upstream,
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
-                // Tracing hands the request's trace id over here.
-                trace_id: None,
+                trace_id: trace_id.as_deref(),
                 user: crate::access_log::user(snap, ctx.claims.as_deref()),
                 peer_identity: peer_identity.as_deref(),
                 retries: ctx.flight.retries_done,

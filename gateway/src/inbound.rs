@@ -46,6 +46,8 @@ pub(crate) struct InboundCtx {
     reason: Option<&'static str>,
     /// When the request went to the application and it answered.
     upstream_times: crate::access_log::UpstreamTimes,
+    /// The request's trace and this hop's spans, from `request_filter` on.
+    pub(crate) trace: Option<crate::trace::Hop>,
 }
 
 impl Drop for InboundCtx {
@@ -93,6 +95,7 @@ impl ProxyHttp for Inbound {
             peer: None,
             reason: None,
             upstream_times: Default::default(),
+            trace: None,
         }
     }
 
@@ -100,6 +103,11 @@ impl ProxyHttp for Inbound {
         if crate::server::DRAINING.load(Ordering::Relaxed) {
             session.set_keepalive(None);
         }
+        ctx.trace = Some(crate::trace::Hop::start(
+            &session.req_header().headers,
+            &self.store.current().observability.tracing,
+            ctx.start,
+        ));
         ctx.peer = peer_identity(session);
         let Some(peer) = ctx.peer.as_deref() else {
             // The handshake demanded a certificate from the mesh CA, so
@@ -120,8 +128,11 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut InboundCtx,
+        ctx: &mut InboundCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(t) = &mut ctx.trace {
+            t.begin_try(self.app);
+        }
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         Ok(Box::new(peer))
@@ -138,16 +149,22 @@ impl ProxyHttp for Inbound {
         if let Some(peer) = ctx.peer.as_deref() {
             upstream_request.insert_header(PEER_IDENTITY_HEADER, peer)?;
         }
+        if let Some(t) = &ctx.trace {
+            t.inject(upstream_request)?;
+        }
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut InboundCtx,
     ) -> Result<()> {
         ctx.upstream_times.header = Some(Instant::now());
+        if let Some(t) = &mut ctx.trace {
+            t.try_status(resp.status.as_u16());
+        }
         Ok(())
     }
 
@@ -187,6 +204,23 @@ impl ProxyHttp for Inbound {
         let snap = self.store.current();
         let status = session.response_written().map(|r| r.status.as_u16());
         let reason = ctx.reason.or_else(|| e.map(|_| "app-unavailable"));
+        if let Some(t) = &mut ctx.trace {
+            if e.is_some() {
+                t.end_try(reason);
+            }
+            t.finish(&crate::trace::Facts {
+                session,
+                scheme: "https",
+                listener: "inbound",
+                inbound: true,
+                status: status.unwrap_or(0),
+                reason,
+                route: None,
+                service: Some(&self.service),
+                subset: None,
+                peer_identity: ctx.peer.as_deref(),
+            });
+        }
         crate::metrics::finished(&crate::metrics::Finished {
             listener: "inbound",
             route: "",
@@ -213,6 +247,7 @@ impl ProxyHttp for Inbound {
         let req = session.req_header();
         let now = Instant::now();
         let (upstream_header, upstream) = ctx.upstream_times.durations(now);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id().to_string());
         crate::access_log::record(
             &snap,
             &crate::access_log::Entry {
@@ -237,8 +272,7 @@ impl ProxyHttp for Inbound {
                 upstream,
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
-                // Tracing hands the request's trace id over here.
-                trace_id: None,
+                trace_id: trace_id.as_deref(),
                 user: None,
                 peer_identity: ctx.peer.as_deref(),
                 retries: 0,

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metric families.
@@ -70,6 +70,13 @@ pub(crate) struct Metrics {
     /// Downstream TLS handshake failures whose reason is known, by
     /// listener and reason.
     pub(crate) tls_failures: IntCounterVec,
+    /// QUIC connections offered to HTTP/3 listeners, by outcome.
+    pub(crate) http3_connections: IntCounterVec,
+    /// Spans the collector accepted.
+    pub(crate) trace_spans_exported: IntCounter,
+    /// Spans dropped, by reason: `queue_full` (the export queue was at
+    /// `queue_capacity`), `export_failed` (the collector failed or refused).
+    pub(crate) trace_spans_dropped: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -225,6 +232,32 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(jwks_fetches.clone()))?;
     registry.register(Box::new(jwks_last_success.clone()))?;
     registry.register(Box::new(jwks_keys.clone()))?;
+    let http3_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_http3_connections_total",
+            "QUIC connection attempts on HTTP/3 listeners, by outcome: ok, \
+             retry (asked to prove its address first), refused (connection \
+             limit), timeout, protocol-error, closed.",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(http3_connections.clone()))?;
+    let trace_spans_exported = IntCounter::new(
+        "meshgate_trace_spans_exported_total",
+        "Spans sent to the trace collector and accepted.",
+    )?;
+    let trace_spans_dropped = IntCounterVec::new(
+        Opts::new(
+            "meshgate_trace_spans_dropped_total",
+            "Spans not exported: queue_full (export queue at capacity) or export_failed (collector error).",
+        ),
+        &["reason"],
+    )?;
+    for reason in ["queue_full", "export_failed"] {
+        trace_spans_dropped.with_label_values(&[reason]);
+    }
+    registry.register(Box::new(trace_spans_exported.clone()))?;
+    registry.register(Box::new(trace_spans_dropped.clone()))?;
     registry.register(Box::new(jwt.clone()))?;
     registry.register(Box::new(budget_exhausted.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
@@ -260,6 +293,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_keys,
         tls_handshakes,
         tls_failures,
+        http3_connections,
+        trace_spans_exported,
+        trace_spans_dropped,
     })
 }
 
@@ -306,6 +342,13 @@ pub(crate) fn config_reload(outcome: &'static str, version: u64) {
         m.config_reloads.with_label_values(&[outcome]).inc();
         m.config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+}
+
+/// Records how a QUIC connection attempt on an HTTP/3 listener ended.
+pub(crate) fn http3_connection(outcome: &'static str) {
+    if let Some(m) = metrics() {
+        m.http3_connections.with_label_values(&[outcome]).inc();
     }
 }
 
@@ -678,6 +721,22 @@ impl rustls::server::danger::ClientCertVerifier for CountingVerifier {
 
     fn requires_raw_public_keys(&self) -> bool {
         self.inner.requires_raw_public_keys()
+    }
+}
+
+/// Counts spans the collector accepted.
+pub(crate) fn trace_spans_exported(n: usize) {
+    if let Some(m) = metrics() {
+        m.trace_spans_exported.inc_by(n as u64);
+    }
+}
+
+/// Counts spans dropped for `reason` (`queue_full`, `export_failed`).
+pub(crate) fn trace_spans_dropped(reason: &'static str, n: usize) {
+    if let Some(m) = metrics() {
+        m.trace_spans_dropped
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
     }
 }
 

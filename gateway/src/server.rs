@@ -228,25 +228,32 @@ pub(crate) fn add_edge_listeners(
             idle_secs: l.limits.idle_timeout.as_secs_f64().ceil() as u64,
             authn: authn.clone(),
             mesh: mesh.clone(),
+            alt_svc: crate::h3::alt_svc(l),
         };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            edge,
-            &format!("listener {}", l.name),
+        // One proxy per listener, shared by its TCP and HTTP/3 sides: the
+        // same pipeline and the same upstream connection pools.
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, edge);
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = l.protocols.h2c;
+        proxy.server_options = Some(opts);
+        let proxy = Arc::new(proxy);
+        let mut svc = pingora::services::listening::Service::new(
+            format!("listener {}", l.name),
+            crate::h3::SharedProxy(proxy.clone()),
         );
-        if let Some(app) = svc.app_logic_mut() {
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = l.protocols.h2c;
-            app.server_options = Some(opts);
-        }
         let addr = l.address.to_string();
         match &l.tls {
             None => svc.add_tcp(&addr),
             Some(tls) => {
                 let (settings, live) = crate::tls::settings(&l.name, &l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
-                certs.insert(l.name.clone(), live);
+                certs.insert(l.name.clone(), live.clone());
                 svc.add_tls_with_settings(&addr, None, settings);
+                if l.protocols.http3 {
+                    let quic = crate::h3::H3Listener::bind(l, tls, live, proxy)
+                        .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
+                    server.add_service(quic);
+                }
             }
         }
         server.add_service(svc);
@@ -279,7 +286,10 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
         crate::notify::stopping();
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");
-        while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {
+        // Requests in flight, and QUIC connections still delivering their
+        // last responses (they close once the client has them).
+        let busy = || IN_FLIGHT.load(Ordering::Relaxed) > 0 || crate::h3::open_connections() > 0;
+        while busy() && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(20));
         }
         let left = IN_FLIGHT.load(Ordering::Relaxed);

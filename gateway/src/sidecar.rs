@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         TcpListener::bind(addr).map_err(|e| format!("{what} address {addr}: {e}"))?;
     }
     crate::server::init_logging_filter("info");
+    crate::trace::set_sidecar(&cli.service);
 
     let shared = Arc::new(Shared {
         mesh,

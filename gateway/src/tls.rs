@@ -71,6 +71,12 @@ pub(crate) enum TlsError {
         /// What rustls found wrong.
         source: rustls::Error,
     },
+    /// rustls cannot offer TLS 1.3 with these settings (HTTP/3 needs it).
+    #[error("TLS 1.3 for HTTP/3: {source}")]
+    Quic {
+        /// What rustls found wrong.
+        source: rustls::Error,
+    },
     /// The key file cannot be read or holds no PEM private key.
     #[error("cannot read private key file {}: {source}", .path.display())]
     KeyFile {
@@ -162,6 +168,34 @@ pub(crate) fn settings(
         settings.set_client_cert_verifier(Arc::new(CountingVerifier::new(listener, verifier)));
     }
     Ok((settings, live))
+}
+
+/// The rustls settings of a listener's HTTP/3 side: TLS 1.3 only (QUIC
+/// has no other), ALPN `h3`, the same live certificates and client
+/// certificate rules as its TCP side. Early data is offered only when
+/// configured, and then in the unlimited form QUIC requires.
+pub(crate) fn quic_server_config(
+    tls: &TlsSpec,
+    live: Arc<LiveCerts>,
+    early_data: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = live.provider.clone();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Quic { source })?;
+    let builder = match &tls.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional { ca } => {
+            builder.with_client_cert_verifier(client_verifier(ca, true, &provider)?)
+        }
+        ClientAuth::Require { ca } => {
+            builder.with_client_cert_verifier(client_verifier(ca, false, &provider)?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(live);
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = if early_data { u32::MAX } else { 0 };
+    Ok(config)
 }
 
 /// ALPN for a TLS listener: `h2` first when HTTP/2 is on, `http/1.1`

@@ -86,13 +86,20 @@ impl Default for LabOptions {
 impl MeshLab {
     /// Writes the config and starts the appliance; no instances yet.
     pub fn start(opts: LabOptions) -> Result<MeshLab> {
+        MeshLab::start_with(opts, "")
+    }
+
+    /// Like [`MeshLab::start`], with `extra_config` (TOML, such as an
+    /// `[observability.tracing]` table) appended to the appliance's config.
+    pub fn start_with(opts: LabOptions, extra_config: &str) -> Result<MeshLab> {
         let dir = tempdir()?;
         let edge = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control_plane = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         std::fs::write(dir.join("join-token"), "lab-join-token\n")?;
         let config = dir.join("meshgate.toml");
-        std::fs::write(&config, lab_config(&dir, edge, control_plane, admin, &opts))?;
+        let text = lab_config(&dir, edge, control_plane, admin, &opts) + extra_config;
+        std::fs::write(&config, text)?;
         let appliance = Gateway::start(&config, edge)?;
         let lab = MeshLab {
             dir,

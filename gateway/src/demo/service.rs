@@ -290,6 +290,14 @@ impl App {
         if let Some(c) = header_text(req, CANARY_HEADER) {
             call = call.header(CANARY_HEADER, c);
         }
+        // Copying the trace context makes this call part of the caller's
+        // trace, as an application in a mesh must (the sidecars cannot
+        // tell which incoming request an outgoing call belongs to).
+        for h in ["traceparent", "tracestate"] {
+            if let Some(v) = header_text(req, h) {
+                call = call.header(h, v);
+            }
+        }
         let answer = match call.send().await {
             Ok(r) => r,
             Err(e) => {

@@ -159,6 +159,8 @@ pub(crate) struct Tour<'a> {
     http: reqwest::Client,
     /// HTTPS trusting only the demo's CA.
     https: reqwest::Client,
+    /// The demo's CA, PEM, for the HTTP/3 client.
+    ca_pem: Vec<u8>,
     /// Failed checks so far.
     failed: usize,
     /// Readiness: `gateway -> INSTANCE` and `order-processing -> INSTANCE`
@@ -188,6 +190,7 @@ impl<'a> Tour<'a> {
             source,
         })?;
         let ca = reqwest::Certificate::from_pem(&ca_pem).map_err(DemoError::Client)?;
+        let ca_for_h3 = ca_pem.clone();
         let https = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
@@ -200,6 +203,7 @@ impl<'a> Tour<'a> {
             issuer,
             http,
             https,
+            ca_pem: ca_for_h3,
             failed: 0,
             reached: BTreeSet::new(),
             metrics_served: false,
@@ -363,8 +367,29 @@ impl<'a> Tour<'a> {
                     a.status == StatusCode::OK,
                     "TLS on the edge, with a certificate from the demo's CA",
                 );
+                let alt_svc = a.header("alt-svc").to_owned();
+                println!("   Alt-Svc: {alt_svc}");
+                self.check(
+                    alt_svc == format!("h3=\":{}\"; ma=86400", self.a.edge_tls.port()),
+                    "the TLS listener advertises HTTP/3 on its port",
+                );
             }
             Err(e) => self.check(false, format!("GET {url}: {e}")),
+        }
+        let got = super::h3get::get(self.a.edge_tls, &self.ca_pem, "/healthz", None).await;
+        match got {
+            Ok((status, _)) => {
+                println!(
+                    "   GET {url} over HTTP/3 (QUIC, UDP {}): {}",
+                    self.a.edge_tls,
+                    status.as_u16()
+                );
+                self.check(
+                    status == StatusCode::OK,
+                    "HTTP/3 on the same port, same certificate",
+                );
+            }
+            Err(e) => self.check(false, format!("GET {url} over HTTP/3: {e}")),
         }
     }
 
@@ -403,6 +428,22 @@ impl<'a> Tour<'a> {
             }
             Err(e) => self.check(false, format!("GET /users/alice: {e}")),
         }
+
+        // The same rules over HTTP/3: same routes, same JWT checks.
+        let token = self.bearer(As::User("alice"));
+        let mut statuses = Vec::new();
+        for t in [None, token.as_deref()] {
+            let got = super::h3get::get(self.a.edge_tls, &self.ca_pem, "/users/alice", t).await;
+            statuses.push(got.map_or(0, |(s, _)| s.as_u16()));
+        }
+        println!(
+            "   GET /users/alice over HTTP/3: {} without a token, {} as alice",
+            statuses[0], statuses[1]
+        );
+        self.check(
+            statuses == [401, 200],
+            "HTTP/3 requests meet the same JWT rules",
+        );
     }
 
     async fn mesh_and_mtls(&mut self) {

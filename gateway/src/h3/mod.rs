@@ -1,0 +1,469 @@
+//! HTTP/3 at the edge. pingora has no QUIC, so a listener with `http3`
+//! in its protocols also gets a quinn endpoint on the same port (UDP). Each
+//! request stream becomes a pingora custom session ([`session::H3Session`])
+//! handed to the *same* `HttpProxy<Edge>` as the TCP listener: one
+//! pipeline and one set of upstream connection pools for all three
+//! protocols.
+//!
+//! The endpoint runs as a pingora service, so it starts and stops with the
+//! server: on shutdown every connection gets a GOAWAY, requests in flight
+//! finish, and the process exits once nothing is in flight.
+
+mod session;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use h3::error::Code;
+use http::{HeaderValue, Method, StatusCode};
+use meshgate_config::{ListenerSpec, TlsSpec};
+use pingora::apps::HttpServerApp;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::HttpProxy;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+
+use crate::edge::Edge;
+use crate::tls::LiveCerts;
+use session::{FirstRead, H3Session};
+
+/// The HTTP/3 side of one listener.
+pub(crate) struct H3Listener {
+    name: String,
+    socket: Option<UdpSocket>,
+    config: quinn::ServerConfig,
+    retry_threshold: usize,
+    max_connections: usize,
+    head_timeout: Duration,
+    max_head: u64,
+    early_data: bool,
+    port: u16,
+    drain_limit: Duration,
+    proxy: Arc<HttpProxy<Edge>>,
+}
+
+/// Why the HTTP/3 side of a listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum H3Error {
+    /// The UDP port could not be bound.
+    #[error("cannot bind UDP {addr} for HTTP/3: {source}")]
+    Bind {
+        /// The listener's address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS settings cannot be used for QUIC.
+    #[error("TLS settings for HTTP/3: {0}")]
+    Tls(String),
+}
+
+impl H3Listener {
+    /// Binds the listener's UDP port now, so a taken port fails start-up
+    /// with the TCP listeners rather than later in the background.
+    pub(crate) fn bind(
+        l: &ListenerSpec,
+        tls: &TlsSpec,
+        certs: Arc<LiveCerts>,
+        proxy: Arc<HttpProxy<Edge>>,
+    ) -> Result<Self, H3Error> {
+        let socket = UdpSocket::bind(l.address).map_err(|source| H3Error::Bind {
+            addr: l.address,
+            source,
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| H3Error::Bind {
+                addr: l.address,
+                source,
+            })?;
+        let spec = &l.http3;
+        let crypto = crate::tls::quic_server_config(tls, certs, spec.early_data)
+            .map_err(|e| H3Error::Tls(e.to_string()))?;
+        let crypto = QuicServerConfig::try_from(crypto).map_err(|e| H3Error::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(spec.max_concurrent_streams))
+            // The client's control and QPACK streams, with room for
+            // extensions; nothing else is accepted.
+            .max_concurrent_uni_streams(VarInt::from_u32(8))
+            .stream_receive_window(VarInt::from_u32(spec.stream_receive_window))
+            .receive_window(VarInt::from_u32(spec.receive_window))
+            .max_idle_timeout(Some(
+                IdleTimeout::try_from(spec.idle_timeout)
+                    .map_err(|e| H3Error::Tls(e.to_string()))?,
+            ));
+        config.transport_config(Arc::new(transport));
+        config.max_incoming(l.limits.max_connections as usize);
+        Ok(Self {
+            name: format!("listener {} (http3)", l.name),
+            socket: Some(socket),
+            config,
+            retry_threshold: spec.retry_threshold as usize,
+            max_connections: l.limits.max_connections as usize,
+            head_timeout: l.limits.header_read_timeout,
+            max_head: l.limits.max_header_bytes as u64,
+            early_data: spec.early_data,
+            port: l.address.port(),
+            drain_limit: l.limits.drain_timeout,
+            proxy,
+        })
+    }
+}
+
+/// A listener's `HttpProxy`, shared between its TCP service and its
+/// HTTP/3 side. pingora keeps upstream connection pools per proxy, so
+/// sharing the proxy shares the pools.
+pub(crate) struct SharedProxy(pub(crate) Arc<HttpProxy<Edge>>);
+
+#[async_trait]
+impl HttpServerApp for SharedProxy {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        self.0.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.0.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        self.0.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.0.http_cleanup().await;
+    }
+}
+
+/// The `Alt-Svc` value that advertises HTTP/3 on `l`'s TCP responses, or
+/// `None` when the listener has no HTTP/3 or the advert is turned off.
+pub(crate) fn alt_svc(l: &ListenerSpec) -> Option<HeaderValue> {
+    let age = l.http3.alt_svc_max_age.as_secs();
+    if !l.protocols.http3 || age == 0 {
+        return None;
+    }
+    HeaderValue::try_from(format!("h3=\":{}\"; ma={age}", l.address.port())).ok()
+}
+
+/// The HTTP/3 application error code for a clean close (RFC 9114 §8.1).
+const H3_NO_ERROR: u32 = 0x100;
+
+/// QUIC connections open on all HTTP/3 listeners of this process: the
+/// drain on shutdown waits for them as for requests in flight, so the last
+/// bytes of a response are not cut off by the exit.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many QUIC connections are open now.
+pub(crate) fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// Counts shared by a listener's accept loop and its connections.
+#[derive(Default)]
+struct Counts {
+    handshaking: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// Decrements a counter when dropped.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Service for H3Listener {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let endpoint = match Endpoint::new(
+            EndpointConfig::default(),
+            Some(self.config.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(listener = %self.name, error = %e, "HTTP/3 endpoint failed to start");
+                return;
+            }
+        };
+        let counts = Arc::new(Counts::default());
+        let conn = ConnShared {
+            proxy: self.proxy.clone(),
+            shutdown: shutdown.clone(),
+            head_timeout: self.head_timeout,
+            max_head: self.max_head,
+            early_data: self.early_data,
+            port: self.port,
+            drain_limit: self.drain_limit,
+        };
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            if counts.connections.load(Ordering::Relaxed) >= self.max_connections {
+                crate::metrics::http3_connection("refused");
+                incoming.refuse();
+                continue;
+            }
+            let incoming = if !incoming.remote_address_validated()
+                && counts.handshaking.load(Ordering::Relaxed) >= self.retry_threshold
+            {
+                // Many handshakes in progress: make this client prove it
+                // owns its address before we spend a handshake on it.
+                match incoming.retry() {
+                    Ok(()) => {
+                        crate::metrics::http3_connection("retry");
+                        continue;
+                    }
+                    Err(e) => e.into_incoming(),
+                }
+            } else {
+                incoming
+            };
+            let counts = counts.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _open = Held::new(&counts.connections);
+                let _all = Held::new(&OPEN);
+                let handshake = Held::new(&counts.handshaking);
+                conn.serve(incoming, handshake).await;
+            });
+        }
+        // Stop taking new connections; those open get their GOAWAY from
+        // the same shutdown signal and finish what they started.
+        endpoint.set_server_config(None);
+        endpoint.wait_idle().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What every connection of a listener needs.
+#[derive(Clone)]
+struct ConnShared {
+    proxy: Arc<HttpProxy<Edge>>,
+    shutdown: ShutdownWatch,
+    head_timeout: Duration,
+    max_head: u64,
+    early_data: bool,
+    port: u16,
+    drain_limit: Duration,
+}
+
+impl ConnShared {
+    async fn serve(&self, incoming: quinn::Incoming, handshake: Held<'_>) {
+        let peer = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "QUIC connection refused");
+                return;
+            }
+        };
+        // `confirmed` turns true once the handshake is complete. Until
+        // then a request may have come as 0-RTT early data, which an
+        // attacker can replay: unsafe methods wait for the handshake.
+        let (confirm, confirmed) = tokio::sync::watch::channel(true);
+        let conn = if self.early_data {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    confirm.send_replace(false);
+                    tokio::spawn(async move {
+                        accepted.await;
+                        confirm.send_replace(true);
+                    });
+                    conn
+                }
+                Err(connecting) => match connecting.await {
+                    Ok(c) => c,
+                    Err(e) => return handshake_failed(peer, &e),
+                },
+            }
+        } else {
+            match connecting.await {
+                Ok(c) => c,
+                Err(e) => return handshake_failed(peer, &e),
+            }
+        };
+        drop(handshake);
+        crate::metrics::http3_connection("ok");
+        let local = conn
+            .local_ip()
+            .map(|ip| std::net::SocketAddr::new(ip, self.port));
+        let mut h3 = match h3::server::builder()
+            .max_field_section_size(self.max_head)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+                return;
+            }
+        };
+        let mut shutdown = self.shutdown.clone();
+        let mut closing = *shutdown.borrow();
+        if closing {
+            let _ = h3.shutdown(0).await;
+        }
+        let mut requests = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                r = h3.accept() => match r {
+                    Ok(Some(resolver)) => {
+                        let shared = self.clone();
+                        let confirmed = confirmed.clone();
+                        requests.spawn(async move {
+                            shared.request(resolver, peer, local, confirmed).await;
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                        break;
+                    }
+                },
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    // GOAWAY: no new requests on this connection; those
+                    // already accepted carry on.
+                    let _ = h3.shutdown(0).await;
+                }
+                // Reap finished requests as they end.
+                Some(_) = requests.join_next() => {}
+            }
+            if closing && requests.is_empty() {
+                break;
+            }
+        }
+        while requests.join_next().await.is_some() {}
+        if closing {
+            // The last responses may still be on their way; closing now
+            // would drop what the client has not acknowledged. A client
+            // closes once it has read them after a GOAWAY; wait for that,
+            // up to the drain limit.
+            tokio::select! {
+                _ = conn.closed() => {}
+                () = tokio::time::sleep(self.drain_limit) => {}
+            }
+        }
+        conn.close(VarInt::from_u32(H3_NO_ERROR), b"");
+    }
+
+    async fn request(
+        &self,
+        resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+        peer: std::net::SocketAddr,
+        local: Option<std::net::SocketAddr>,
+        mut confirmed: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let (req, stream) = match resolver.resolve_request().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
+                return;
+            }
+        };
+        let (parts, ()) = req.into_parts();
+        let (mut send, mut recv) = stream.split();
+        let confirm = confirmed.wait_for(|done| *done);
+        if !is_safe(&parts.method)
+            && !matches!(
+                tokio::time::timeout(self.head_timeout, confirm).await,
+                Ok(Ok(_))
+            )
+        {
+            // Early data that never became a full handshake: only safe
+            // requests are served from it (RFC 8470).
+            let resp = http::Response::builder()
+                .status(StatusCode::TOO_EARLY)
+                .header("x-meshgate-reason", "too-early")
+                .body(())
+                .unwrap_or_default();
+            if send.send_response(resp).await.is_ok() {
+                let _ = send.finish().await;
+            }
+            recv.stop_sending(Code::H3_NO_ERROR);
+            return;
+        }
+        let mut head = RequestHeader::from(parts);
+        if !head.headers.contains_key(http::header::HOST)
+            && let Some(authority) = head.uri.authority().map(|a| a.as_str().to_owned())
+            && head.insert_header(http::header::HOST, authority).is_err()
+        {
+            return;
+        }
+        let first = if head.headers.contains_key(http::header::CONTENT_LENGTH) {
+            FirstRead::Unknown
+        } else {
+            // No declared length: look at what follows the head to tell a
+            // bodiless request (the usual GET) from a streamed upload.
+            match tokio::time::timeout(self.head_timeout, recv.recv_data()).await {
+                Ok(Ok(None)) => FirstRead::Empty,
+                Ok(Ok(Some(mut b))) => FirstRead::Data(b.copy_to_bytes(b.remaining())),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTP/3 request body failed");
+                    return;
+                }
+                Err(_) => FirstRead::Unknown,
+            }
+        };
+        let session = H3Session::new(head, (send, recv), first, peer, local);
+        let session = ServerSession::new_custom(Box::new(session));
+        self.proxy.process_new_http(session, &self.shutdown).await;
+    }
+}
+
+fn handshake_failed(peer: std::net::SocketAddr, e: &quinn::ConnectionError) {
+    crate::metrics::http3_connection(match e {
+        quinn::ConnectionError::TimedOut => "timeout",
+        quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_) => {
+            "protocol-error"
+        }
+        _ => "closed",
+    });
+    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
