@@ -1014,23 +1014,30 @@ fn grafana_dashboard_queries_run_against_prometheus() -> Result<()> {
         Ok(())
     };
     traffic()?;
+    // Both targets scraped once with traffic, each on its own schedule...
+    let both = |queries: [&str; 2]| {
+        queries
+            .iter()
+            .all(|q| prom_query(prom, q).is_ok_and(|r| !r.is_empty()))
+    };
     wait_for(
         Duration::from_secs(20),
-        "the first scrape with traffic",
+        "the first scrapes with traffic",
         || {
-            prom_query(prom, "meshgate_requests_total{route=\"catalog\"}")
-                .is_ok_and(|r| !r.is_empty())
+            both([
+                "meshgate_requests_total{route=\"catalog\"}",
+                "meshgate_requests_total{direction=\"inbound\"}",
+            ])
         },
     )
     .with_context(|| format!("prometheus:\n{}", proc.stderr()))?;
-    // More traffic after that scrape, so rates over the window are not 0.
+    // ...then more traffic, so rates over the window are above 0 on both.
     traffic()?;
-    wait_for(Duration::from_secs(20), "a rate above zero", || {
-        prom_query(
-            prom,
+    wait_for(Duration::from_secs(20), "a rate above zero on both", || {
+        both([
             "sum(rate(meshgate_requests_total{route=\"catalog\"}[1m])) > 0",
-        )
-        .is_ok_and(|r| !r.is_empty())
+            "sum(rate(meshgate_requests_total{direction=\"inbound\"}[1m])) > 0",
+        ])
     })?;
 
     // Variables: `label_values(SELECTOR, LABEL)` has values.
