@@ -3,7 +3,7 @@
 //!
 //! - `GET /healthz`: liveness, 200 while the process runs;
 //! - `GET /readyz` (and its alias `GET /ready`): 200 once every listener
-//!   accepts connections, 503 before and while draining after SIGTERM;
+//!   accepts connections, 503 before and while draining (SIGTERM or `POST /drain`);
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics`]), at
 //!   `[observability.metrics] path` when metrics are enabled;
 //! - `GET /config`: the effective config text, secrets redacted, with its
