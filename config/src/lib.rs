@@ -23,7 +23,9 @@ use std::path::Path;
 pub use diag::{Diagnostic, Diagnostics};
 pub use diff::{Change, ChangeKind, ConfigDiff};
 pub use snapshot::*;
-pub use store::{ConfigSource, ConfigStore, Discovered, ReloadOutcome};
+pub use store::{
+    ConfigSource, ConfigStore, Discovered, ReloadOutcome, SplitOverrideError, SplitOverrides,
+};
 
 /// The configuration `meshgate run` uses when given no `--config`: a
 /// plaintext listener on 127.0.0.1:8080 that serves the status page.

@@ -139,6 +139,7 @@ pub(crate) struct RawRoute {
     pub request_headers: Option<RawHeaderRules>,
     pub response_headers: Option<RawHeaderRules>,
     pub mirror: Option<Spanned<RawMirror>>,
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +385,8 @@ pub(crate) struct RawMetrics {
 pub(crate) struct RawAccessLog {
     pub format: Option<S>,
     pub path: Option<S>,
+    pub sample_percent: Option<N>,
+    pub user_claim: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

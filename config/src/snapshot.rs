@@ -4,7 +4,7 @@
 //! end, so it sees either the old or the new config, never a mix. Every
 //! value here is already checked and typed; the data path never re-parses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -597,7 +597,9 @@ pub struct MeshSpec {
 pub enum AccessLogFormat {
     /// One JSON object per line.
     Json,
-    /// Apache/nginx combined log format.
+    /// One readable line per request: the request line, status, bytes
+    /// and duration first, as in the Apache/nginx combined format, then
+    /// meshgate's fields as `key=value`.
     Combined,
     /// No access log.
     Off,
@@ -666,6 +668,14 @@ pub struct ObservabilitySpec {
     pub access_log_format: AccessLogFormat,
     /// Access log target. Default stdout.
     pub access_log_target: LogTarget,
+    /// Share of successful requests logged, 0-100. Default 100. Requests
+    /// that failed (5xx, no response, or a proxy reason) are always logged.
+    pub access_log_sample_percent: u8,
+    /// JWT claim logged as the request's `user` on routes with `auth`;
+    /// `None` (the default) logs no user.
+    pub access_log_user_claim: Option<String>,
+    /// Routes with `access_log = false`: never logged.
+    pub access_log_off: BTreeSet<String>,
     /// Distributed tracing (`[observability.tracing]`).
     pub tracing: Arc<TracingSpec>,
 }
@@ -681,6 +691,9 @@ pub struct RouteSummary {
     pub listeners: Vec<String>,
     /// A one-line description of what it matches and does.
     pub description: String,
+    /// Whether its requests go to the access log (`access_log`, default
+    /// true).
+    pub access_log: bool,
 }
 
 #[cfg(test)]

@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use meshgate_policy::split::{Split, SplitTarget};
+
 use crate::diag::Diagnostics;
 use crate::diff::ConfigDiff;
-use crate::snapshot::{Discovery, EndpointSpec, ServiceSpec, Snapshot};
+use crate::snapshot::{Discovery, EndpointSpec, ServiceSpec, Snapshot, SplitSpec};
 
 /// Where the live configuration is re-read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,98 @@ pub enum ConfigSource {
 /// Endpoints registered with the control plane, by service name: what
 /// `discovery = "mesh"` services balance over in the appliance.
 pub type Discovered = BTreeMap<String, Vec<EndpointSpec>>;
+
+/// Split weights set at run time (the admin API), by service name. They
+/// are laid over every snapshot the store installs — a file reload, `PUT
+/// /config`, a control-plane push, a registry change — until cleared, and
+/// dropped when a new config no longer has the service or one of the
+/// subsets (the config's own split then applies again).
+pub type SplitOverrides = BTreeMap<String, Vec<SplitTarget>>;
+
+/// Why a split override was refused; the running config is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitOverrideError {
+    /// No such service in the running config.
+    #[error("no service named \"{0}\"")]
+    UnknownService(String),
+    /// The service defines no subsets.
+    #[error("service \"{0}\" has no subsets to split over; define [[service.subset]] first")]
+    NoSubsets(String),
+    /// No targets.
+    #[error("a split needs at least one target")]
+    Empty,
+    /// A target names a subset the service does not have.
+    #[error("service \"{service}\" has no subset \"{subset}\" (defined: {known})")]
+    UnknownSubset {
+        /// The service.
+        service: String,
+        /// The unknown name.
+        subset: String,
+        /// The subsets it has, comma-separated.
+        known: String,
+    },
+    /// A subset appears twice.
+    #[error("subset \"{0}\" appears twice in the split")]
+    Duplicate(String),
+    /// Weights are percentages.
+    #[error("split weights add up to {0}, not 100 (weights are percentages)")]
+    Sum(u64),
+}
+
+/// Checks `targets` as a split of `spec`, as the config does.
+fn check_split(spec: &ServiceSpec, targets: &[SplitTarget]) -> Result<(), SplitOverrideError> {
+    if spec.subsets.is_empty() {
+        return Err(SplitOverrideError::NoSubsets(spec.name.clone()));
+    }
+    if targets.is_empty() {
+        return Err(SplitOverrideError::Empty);
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if !spec.subsets.iter().any(|s| s.name == t.name) {
+            return Err(SplitOverrideError::UnknownSubset {
+                service: spec.name.clone(),
+                subset: t.name.clone(),
+                known: spec
+                    .subsets
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if targets[..i].iter().any(|o| o.name == t.name) {
+            return Err(SplitOverrideError::Duplicate(t.name.clone()));
+        }
+    }
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    if total != 100 {
+        return Err(SplitOverrideError::Sum(total));
+    }
+    Ok(())
+}
+
+/// `spec` with its split replaced by `targets` (already checked), keeping
+/// the configured sticky key and override header.
+fn with_split(spec: &ServiceSpec, targets: &[SplitTarget]) -> Option<ServiceSpec> {
+    let split = Split::new(targets.to_vec()).ok()?;
+    let target_subsets = targets
+        .iter()
+        .map(|t| spec.subsets.iter().position(|s| s.name == t.name))
+        .collect::<Option<Vec<usize>>>()?;
+    let mut out = spec.clone();
+    let (sticky, override_header) = spec
+        .split
+        .as_ref()
+        .map(|s| (s.sticky.clone(), s.override_header.clone()))
+        .unwrap_or_default();
+    out.split = Some(SplitSpec {
+        split,
+        target_subsets,
+        sticky,
+        override_header,
+    });
+    Some(out)
+}
 
 /// What a reload did.
 #[derive(Debug)]
@@ -56,21 +150,48 @@ pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     source: ConfigSource,
     next_version: AtomicU64,
-    // Serialises writers only; readers never touch it. Holds the
-    // discovered endpoints (None until the control plane sets them), which
-    // every installed snapshot gets for its `discovery = "mesh"` services.
-    writer: Mutex<Option<Discovered>>,
+    // Serialises writers only; readers never touch it.
+    writer: Mutex<Layers>,
+}
+
+/// What the store lays over each compiled config.
+#[derive(Debug)]
+struct Layers {
+    /// The last installed config as compiled, before any layer: what a
+    /// cleared override falls back to.
+    base: Arc<Snapshot>,
+    /// Discovered endpoints (None until the control plane sets them),
+    /// which every installed snapshot gets for its `discovery = "mesh"`
+    /// services.
+    discovered: Option<Discovered>,
+    /// Split weights set at run time.
+    splits: SplitOverrides,
+}
+
+impl Layers {
+    /// The base with every layer applied; overrides that no longer fit
+    /// are dropped.
+    fn candidate(&mut self) -> Snapshot {
+        let mut snap = Snapshot::clone(&self.base);
+        overlay(&mut snap, self.discovered.as_ref(), &mut self.splits);
+        snap
+    }
 }
 
 impl ConfigStore {
     /// A store serving `initial`, reloading from `source`.
     pub fn new(mut initial: Snapshot, source: ConfigSource) -> Self {
         initial.version = 1;
+        let base = Arc::new(initial.clone());
         Self {
             current: ArcSwap::from_pointee(initial),
             source,
             next_version: AtomicU64::new(2),
-            writer: Mutex::new(None),
+            writer: Mutex::new(Layers {
+                base,
+                discovered: None,
+                splits: SplitOverrides::new(),
+            }),
         }
     }
 
@@ -114,12 +235,12 @@ impl ConfigStore {
         Ok(self.install(candidate))
     }
 
-    /// Swaps in an already compiled snapshot (unless identical).
-    pub fn install(&self, mut candidate: Snapshot) -> ReloadOutcome {
-        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = guard.as_ref() {
-            overlay(&mut candidate, d);
-        }
+    /// Swaps in an already compiled snapshot (unless identical), with the
+    /// discovered endpoints and split overrides laid over it.
+    pub fn install(&self, candidate: Snapshot) -> ReloadOutcome {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.base = Arc::new(candidate);
+        let candidate = guard.candidate();
         self.swap(candidate)
     }
 
@@ -127,10 +248,52 @@ impl ConfigStore {
     /// config with them (a new version when any mesh service changed).
     pub fn set_discovered(&self, discovered: Discovered) -> ReloadOutcome {
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut candidate = Snapshot::clone(&self.current.load_full());
-        overlay(&mut candidate, &discovered);
-        *guard = Some(discovered);
+        guard.discovered = Some(discovered);
+        let candidate = guard.candidate();
         self.swap(candidate)
+    }
+
+    /// Sets `service`'s split to `targets` at run time: checked like the
+    /// config's (subsets exist, no repeats, percentages summing to 100),
+    /// then applied atomically as a new version. It stays over reloads
+    /// until [`ConfigStore::clear_split`] (see [`SplitOverrides`]).
+    pub fn set_split(
+        &self,
+        service: &str,
+        targets: Vec<SplitTarget>,
+    ) -> Result<ReloadOutcome, SplitOverrideError> {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let spec = guard
+            .base
+            .service(service)
+            .cloned()
+            .ok_or_else(|| SplitOverrideError::UnknownService(service.to_owned()))?;
+        check_split(&spec, &targets)?;
+        guard.splits.insert(service.to_owned(), targets);
+        let candidate = guard.candidate();
+        Ok(self.swap(candidate))
+    }
+
+    /// Removes `service`'s run-time split: the config's applies again.
+    /// `None` when it had none.
+    pub fn clear_split(&self, service: &str) -> Option<ReloadOutcome> {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.splits.remove(service)?;
+        let candidate = guard.candidate();
+        Some(self.swap(candidate))
+    }
+
+    /// The split overrides in force.
+    pub fn split_overrides(&self) -> SplitOverrides {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.splits.clone()
+    }
+
+    /// The running config as compiled, without discovered endpoints or
+    /// split overrides: what the operator's file says.
+    pub fn configured(&self) -> Arc<Snapshot> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.base.clone()
     }
 
     // Callers hold the writer lock.
@@ -150,23 +313,50 @@ impl ConfigStore {
 }
 
 /// Gives every `discovery = "mesh"` service its discovered endpoints and
-/// folds them into the digest, so a registry change is a new version.
-fn overlay(snap: &mut Snapshot, discovered: &Discovered) {
+/// every overridden service its run-time split, and folds both into the
+/// digest, so a registry or split change is a new version. Overrides whose
+/// service or subsets are gone are dropped from `splits`.
+fn overlay(snap: &mut Snapshot, discovered: Option<&Discovered>, splits: &mut SplitOverrides) {
+    if discovered.is_none() && splits.is_empty() {
+        return;
+    }
     let mut text = snap.source_digest.clone();
-    for svc in &mut snap.services {
-        if svc.discovery != Discovery::Mesh {
-            continue;
-        }
-        let endpoints = discovered.get(&svc.name).cloned().unwrap_or_default();
-        for e in &endpoints {
-            text.push_str(&format!("|{}={}{:?}", svc.name, e.address, e.labels));
-        }
-        if svc.endpoints != endpoints {
-            let mut spec = ServiceSpec::clone(svc);
-            spec.endpoints = endpoints;
-            *svc = Arc::new(spec);
+    if let Some(discovered) = discovered {
+        for svc in &mut snap.services {
+            if svc.discovery != Discovery::Mesh {
+                continue;
+            }
+            let endpoints = discovered.get(&svc.name).cloned().unwrap_or_default();
+            for e in &endpoints {
+                text.push_str(&format!("|{}={}{:?}", svc.name, e.address, e.labels));
+            }
+            if svc.endpoints != endpoints {
+                let mut spec = ServiceSpec::clone(svc);
+                spec.endpoints = endpoints;
+                *svc = Arc::new(spec);
+            }
         }
     }
+    splits.retain(|name, targets| {
+        let Some(i) = snap.service_index.get(name).copied() else {
+            return false;
+        };
+        let Some(svc) = snap.services.get_mut(i) else {
+            return false;
+        };
+        if check_split(svc, targets).is_err() {
+            return false;
+        }
+        let Some(spec) = with_split(svc, targets) else {
+            return false;
+        };
+        text.push_str(&format!("|split:{name}"));
+        for t in targets.iter() {
+            text.push_str(&format!(":{}={}", t.name, t.weight));
+        }
+        *svc = Arc::new(spec);
+        true
+    });
     snap.digest = format!(
         "{:016x}",
         meshgate_policy::random::stable_hash(text.as_bytes())
@@ -198,6 +388,125 @@ discovery = "mesh"
             labels: BTreeMap::from([("version".to_owned(), version.to_owned())]),
             weight: 1,
         }
+    }
+
+    const SPLIT: &str = r#"
+[[service]]
+name = "catalog"
+endpoints = [
+  { address = "127.0.0.1:9001", labels = { version = "v1" } },
+  { address = "127.0.0.1:9002", labels = { version = "v2" } },
+]
+[[service.subset]]
+name = "v1"
+labels = { version = "v1" }
+[[service.subset]]
+name = "v2"
+labels = { version = "v2" }
+[service.split]
+targets = [{ subset = "v1", weight = 90 }, { subset = "v2", weight = 10 }]
+sticky = { header = "x-user" }
+"#;
+
+    fn weights(s: &ConfigStore) -> Vec<(String, u32)> {
+        let snap = s.current();
+        let svc = snap.service("catalog").expect("catalog");
+        let sp = svc.split.as_ref().expect("split");
+        sp.split
+            .targets()
+            .iter()
+            .map(|t| (t.name.clone(), t.weight))
+            .collect()
+    }
+
+    fn targets(list: &[(&str, u32)]) -> Vec<SplitTarget> {
+        list.iter()
+            .map(|(n, w)| SplitTarget {
+                name: (*n).to_owned(),
+                weight: *w,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_overrides_are_checked_applied_kept_over_reloads_and_cleared() {
+        let snap = crate::load_str(SPLIT, "t.toml", Path::new(".")).expect("valid");
+        let s = ConfigStore::new(snap, ConfigSource::Embedded);
+        for (bad, want) in [
+            (vec![], SplitOverrideError::Empty),
+            (
+                targets(&[("v1", 50), ("v3", 50)]),
+                SplitOverrideError::UnknownSubset {
+                    service: "catalog".into(),
+                    subset: "v3".into(),
+                    known: "v1, v2".into(),
+                },
+            ),
+            (
+                targets(&[("v1", 50), ("v1", 50)]),
+                SplitOverrideError::Duplicate("v1".into()),
+            ),
+            (
+                targets(&[("v1", 50), ("v2", 40)]),
+                SplitOverrideError::Sum(90),
+            ),
+        ] {
+            assert_eq!(s.set_split("catalog", bad).err(), Some(want));
+        }
+        assert_eq!(
+            s.set_split("nope", targets(&[("v1", 100)])).err(),
+            Some(SplitOverrideError::UnknownService("nope".into()))
+        );
+        assert_eq!(s.current().version, 1, "refusals change nothing");
+
+        let out = s.set_split("catalog", targets(&[("v1", 20), ("v2", 80)]));
+        assert!(
+            matches!(out, Ok(ReloadOutcome::Applied { version: 2, .. })),
+            "{out:?}"
+        );
+        assert_eq!(weights(&s), [("v1".into(), 20), ("v2".into(), 80)]);
+        let snap = s.current();
+        let sp = snap
+            .service("catalog")
+            .and_then(|c| c.split.as_ref())
+            .expect("split");
+        assert!(sp.sticky.is_some(), "the sticky key stays");
+        assert_eq!(sp.target_subsets, [0, 1]);
+
+        // A reload keeps it...
+        let edited = format!("{SPLIT}\n# edited\n");
+        assert!(matches!(
+            s.apply_text(&edited, "t.toml"),
+            Ok(ReloadOutcome::Applied { .. })
+        ));
+        assert_eq!(weights(&s), [("v1".into(), 20), ("v2".into(), 80)]);
+        assert_eq!(
+            s.configured()
+                .service("catalog")
+                .and_then(|c| c.split.as_ref())
+                .map(|sp| sp.split.targets()[0].weight),
+            Some(90)
+        );
+        // ...clearing it brings the config's back...
+        assert!(matches!(
+            s.clear_split("catalog"),
+            Some(ReloadOutcome::Applied { .. })
+        ));
+        assert_eq!(weights(&s), [("v1".into(), 90), ("v2".into(), 10)]);
+        assert!(s.clear_split("catalog").is_none());
+        // ...and a config without the subset drops it.
+        s.set_split("catalog", targets(&[("v2", 100)]))
+            .expect("valid");
+        let without_v2 = SPLIT
+            .replace(
+                "[[service.subset]]\nname = \"v2\"\nlabels = { version = \"v2\" }\n",
+                "",
+            )
+            .replace(", { subset = \"v2\", weight = 10 }", "")
+            .replace("\"v1\", weight = 90", "\"v1\", weight = 100");
+        s.apply_text(&without_v2, "t.toml").expect("valid");
+        assert_eq!(weights(&s), [("v1".into(), 100)]);
+        assert!(s.split_overrides().is_empty());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) fn compile(
     let mut services = cx.services(services_raw);
     cx.authorization(mesh_raw, &mut services);
     let mesh = cx.mesh(mesh_raw);
-    let observability = cx.observability(raw.observability.as_ref());
+    let mut observability = cx.observability(raw.observability.as_ref());
     let mut listeners = cx.listeners(&raw.listeners);
     cx.address_clashes(
         &listeners,
@@ -82,6 +82,11 @@ pub(crate) fn compile(
             .collect();
         listener.routes = Arc::new(RouteTable::new(mine));
     }
+    observability.access_log_off = routes
+        .iter()
+        .filter(|r| !r.access_log)
+        .map(|r| r.name.clone())
+        .collect();
 
     if !cx.sink.is_empty() {
         return None;
@@ -1673,6 +1678,9 @@ impl Cx<'_, '_> {
             metrics_path: "/metrics".to_owned(),
             access_log_format: AccessLogFormat::Json,
             access_log_target: LogTarget::Stdout,
+            access_log_sample_percent: 100,
+            access_log_user_claim: None,
+            access_log_off: BTreeSet::new(),
             tracing: Arc::new(TracingSpec::default()),
         };
         let Some(r) = raw else { return spec };
@@ -1729,6 +1737,27 @@ impl Cx<'_, '_> {
                     "stderr" => LogTarget::Stderr,
                     _ => LogTarget::File(self.resolve(p)),
                 };
+            }
+            spec.access_log_sample_percent = u8::try_from(self.opt_int(
+                a.sample_percent.as_ref(),
+                "access_log.sample_percent",
+                0,
+                100,
+                100,
+            ))
+            .unwrap_or(100);
+            if let Some(c) = &a.user_claim {
+                let name = c.get_ref();
+                if name.is_empty() || name.chars().any(|ch| ch.is_control() || ch == ' ') {
+                    self.hint(
+                        c.span(),
+                        format!("`access_log.user_claim` {name:?} is not a claim name"),
+                        "name the JWT claim to log as the user, e.g. \"sub\"; \
+                         leave the key out to log no user",
+                    );
+                } else {
+                    spec.access_log_user_claim = Some(name.clone());
+                }
             }
         }
         if let Some(t) = &r.tracing {
@@ -1919,6 +1948,7 @@ impl Cx<'_, '_> {
                 hosts: host_words,
                 listeners: listeners.clone(),
                 description,
+                access_log: r.access_log.unwrap_or(true),
             });
             entries.push((
                 listeners,

@@ -3,7 +3,7 @@
 //!
 //! - `GET /healthz`: liveness, 200 while the process runs;
 //! - `GET /readyz` (and its alias `GET /ready`): 200 once every listener
-//!   accepts connections, 503 before and while draining after SIGTERM;
+//!   accepts connections, 503 before and while draining (SIGTERM or `POST /drain`);
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics`]), at
 //!   `[observability.metrics] path` when metrics are enabled;
 //! - `GET /config`: the effective config text, secrets redacted, with its
@@ -11,7 +11,13 @@
 //! - `PUT /config`: validate and apply a new config text (token needed);
 //! - `GET /routes`, `GET /services`, `GET /certificates`: what the data
 //!   path is working with, including live endpoint health;
-//! - `PUT /log-level`: replace the log filter (token needed).
+//! - `PUT /log-level`: replace the log filter (token needed);
+//! - `PUT /services/{name}/split`: set a split's weights at run time, an
+//!   override kept over reloads until `DELETE /services/{name}/split`
+//!   (token needed; see [`meshgate_config::SplitOverrides`]);
+//! - `POST /drain`: `/readyz` turns 503 and HTTP/1.1 keep-alive
+//!   connections close after their current request, while new requests
+//!   are still served until the process is stopped (token needed).
 //!
 //! It runs on its own thread and tokio runtime, apart from the pingora
 //! workers, so a busy data path cannot starve it.
@@ -65,6 +71,9 @@ pub(crate) struct AdminOptions {
     /// Live certificates of each TLS listener, swapped after `PUT /config`
     /// as after a file reload.
     pub(crate) certs: HashMap<String, Arc<LiveCerts>>,
+    /// Whether `PUT /config` may replace the config; a sidecar's comes
+    /// from the control plane.
+    pub(crate) config_writes: bool,
 }
 
 /// Binds now (a taken port is a start-up error) and serves on a thread.
@@ -188,7 +197,9 @@ async fn handle(opts: &AdminOptions, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     if !write && opts.metrics_path.as_deref() == Some(path.as_str()) {
         // Read at scrape time: a sidecar's config also changes by push.
-        crate::metrics::config_version(opts.store.current().version);
+        let snap = opts.store.current();
+        crate::metrics::config_version(snap.version);
+        crate::metrics::endpoint_states(&snap, &opts.runtimes);
         return text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -203,31 +214,199 @@ async fn handle(opts: &AdminOptions, req: Request<Incoming>) -> Resp {
         ("/routes", false) => json_resp(StatusCode::OK, &routes_json(&opts.store.current())),
         ("/services", false) => json_resp(StatusCode::OK, &services_json(opts)),
         ("/certificates", false) => json_resp(StatusCode::OK, &certificates_json(&opts.mesh)),
+        ("/config", true) if method == Method::PUT && !opts.config_writes => error(
+            StatusCode::CONFLICT,
+            "this sidecar's config comes from the control plane: change it on the appliance",
+        ),
         ("/config", true) if method == Method::PUT => match body_text(req).await {
             Ok(body) => put_config(opts, &body),
             Err(r) => r,
         },
+        ("/drain", true) if method == Method::POST => drain(),
+        (p, true) if split_path(p).is_some() && method == Method::PUT => {
+            let service = split_path(p).unwrap_or_default().to_owned();
+            match body_text(req).await {
+                Ok(body) => put_split(opts, &service, &body),
+                Err(r) => r,
+            }
+        }
+        (p, true) if split_path(p).is_some() && method == Method::DELETE => {
+            delete_split(opts, split_path(p).unwrap_or_default())
+        }
         ("/log-level", true) if method == Method::PUT => match body_text(req).await {
             Ok(body) => put_log_level(&body),
             Err(r) => r,
         },
         (
             "/healthz" | "/readyz" | "/ready" | "/config" | "/routes" | "/services"
-            | "/certificates" | "/log-level",
+            | "/certificates" | "/log-level" | "/drain",
             _,
-        ) => {
-            let allow = match path.as_str() {
-                "/config" => "GET, HEAD, PUT",
-                "/log-level" => "PUT",
-                _ => "GET, HEAD",
-            };
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-            r
-        }
+        ) => method_not_allowed(match path.as_str() {
+            "/config" => "GET, HEAD, PUT",
+            "/log-level" => "PUT",
+            "/drain" => "POST",
+            _ => "GET, HEAD",
+        }),
+        (p, _) if split_path(p).is_some() => method_not_allowed("PUT, DELETE"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+/// The service of `/services/{name}/split`.
+fn split_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/services/")?
+        .strip_suffix("/split")
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+}
+
+/// The body of `PUT /services/{name}/split`: the shape of `[service.split]
+/// targets` and of the split in `GET /services`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    targets: Vec<SplitBodyTarget>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBodyTarget {
+    subset: String,
+    weight: u32,
+}
+
+fn put_split(opts: &AdminOptions, service: &str, body: &str) -> Resp {
+    let parsed: SplitBody = match serde_json::from_str(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body is not a split: {e}; send {{\"targets\": [{{\"subset\": \"v1\", \"weight\": 90}}, ...]}}"
+                ),
+            );
+        }
+    };
+    let targets = parsed
+        .targets
+        .into_iter()
+        .map(|t| meshgate_policy::split::SplitTarget {
+            name: t.subset,
+            weight: t.weight,
+        })
+        .collect();
+    match opts.store.set_split(service, targets) {
+        Ok(outcome) => {
+            let version = reload_outcome(&outcome, "split override");
+            split_answer(opts, service, version)
+        }
+        Err(e @ meshgate_config::SplitOverrideError::UnknownService(_)) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+fn delete_split(opts: &AdminOptions, service: &str) -> Resp {
+    match opts.store.clear_split(service) {
+        Some(outcome) => {
+            let version = reload_outcome(&outcome, "split override cleared");
+            split_answer(opts, service, version)
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("service \"{service}\" has no split override"),
+        ),
+    }
+}
+
+/// Counts and logs a change made through the admin API; the version
+/// serving afterwards.
+fn reload_outcome(outcome: &ReloadOutcome, what: &str) -> u64 {
+    match outcome {
+        ReloadOutcome::Unchanged { version } => {
+            crate::metrics::config_reload("unchanged", *version);
+            *version
+        }
+        ReloadOutcome::Applied { version, diff } => {
+            crate::metrics::config_reload("applied", *version);
+            tracing::info!(version, trigger = "admin API", "{what} applied:\n{diff}");
+            *version
+        }
+    }
+}
+
+/// The service's split as `GET /services` shows it, with the version.
+fn split_answer(opts: &AdminOptions, service: &str, version: u64) -> Resp {
+    let snap = opts.store.current();
+    let overrides = opts.store.split_overrides();
+    let configured = opts.store.configured();
+    let split = snap.service(service).map(|s| {
+        split_json(
+            s,
+            configured.service(service),
+            overrides.contains_key(service),
+        )
+    });
+    json_resp(
+        StatusCode::OK,
+        &json!({ "version": version, "service": service, "split": split }),
+    )
+}
+
+fn split_json(
+    spec: &meshgate_config::ServiceSpec,
+    configured: Option<&Arc<meshgate_config::ServiceSpec>>,
+    overridden: bool,
+) -> Option<Value> {
+    let targets = |sp: &meshgate_config::SplitSpec| -> Vec<Value> {
+        let total = sp.split.total_weight().max(1);
+        sp.split
+            .targets()
+            .iter()
+            .map(|t| {
+                json!({
+                    "subset": t.name,
+                    "weight": t.weight,
+                    "percent": (u64::from(t.weight) * 10_000 / total) as f64 / 100.0,
+                })
+            })
+            .collect()
+    };
+    let s = spec.split.as_ref()?;
+    let mut out = json!({ "targets": targets(s), "override": overridden });
+    if overridden {
+        out["configured_targets"] = configured
+            .and_then(|c| c.split.as_ref())
+            .map_or(Value::Null, |c| Value::Array(targets(c)));
+    }
+    Some(out)
+}
+
+/// Starts draining: `/readyz` answers 503 from now on and keep-alive
+/// connections close after their current request. Serving goes on until
+/// the process is stopped (SIGTERM then waits only for what is in flight).
+fn drain() -> Resp {
+    let already = crate::server::DRAINING.swap(true, Ordering::Relaxed);
+    if !already {
+        tracing::info!(
+            trigger = "admin API",
+            "draining: readyz is 503, keep-alive connections close"
+        );
+    }
+    json_resp(
+        StatusCode::OK,
+        &json!({
+            "status": "draining",
+            "in_flight": crate::edge::IN_FLIGHT.load(Ordering::Relaxed),
+        }),
+    )
 }
 
 async fn body_text(req: Request<Incoming>) -> Result<String, Resp> {
@@ -445,6 +624,7 @@ fn routes_json(snap: &Snapshot) -> Value {
                 "hosts": r.hosts,
                 "listeners": listeners,
                 "description": r.description,
+                "access_log": r.access_log,
             })
         })
         .collect();
@@ -453,6 +633,8 @@ fn routes_json(snap: &Snapshot) -> Value {
 
 fn services_json(opts: &AdminOptions) -> Value {
     let snap = opts.store.current();
+    let overrides = opts.store.split_overrides();
+    let configured = opts.store.configured();
     let now = Instant::now();
     let services: Vec<Value> = snap
         .services
@@ -487,22 +669,11 @@ fn services_json(opts: &AdminOptions) -> Value {
                     })
                 })
                 .collect();
-            let split = spec.split.as_ref().map(|s| {
-                let total = s.split.total_weight().max(1);
-                let targets: Vec<Value> = s
-                    .split
-                    .targets()
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "subset": t.name,
-                            "weight": t.weight,
-                            "percent": (u64::from(t.weight) * 10_000 / total) as f64 / 100.0,
-                        })
-                    })
-                    .collect();
-                json!({ "targets": targets })
-            });
+            let split = split_json(
+                spec,
+                configured.service(&spec.name),
+                overrides.contains_key(&spec.name),
+            );
             json!({
                 "name": spec.name,
                 "discovery": match spec.discovery {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -87,6 +87,8 @@ pub(crate) struct RequestCtx {
     body_bytes: u64,
     /// Verified JWT claims, on routes with `auth`.
     claims: Option<Arc<serde_json::Value>>,
+    /// When the current try was sent and answered, for the access log.
+    upstream_times: crate::access_log::UpstreamTimes,
     /// The request's trace and this hop's spans, from `request_filter` on.
     pub(crate) trace: Option<crate::trace::Hop>,
 }
@@ -297,6 +299,7 @@ impl ProxyHttp for Edge {
             status: 0,
             body_bytes: 0,
             claims: None,
+            upstream_times: Default::default(),
             trace: None,
         }
     }
@@ -311,7 +314,12 @@ impl ProxyHttp for Edge {
             ctx.snap = Some(self.store.current());
         })?;
         // 0 would mean "forever" to pingora; a sub-second setting rounds up.
-        session.set_keepalive(Some(self.idle_secs.max(1)));
+        // While draining, HTTP/1.1 connections close after this request.
+        if crate::server::DRAINING.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.idle_secs.max(1)));
+        }
         if let Some(max) = self.max_body {
             let declared = session
                 .req_header()
@@ -713,6 +721,7 @@ impl ProxyHttp for Edge {
             t.try_status(status);
         }
         let now = Instant::now();
+        ctx.upstream_times.header = Some(now);
         let outcome = response_outcome(resp);
         let policy = ctx.retry_policy();
         let failure = status >= 500;
@@ -744,6 +753,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_times.sending(Instant::now());
         // pingora strips hop-by-hop headers from a custom (HTTP/3)
         // downstream, `te` included; `te: trailers` is end to end in
         // HTTP/2 and HTTP/3 and gRPC servers require it.
@@ -812,6 +822,35 @@ impl ProxyHttp for Edge {
             upstream.insert_header("x-request-id", id)?;
         }
         Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(svc) = &ctx.service {
+            crate::metrics::upstream_connection(false, &svc.name, reused);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.upstream_times.end = Some(Instant::now());
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -911,10 +950,16 @@ impl ProxyHttp for Edge {
             listener: &self.listener,
             route: route.unwrap_or(""),
             service,
+            subset: ctx
+                .subset
+                .zip(ctx.service.as_deref())
+                .and_then(|(i, s)| s.subsets.get(i))
+                .map_or("", |s| s.name.as_str()),
             status,
             reason: ctx.reason.unwrap_or(""),
             protocol: crate::metrics::protocol_of(session),
             inbound: false,
+            source_identity: "",
             elapsed: now.duration_since(ctx.start),
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
@@ -926,37 +971,63 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[service])
                 .inc_by(u64::from(ctx.flight.retries_done));
         }
-        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
+        let outcome = crate::access_log::Outcome {
+            route,
+            status,
+            reason: ctx.reason,
+            failed: e.is_some(),
+        };
+        if !crate::access_log::sampled(snap, &outcome) {
             return;
         }
         let req = session.req_header();
-        let proto = crate::metrics::protocol_of(session);
-        let line = serde_json::json!({
-            "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            "listener": self.listener,
-            "proto": proto,
-            "method": req.method.as_str(),
-            "authority": req.uri.authority().map(|a| a.as_str())
-                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
-            "path": req.uri.path(),
-            "status": status,
-            "route": route,
-            "service": ctx.service.as_ref().map(|s| s.name.as_str()),
-            "subset": ctx.subset.zip(ctx.service.as_ref()).and_then(|(i, s)| s.subsets.get(i)).map(|s| s.name.as_str()),
-            "upstream": ctx.upstream.map(|a| a.to_string()),
-            "reason": ctx.reason,
-            "retries": ctx.flight.retries_done,
-            "retry_stop": ctx.flight.give_up,
-            "duration_ms": duration_ms(now.duration_since(ctx.start)),
-            "error": e.map(|e| e.to_string()),
-            "trace_id": ctx.trace.as_ref().map(|t| t.trace_id().to_string()),
-        });
-        crate::server::access_log(&line.to_string());
+        let svc = ctx.service.as_deref();
+        // The upstream's identity was verified as its service's SPIFFE ID.
+        let peer_identity = svc
+            .filter(|s| s.tls == UpstreamTls::Mesh)
+            .and_then(|s| {
+                meshgate_identity::SpiffeId::service(&snap.mesh.trust_domain, &s.name).ok()
+            })
+            .map(|id| id.to_string());
+        let (upstream_header, upstream) = ctx.upstream_times.durations(now);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id().to_string());
+        crate::access_log::record(
+            snap,
+            &crate::access_log::Entry {
+                listener: &self.listener,
+                protocol: crate::metrics::protocol_of(session),
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                method: req.method.as_str(),
+                authority: req.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                }),
+                path: req.uri.path(),
+                status,
+                reason: ctx.reason,
+                route,
+                service: svc.map(|s| s.name.as_str()),
+                subset: ctx
+                    .subset
+                    .zip(svc)
+                    .and_then(|(i, s)| s.subsets.get(i))
+                    .map(|s| s.name.as_str()),
+                endpoint: ctx.upstream,
+                duration: now.duration_since(ctx.start),
+                upstream_header,
+                upstream,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                trace_id: trace_id.as_deref(),
+                user: crate::access_log::user(snap, ctx.claims.as_deref()),
+                peer_identity: peer_identity.as_deref(),
+                retries: ctx.flight.retries_done,
+                retry_stop: ctx.flight.give_up,
+                error: e.map(|e| e.to_string()),
+            },
+        );
     }
-}
-
-fn duration_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The status and reason for an error pingora hands us.

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +44,8 @@ pub(crate) struct InboundCtx {
     _in_flight: crate::metrics::InFlight,
     peer: Option<String>,
     reason: Option<&'static str>,
+    /// When the request went to the application and it answered.
+    upstream_times: crate::access_log::UpstreamTimes,
     /// The request's trace and this hop's spans, from `request_filter` on.
     pub(crate) trace: Option<crate::trace::Hop>,
 }
@@ -92,11 +94,15 @@ impl ProxyHttp for Inbound {
             _in_flight: crate::metrics::InFlight::start("inbound"),
             peer: None,
             reason: None,
+            upstream_times: Default::default(),
             trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        if crate::server::DRAINING.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         ctx.trace = Some(crate::trace::Hop::start(
             &session.req_header().headers,
             &self.store.current().observability.tracing,
@@ -138,6 +144,7 @@ impl ProxyHttp for Inbound {
         upstream_request: &mut RequestHeader,
         ctx: &mut InboundCtx,
     ) -> Result<()> {
+        ctx.upstream_times.sending(Instant::now());
         upstream_request.remove_header(PEER_IDENTITY_HEADER);
         if let Some(peer) = ctx.peer.as_deref() {
             upstream_request.insert_header(PEER_IDENTITY_HEADER, peer)?;
@@ -154,10 +161,38 @@ impl ProxyHttp for Inbound {
         resp: &mut ResponseHeader,
         ctx: &mut InboundCtx,
     ) -> Result<()> {
+        ctx.upstream_times.header = Some(Instant::now());
         if let Some(t) = &mut ctx.trace {
             t.try_status(resp.status.as_u16());
         }
         Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        crate::metrics::upstream_connection(true, &self.service, reused);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut InboundCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.upstream_times.end = Some(Instant::now());
+        }
+        Ok(None)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, _error: &Error) -> bool {
@@ -190,31 +225,60 @@ impl ProxyHttp for Inbound {
             listener: "inbound",
             route: "",
             service: &self.service,
+            subset: "",
             status: status.unwrap_or(0),
             reason: reason.unwrap_or(""),
             protocol: crate::metrics::protocol_of(session),
             inbound: true,
+            source_identity: ctx.peer.as_deref().unwrap_or(""),
             elapsed: ctx.start.elapsed(),
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
         });
-        if snap.observability.access_log_format == meshgate_config::AccessLogFormat::Off {
+        let outcome = crate::access_log::Outcome {
+            route: None,
+            status: status.unwrap_or(0),
+            reason,
+            failed: e.is_some(),
+        };
+        if !crate::access_log::sampled(&snap, &outcome) {
             return;
         }
         let req = session.req_header();
-        let line = serde_json::json!({
-            "ts": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            "listener": "inbound",
-            "proto": crate::metrics::protocol_of(session),
-            "method": req.method.as_str(),
-            "path": req.uri.path(),
-            "status": status,
-            "service": self.service,
-            "peer": ctx.peer,
-            "reason": reason,
-            "duration_ms": ctx.start.elapsed().as_secs_f64() * 1000.0,
-            "trace_id": ctx.trace.as_ref().map(|t| t.trace_id().to_string()),
-        });
-        crate::server::access_log(&line.to_string());
+        let now = Instant::now();
+        let (upstream_header, upstream) = ctx.upstream_times.durations(now);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id().to_string());
+        crate::access_log::record(
+            &snap,
+            &crate::access_log::Entry {
+                listener: "inbound",
+                protocol: crate::metrics::protocol_of(session),
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                method: req.method.as_str(),
+                authority: req.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                }),
+                path: req.uri.path(),
+                status: status.unwrap_or(0),
+                reason,
+                route: None,
+                service: Some(&self.service),
+                subset: None,
+                endpoint: ctx.upstream_times.sent.map(|_| self.app),
+                duration: now.duration_since(ctx.start),
+                upstream_header,
+                upstream,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                trace_id: trace_id.as_deref(),
+                user: None,
+                peer_identity: ctx.peer.as_deref(),
+                retries: 0,
+                retry_stop: None,
+                error: e.map(|e| e.to_string()),
+            },
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! `meshgate-policy` and the schema in `meshgate-config`; this crate
 //! adapts them to pingora's request phases and owns the sockets.
 
+mod access_log;
 mod admin;
 mod appliance;
 mod authn;

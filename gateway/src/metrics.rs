@@ -51,6 +51,25 @@ pub(crate) struct Metrics {
     pub(crate) config_version: IntGauge,
     /// Reload attempts by outcome: applied, unchanged, rejected.
     pub(crate) config_reloads: IntCounterVec,
+    /// Upstream connections used, by direction, service and whether the
+    /// pool supplied it (`reused="true"`) or it was opened for the try.
+    pub(crate) upstream_connections: IntCounterVec,
+    /// Each endpoint's outlier (breaker) state, 1 for the state it is in:
+    /// `healthy`, `half_open` or `ejected`. Set at scrape time.
+    pub(crate) endpoint_state: IntGaugeVec,
+    /// JWKS fetches by provider and outcome (`ok`, `error`).
+    pub(crate) jwks_fetches: IntCounterVec,
+    /// When each provider's JWKS was last fetched successfully (Unix
+    /// seconds); key age is `time() - this`.
+    pub(crate) jwks_last_success: GaugeVec,
+    /// Keys in each provider's current key set.
+    pub(crate) jwks_keys: IntGaugeVec,
+    /// Downstream TLS handshakes by listener and outcome: `started` (the
+    /// ClientHello reached certificate selection), `completed`.
+    pub(crate) tls_handshakes: IntCounterVec,
+    /// Downstream TLS handshake failures whose reason is known, by
+    /// listener and reason.
+    pub(crate) tls_failures: IntCounterVec,
     /// QUIC connections offered to HTTP/3 listeners, by outcome.
     pub(crate) http3_connections: IntCounterVec,
     /// Spans the collector accepted.
@@ -68,10 +87,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "listener",
             "route",
             "service",
+            "subset",
             "status",
             "reason",
             "protocol",
             "direction",
+            "source_identity",
         ],
     )?;
     let duration = HistogramVec::new(
@@ -158,6 +179,59 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["service"],
     )?;
+    let upstream_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_upstream_connections_total",
+            "Upstream connections used per try, new or reused from the pool.",
+        ),
+        &["direction", "service", "reused"],
+    )?;
+    let endpoint_state = IntGaugeVec::new(
+        Opts::new(
+            "meshgate_endpoint_state",
+            "Outlier-detection (breaker) state of each endpoint: 1 for its state.",
+        ),
+        &["service", "endpoint", "state"],
+    )?;
+    let jwks_fetches = IntCounterVec::new(
+        Opts::new(
+            "meshgate_jwks_fetches_total",
+            "JWKS fetches from a provider's jwks_url, by outcome.",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let jwks_last_success = GaugeVec::new(
+        Opts::new(
+            "meshgate_jwks_last_success_timestamp_seconds",
+            "When the provider's JWKS was last fetched successfully (Unix time).",
+        ),
+        &["provider"],
+    )?;
+    let jwks_keys = IntGaugeVec::new(
+        Opts::new("meshgate_jwks_keys", "Keys in the provider's current JWKS."),
+        &["provider"],
+    )?;
+    let tls_handshakes = IntCounterVec::new(
+        Opts::new(
+            "meshgate_tls_handshakes_total",
+            "Downstream TLS handshakes, by listener and outcome (started, completed).",
+        ),
+        &["listener", "outcome"],
+    )?;
+    let tls_failures = IntCounterVec::new(
+        Opts::new(
+            "meshgate_tls_handshake_failures_total",
+            "Downstream TLS handshakes refused for a known reason, by listener and reason.",
+        ),
+        &["listener", "reason"],
+    )?;
+    registry.register(Box::new(tls_handshakes.clone()))?;
+    registry.register(Box::new(tls_failures.clone()))?;
+    registry.register(Box::new(upstream_connections.clone()))?;
+    registry.register(Box::new(endpoint_state.clone()))?;
+    registry.register(Box::new(jwks_fetches.clone()))?;
+    registry.register(Box::new(jwks_last_success.clone()))?;
+    registry.register(Box::new(jwks_keys.clone()))?;
     let http3_connections = IntCounterVec::new(
         Opts::new(
             "meshgate_http3_connections_total",
@@ -212,6 +286,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         in_flight,
         config_version,
         config_reloads,
+        upstream_connections,
+        endpoint_state,
+        jwks_fetches,
+        jwks_last_success,
+        jwks_keys,
+        tls_handshakes,
+        tls_failures,
         http3_connections,
         trace_spans_exported,
         trace_spans_dropped,
@@ -308,11 +389,16 @@ pub(crate) struct Finished<'a> {
     pub(crate) listener: &'a str,
     pub(crate) route: &'a str,
     pub(crate) service: &'a str,
+    /// The split's subset; empty without a split.
+    pub(crate) subset: &'a str,
     pub(crate) status: u16,
     pub(crate) reason: &'a str,
     /// `http1`, `http2`, `http3` or `grpc`, from [`protocol_of`].
     pub(crate) protocol: &'static str,
     pub(crate) inbound: bool,
+    /// Inbound: the caller's SPIFFE ID (bounded by the mesh's services);
+    /// empty otherwise.
+    pub(crate) source_identity: &'a str,
     pub(crate) elapsed: std::time::Duration,
     pub(crate) bytes_in: usize,
     pub(crate) bytes_out: usize,
@@ -347,10 +433,12 @@ pub(crate) fn finished(f: &Finished<'_>) {
             f.listener,
             f.route,
             f.service,
+            f.subset,
             status_text(f.status, &mut digits),
             f.reason,
             f.protocol,
             if f.inbound { "inbound" } else { "outbound" },
+            f.source_identity,
         ])
         .inc();
     let labels = [f.listener, f.route];
@@ -388,6 +476,251 @@ pub(crate) fn jwt_validation(provider: &str, outcome: &'static str) {
 pub(crate) fn retry_budget_exhausted(service: &str) {
     if let Some(m) = metrics() {
         m.budget_exhausted.with_label_values(&[service]).inc();
+    }
+}
+
+/// Counts one upstream connection a try used.
+pub(crate) fn upstream_connection(inbound: bool, service: &str, reused: bool) {
+    if let Some(m) = metrics() {
+        m.upstream_connections
+            .with_label_values(&[
+                if inbound { "inbound" } else { "outbound" },
+                service,
+                if reused { "true" } else { "false" },
+            ])
+            .inc();
+    }
+}
+
+/// Records one JWKS fetch; a success also records when and how many keys.
+pub(crate) fn jwks_fetch(provider: &str, keys: Option<usize>) {
+    let Some(m) = metrics() else { return };
+    let outcome = if keys.is_some() { "ok" } else { "error" };
+    m.jwks_fetches.with_label_values(&[provider, outcome]).inc();
+    if let Some(n) = keys {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.jwks_last_success.with_label_values(&[provider]).set(now);
+        m.jwks_keys
+            .with_label_values(&[provider])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Sets the endpoint-state gauge from the live state of every service of
+/// the running config (called at scrape time, so removed endpoints go),
+/// and gives every service its per-service counters.
+pub(crate) fn endpoint_states(
+    snap: &meshgate_config::Snapshot,
+    runtimes: &crate::runtime::Runtimes,
+) {
+    use meshgate_policy::breaker::Health;
+    let Some(m) = metrics() else { return };
+    m.endpoint_state.reset();
+    let now = std::time::Instant::now();
+    for spec in &snap.services {
+        // Per-service counters exist from the start (at 0), so rates and
+        // increases over them are 0 rather than absent.
+        m.ejections.with_label_values(&[spec.name.as_str()]);
+        m.retries.with_label_values(&[spec.name.as_str()]);
+        m.budget_exhausted.with_label_values(&[spec.name.as_str()]);
+        let state = runtimes.service(snap, spec);
+        for e in &state.endpoints {
+            let current = match e.outlier.health(now) {
+                Health::Healthy => "healthy",
+                Health::HalfOpen => "half_open",
+                Health::Ejected { .. } => "ejected",
+            };
+            for s in ["healthy", "half_open", "ejected"] {
+                m.endpoint_state
+                    .with_label_values(&[spec.name.as_str(), e.key.as_str(), s])
+                    .set(i64::from(s == current));
+            }
+        }
+    }
+}
+
+// ---- downstream TLS handshakes ------------------------------------------
+//
+// pingora builds the rustls server config and runs the handshake itself; it
+// reports a failed handshake only in its log. What we supply to it — the
+// certificate resolver, the client-certificate verifier and the
+// post-handshake callback — sees each handshake at three points, so these
+// wrappers count there: `started` when a ClientHello reaches certificate
+// selection, `completed` after the handshake, and a reason when our side
+// refuses (no certificate to offer, a client certificate rejected).
+// `started - completed` is every failure after the ClientHello, whoever
+// gave up (a client refusing our certificate, a missing client
+// certificate, a timeout); ClientHellos rustls refuses before selection
+// (no shared protocol version or cipher suite) are not seen.
+
+fn tls_counter(listener: &str, outcome: &str) -> Option<prometheus::IntCounter> {
+    metrics().map(|m| m.tls_handshakes.with_label_values(&[listener, outcome]))
+}
+
+fn tls_failure(listener: &str, reason: &str) {
+    if let Some(m) = metrics() {
+        m.tls_failures.with_label_values(&[listener, reason]).inc();
+    }
+}
+
+/// A certificate resolver that counts handshakes reaching it.
+#[derive(Debug)]
+pub(crate) struct CountingResolver {
+    listener: String,
+    started: Option<prometheus::IntCounter>,
+    inner: std::sync::Arc<dyn rustls::server::ResolvesServerCert>,
+}
+
+impl CountingResolver {
+    pub(crate) fn new(
+        listener: &str,
+        inner: std::sync::Arc<dyn rustls::server::ResolvesServerCert>,
+    ) -> Self {
+        // The completed series exists from the start too, so the
+        // difference is defined before the first success.
+        let _ = tls_counter(listener, "completed");
+        CountingResolver {
+            listener: listener.to_owned(),
+            started: tls_counter(listener, "started"),
+            inner,
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CountingResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        if let Some(c) = &self.started {
+            c.inc();
+        }
+        let key = self.inner.resolve(hello);
+        if key.is_none() {
+            tls_failure(&self.listener, "no-certificate");
+        }
+        key
+    }
+}
+
+/// Post-handshake callbacks that count completed handshakes, then run
+/// `inner`.
+#[derive(Debug)]
+pub(crate) struct CountingCallbacks<T> {
+    completed: Option<prometheus::IntCounter>,
+    inner: T,
+}
+
+impl<T> CountingCallbacks<T> {
+    pub(crate) fn new(listener: &str, inner: T) -> Self {
+        CountingCallbacks {
+            completed: tls_counter(listener, "completed"),
+            inner,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: pingora::listeners::TlsAccept + Send + Sync> pingora::listeners::TlsAccept
+    for CountingCallbacks<T>
+{
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        if let Some(c) = &self.completed {
+            c.inc();
+        }
+        self.inner.handshake_complete_callback(tls).await
+    }
+}
+
+/// A client-certificate verifier that counts the certificates it rejects,
+/// by why.
+#[derive(Debug)]
+pub(crate) struct CountingVerifier {
+    listener: String,
+    inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl CountingVerifier {
+    pub(crate) fn new(
+        listener: &str,
+        inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Self {
+        CountingVerifier {
+            listener: listener.to_owned(),
+            inner,
+        }
+    }
+}
+
+/// The `reason` label of a rejected client certificate.
+fn client_cert_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "client-cert-unknown-ca",
+            C::Expired | C::ExpiredContext { .. } => "client-cert-expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "client-cert-not-yet-valid",
+            C::Revoked => "client-cert-revoked",
+            C::BadSignature => "client-cert-bad-signature",
+            _ => "client-cert-invalid",
+        },
+        _ => "client-cert-invalid",
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for CountingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| tls_failure(&self.listener, client_cert_reason(e)))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
     }
 }
 

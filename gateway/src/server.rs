@@ -1,13 +1,12 @@
 //! `meshgate run`: build the pingora server from the config and run it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use meshgate_config::{ConfigSource, ConfigStore, LogTarget, Snapshot, load_embedded};
+use meshgate_config::{ConfigSource, ConfigStore, Snapshot, load_embedded};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
@@ -58,7 +57,7 @@ pub fn run(
     let store = Arc::new(store);
     let snap = store.current();
     init_logging(&snap);
-    if let Err(e) = init_access_log(&snap) {
+    if let Err(e) = crate::access_log::init(&snap) {
         eprintln!("error: cannot open the access log: {e}");
         return ExitCode::FAILURE;
     }
@@ -98,6 +97,7 @@ pub fn run(
             mesh: mesh.clone(),
             ready_when: snap.listeners.iter().map(|l| l.address).collect(),
             certs: certs.clone(),
+            config_writes: true,
         })
     {
         eprintln!("error: {e}");
@@ -247,7 +247,7 @@ pub(crate) fn add_edge_listeners(
         match &l.tls {
             None => svc.add_listener(endpoint),
             Some(tls) => {
-                let (settings, live) = crate::tls::settings(&l.protocols, tls)
+                let (settings, live) = crate::tls::settings(&l.name, &l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                 certs.insert(l.name.clone(), live.clone());
                 svc.add_listener(endpoint.tls(settings));
@@ -271,8 +271,9 @@ pub(crate) fn read_buffer(read: usize) -> L4BufferSettings {
     L4BufferSettings::default().read(read)
 }
 
-/// Set once SIGTERM starts the drain: `/readyz` answers 503 from then on,
-/// so load balancers stop sending new requests.
+/// Set once SIGTERM or `POST /drain` starts the drain: `/readyz` answers
+/// 503 from then on, so load balancers stop sending new requests, and
+/// HTTP/1.1 keep-alive connections close after their current request.
 pub(crate) static DRAINING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -366,31 +367,4 @@ pub(crate) fn set_log_filter(directives: &str) -> Result<(), String> {
         _ => log::LevelFilter::Trace,
     });
     Ok(())
-}
-
-type Sink = Mutex<Box<dyn Write + Send>>;
-static ACCESS_LOG: OnceLock<Sink> = OnceLock::new();
-
-pub(crate) fn init_access_log(snap: &Snapshot) -> std::io::Result<()> {
-    let sink: Box<dyn Write + Send> = match &snap.observability.access_log_target {
-        LogTarget::Stdout => Box::new(std::io::stdout()),
-        LogTarget::Stderr => Box::new(std::io::stderr()),
-        LogTarget::File(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
-    };
-    let _ = ACCESS_LOG.set(Mutex::new(sink));
-    Ok(())
-}
-
-/// Writes one access-log line.
-pub(crate) fn access_log(line: &str) {
-    if let Some(sink) = ACCESS_LOG.get() {
-        let mut w = sink.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(w, "{line}");
-        let _ = w.flush();
-    }
 }

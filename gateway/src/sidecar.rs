@@ -77,11 +77,17 @@ pub struct Cli {
     /// Worker threads per listener.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
-    /// Serve the admin API here, read-only: `/metrics` (Prometheus),
-    /// `/healthz`, `/readyz`, `/config`, `/services`, `/certificates`...
-    /// (loopback advised; off when not given).
+    /// Serve the admin API here: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz`, `/config`, `/services`, `/certificates`... (off when not
+    /// given). Read-only unless --admin-token-file is given; an address
+    /// beyond loopback needs the token.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// File holding the admin API's bearer token: enables writes (`PUT
+    /// /log-level`, `POST /drain`, split overrides) for requests that carry
+    /// it, and is required for every request when --admin is not loopback.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// What the control-plane thread and the server share.
@@ -131,6 +137,31 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         None => cli.inbound,
     };
+    let admin_token = match &cli.admin_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read --admin-token-file {}: {e}", p.display()))?
+                .trim()
+                .to_owned();
+            if t.len() < 16 {
+                return Err(format!(
+                    "--admin-token-file {}: the token is shorter than 16 characters",
+                    p.display()
+                ));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if let Some(a) = cli.admin
+        && !a.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        return Err(format!(
+            "--admin {a} is not a loopback address: give --admin-token-file, \
+             or bind the admin API to 127.0.0.1"
+        ));
+    }
     let id = SpiffeId::service(&cli.trust_domain, &cli.service)
         .map_err(|e| format!("service \"{}\": {e}", cli.service))?;
     let cp_name = SpiffeId::control_plane(&cli.trust_domain)
@@ -221,8 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         p.store = Some(store.clone());
     }
     let snap = store.current();
-    crate::server::init_access_log(&snap)
-        .map_err(|e| format!("cannot open the access log: {e}"))?;
+    crate::access_log::init(&snap).map_err(|e| format!("cannot open the access log: {e}"))?;
 
     let mut server = crate::server::new_server(&snap, Some(cli.threads));
     let runtimes = Arc::new(Runtimes::default());
@@ -237,11 +267,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     let mut svc =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, inbound, "inbound");
-    let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
-        .map_err(|e| format!("inbound TLS: {e}"))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(
+        crate::metrics::CountingCallbacks::new("inbound", ClientCertCallback),
+    ))
+    .map_err(|e| format!("inbound TLS: {e}"))?;
     let (resolver, verifier) = shared.mesh.server_hooks();
-    settings.set_cert_resolver(resolver);
-    settings.set_client_cert_verifier(verifier);
+    settings.set_cert_resolver(Arc::new(crate::metrics::CountingResolver::new(
+        "inbound", resolver,
+    )));
+    settings.set_client_cert_verifier(Arc::new(crate::metrics::CountingVerifier::new(
+        "inbound", verifier,
+    )));
     settings.set_alpn(ALPN::H2H1);
     // No extra read buffer per connection, as on the config's listeners.
     svc.add_listener(
@@ -255,13 +291,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         crate::admin::start(crate::admin::AdminOptions {
             address,
             metrics_path: Some("/metrics".into()),
-            token: None,
+            token: admin_token,
             store: store.clone(),
             runtimes: runtimes.clone(),
             mesh: shared.mesh.clone(),
             ready_when: vec![cli.outbound, cli.inbound],
-            // Read-only: no `PUT /config`, so no listener certificates to swap.
+            // No `PUT /config` (the control plane owns the config), so no
+            // listener certificates to swap.
             certs: Default::default(),
+            config_writes: false,
         })?;
     }
     watch_expiry(shared.mesh.clone());

@@ -133,11 +133,14 @@ pub(crate) enum TlsError {
     },
 }
 
-/// Builds the pingora TLS settings of one listener.
+/// Builds the pingora TLS settings of one listener (handshakes counted
+/// under its name, see `metrics`).
 pub(crate) fn settings(
+    listener: &str,
     protocols: &Protocols,
     tls: &TlsSpec,
 ) -> Result<(TlsSettings, Arc<LiveCerts>), TlsError> {
+    use crate::metrics::{CountingCallbacks, CountingResolver, CountingVerifier};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // pingora installs the same provider as the process default when it
     // builds the acceptor; doing it here too keeps any rustls builder that
@@ -148,18 +151,21 @@ pub(crate) fn settings(
         current: ArcSwap::from_pointee(SniResolver::load(tls, &provider)?),
         provider: provider.clone(),
     });
-    let mut settings = TlsSettings::with_callbacks(Box::new(ClientCertCallback))
-        .map_err(|source| TlsError::Pingora { source })?;
-    settings.set_cert_resolver(live.clone());
+    let mut settings = TlsSettings::with_callbacks(Box::new(CountingCallbacks::new(
+        listener,
+        ClientCertCallback,
+    )))
+    .map_err(|source| TlsError::Pingora { source })?;
+    settings.set_cert_resolver(Arc::new(CountingResolver::new(listener, live.clone())));
     settings.set_alpn(alpn(protocols));
-    match &tls.client_auth {
-        ClientAuth::None => {}
-        ClientAuth::Optional { ca } => {
-            settings.set_client_cert_verifier(client_verifier(ca, true, &provider)?);
-        }
-        ClientAuth::Require { ca } => {
-            settings.set_client_cert_verifier(client_verifier(ca, false, &provider)?);
-        }
+    let optional = match &tls.client_auth {
+        ClientAuth::None => None,
+        ClientAuth::Optional { ca } => Some((ca, true)),
+        ClientAuth::Require { ca } => Some((ca, false)),
+    };
+    if let Some((ca, optional)) = optional {
+        let verifier = client_verifier(ca, optional, &provider)?;
+        settings.set_client_cert_verifier(Arc::new(CountingVerifier::new(listener, verifier)));
     }
     Ok((settings, live))
 }

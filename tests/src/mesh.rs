@@ -65,6 +65,9 @@ pub struct MeshLab {
     /// Every instance started, in order.
     pub instances: Vec<Instance>,
     config: PathBuf,
+    /// Bearer token for the admin API of sidecars started from now on
+    /// (`--admin-token-file`); `None`: read-only sidecar admin APIs.
+    pub sidecar_admin_token: Option<String>,
 }
 
 /// Options for [`MeshLab::start`].
@@ -106,6 +109,7 @@ impl MeshLab {
             admin,
             instances: Vec::new(),
             config,
+            sidecar_admin_token: None,
         };
         wait_for(Duration::from_secs(20), "trust bundle written", || {
             lab.trust_bundle().exists()
@@ -188,6 +192,11 @@ impl MeshLab {
             .args(["--admin", &admin.to_string()])
             .arg("--join-token-file")
             .arg(self.dir.join("join-token"));
+        if let Some(token) = &self.sidecar_admin_token {
+            let file = self.dir.join(format!("admin-token-{}", free_port()));
+            std::fs::write(&file, token)?;
+            cmd.arg("--admin-token-file").arg(file);
+        }
         let mut proc = Proc::spawn(cmd)?;
         for addr in [outbound, inbound] {
             if let Err(e) = wait_for_port(addr) {

@@ -516,6 +516,27 @@ fn claim_rules_refuse_a_valid_token_with_403() {
             "{outcome}: {m}"
         );
     }
+    // The key set came from the provider's JWKS URL.
+    let jwks = |name: &str, labels: &[&str]| metric(&m, name, labels).unwrap_or(0.0);
+    assert!(
+        jwks(
+            "meshgate_jwks_fetches_total",
+            &["provider=\"login\"", "outcome=\"ok\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        jwks("meshgate_jwks_keys", &["provider=\"login\""]),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        jwks(
+            "meshgate_jwks_last_success_timestamp_seconds",
+            &["provider=\"login\""]
+        ) > 1.7e9,
+        "{m}"
+    );
 }
 
 #[test]

@@ -161,11 +161,16 @@ access_log = {{ format = "off" }}
 }
 
 fn start(protocols: &str, tls_extra: &str) -> Setup {
+    start_with(protocols, tls_extra, "")
+}
+
+/// Like [`start`], with `tail` appended to the config (an `[admin]` table).
+fn start_with(protocols: &str, tls_extra: &str, tail: &str) -> Setup {
     let origin = Origin::start("app").expect("origin");
     let pki = Pki::new();
     let port = free_port();
     let config = pki.dir.join("meshgate.toml");
-    let text = config_text(port, origin.addr, protocols, ("a.pem", "a.key"), tls_extra);
+    let text = config_text(port, origin.addr, protocols, ("a.pem", "a.key"), tls_extra) + tail;
     std::fs::write(&config, text).expect("write config");
     let gw =
         Gateway::start(&config, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway starts");
@@ -349,9 +354,10 @@ fn assert_refused(e: &anyhow::Error, tls12: bool) {
 
 #[test]
 fn required_client_certificate() {
-    let s = start(
+    let s = start_with(
         r#"["http1", "http2"]"#,
         r#"client_auth = { mode = "require", ca = "ca.pem" }"#,
+        &format!("\n[admin]\naddress = \"127.0.0.1:{}\"\n", free_port()),
     );
     let (cert, key) = (s.pki.path("client.pem"), s.pki.path("client.key"));
     let (stranger_cert, stranger_key) = (s.pki.path("stranger.pem"), s.pki.path("stranger.key"));
@@ -391,6 +397,25 @@ fn required_client_certificate() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc.stderr()));
+
+    // Four handshakes completed; the four refused ones started and did
+    // not complete, the strangers' with their reason.
+    let m = s.gw.metrics().expect("metrics");
+    let n = |labels: &[&str]| meshgate_tests::metric(&m, labels[0], &labels[1..]).unwrap_or(-1.0);
+    let tls = "meshgate_tls_handshakes_total";
+    let completed = n(&[tls, "listener=\"edge\"", "outcome=\"completed\""]);
+    let started = n(&[tls, "listener=\"edge\"", "outcome=\"started\""]);
+    assert_eq!(completed, 4.0, "{m}");
+    assert_eq!(started - completed, 4.0, "{m}");
+    assert_eq!(
+        n(&[
+            "meshgate_tls_handshake_failures_total",
+            "listener=\"edge\"",
+            "reason=\"client-cert-unknown-ca\""
+        ]),
+        2.0,
+        "{m}"
+    );
 }
 
 #[test]

@@ -111,11 +111,13 @@ async fn run(provider: Arc<ProviderKeys>, client: reqwest::Client) {
                     tracing::warn!(provider = %provider.name, %url, "JWKS key skipped: {s}");
                 }
                 tracing::info!(provider = %provider.name, %url, keys = set.len(), "JWKS fetched");
+                crate::metrics::jwks_fetch(&provider.name, Some(set.len()));
                 provider.install(set);
                 failures = 0;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                crate::metrics::jwks_fetch(&provider.name, None);
                 tracing::warn!(
                     provider = %provider.name,
                     %url,
