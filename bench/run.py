@@ -78,9 +78,10 @@ QUICK = Plan(
     fixed_pinnings=["pinned"],
     saturation=[("http1", "wrk"), ("http2", "h2load")],
     fixed=[("http1", 1000), ("http1", 5000), ("http2", 5000)],
-    # HTTP/3: pinned saturation and 5k rps only.
+    # HTTP/3: pinned saturation and 1k rps only (a rate both targets
+    # sustain even on a busy machine, so the verdicts mean something).
     h3_pinnings=["pinned"],
-    h3_fixed=[5000],
+    h3_fixed=[1000],
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
     warm_up=False,

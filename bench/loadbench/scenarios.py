@@ -352,7 +352,7 @@ class PendingRow:
 
 # Grace after the deadline for the requests in flight (oha -w) before the
 # target's CPU is read.
-_GRACE_S = 1.0
+_GRACE_S = 0.5
 
 
 def quic_load(ctx, target, rnd, scenario, proto, pinning, rate=None):
