@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Load benchmark of meshgate against direct, nginx and HAProxy (issue 4).
+"""Load benchmark of meshgate against direct, nginx and HAProxy, and against
+Caddy over HTTP/3 (issue 4).
 
     make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (~30 min)
     make bench-quick    # 1 round, 2 s runs, pinned only (< 90 s)
     python3 bench/run.py --help
 
 Installs what it needs (Debian packages with apt-get when root, oha with
-cargo into a cache dir), starts an nginx origin and every target on free
+HTTP/3 with cargo into a cache dir), starts an nginx origin and every target on free
 loopback ports, measures them interleaved round by round, stops them all,
 and writes bench/results/latest.json and latest.md. See bench/README.md.
 """
@@ -258,8 +259,16 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                 _log_row(log, rows[-1])
         order = started
 
+        # The HTTP/3 targets (meshgate, Caddy) take turns going first from
+        # round to round on their own: rotating the whole list would let one
+        # of two go first in most rounds.
+        h3_order = [t for t in chosen if t.h3 and t in order]
+        if h3_order:
+            k = rnd % len(h3_order)
+            h3_order = h3_order[k:] + h3_order[:k]
+
         def each(fn, *a, only_proxies=False, tls=False, h3=False):
-            for t in order:
+            for t in (h3_order if h3 else order):
                 if only_proxies and (t.name == "direct" or not t.reloadable):
                     continue
                 if tls and not t.client_tls:

@@ -52,7 +52,7 @@ def _agg(values, worst):
 def _fmt(x, digits=2):
     if x is None:
         return "–"
-    if abs(x) >= 1000:
+    if abs(x) >= 999.5:
         return f"{x:,.0f}"
     if abs(x) >= 100:
         return f"{x:.0f}"
@@ -220,8 +220,15 @@ def _h3_targets(rows):
         c = _median(list(_by_round(rows, "caddy", metric, **kw).values()))
         if m is not None and c is not None:
             got += (f": {m:.0f} vs {c:.0f} µs" if metric == "cpu_us_per_req" else f": {m:.2f} vs {c:.2f} ms")
-        out.append((f"HTTP/3 {what} vs Caddy, {lab} rps", "< 1× (ahead of Caddy)", got,
-                    verdict(pair[0], pair[0] is not None and pair[0] < 1.0) + (note if pair[0] is not None else "")))
+        v = verdict(pair[0], pair[0] is not None and pair[0] < 1.0) + (note if pair[0] is not None else "")
+        if metric == "p99_ms" and pair[0] is not None and not note:
+            # No direct HTTP/3 row to judge the machine by: meshgate's own
+            # HTTP/2 over TLS at the same rate stands in for it.
+            h2 = _median(list(_by_round(rows, "meshgate", "p99_ms", scenario="fixed-rate", proto="http2-tls",
+                                        rate=rate).values()))
+            if h2 is not None and h2 > 2.0:
+                v += f" (unreliable: meshgate's HTTP/2 over TLS p99 was {h2:.1f} ms at the same rate: a busy machine)"
+        out.append((f"HTTP/3 {what} vs Caddy, {lab} rps", "< 1× (ahead of Caddy)", got, v))
     return out
 
 
