@@ -53,14 +53,15 @@ fmt:
 bench-micro:
 	$(CARGO) bench -p meshgate-bench --bench policy
 
-# Load benchmarks: meshgate against direct, nginx and HAProxy on this machine
-# (bench/README.md). Writes bench/results/latest.json and latest.md; installs
-# nginx, haproxy, wrk, h2load (apt-get, as root) and oha (cargo) if missing.
+# Load benchmarks: meshgate against direct, nginx and HAProxy on this machine,
+# and against Caddy over HTTP/3 (bench/README.md). Writes
+# bench/results/latest.json and latest.md; installs nginx, haproxy, wrk,
+# h2load, caddy (apt-get, as root) and oha with HTTP/3 (cargo) if missing.
 bench:
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench" python3 bench/run.py $(BENCH_ARGS)
 
-# The same in under 90 s: one round, 2 s runs, pinned mode only.
+# The same in about 80-95 s: one round, 2 s runs, pinned mode only.
 bench-quick:
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench-quick" python3 bench/run.py --quick $(BENCH_ARGS)

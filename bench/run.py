@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Load benchmark of meshgate against direct, nginx and HAProxy (issue 4).
+"""Load benchmark of meshgate against direct, nginx and HAProxy, and against
+Caddy over HTTP/3 (issue 4).
 
     make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (~30 min)
-    make bench-quick    # 1 round, 2 s runs, pinned only (< 90 s)
+    make bench-quick    # 1 round, 2 s runs, pinned only (about 80-95 s)
     python3 bench/run.py --help
 
 Installs what it needs (Debian packages with apt-get when root, oha with
-cargo into a cache dir), starts an nginx origin and every target on free
+HTTP/3 with cargo into a cache dir), starts an nginx origin and every target on free
 loopback ports, measures them interleaved round by round, stops them all,
 and writes bench/results/latest.json and latest.md. See bench/README.md.
 """
@@ -40,6 +41,11 @@ class Plan:
     fixed_pinnings: list
     saturation: list
     fixed: list
+    # HTTP/3 (meshgate and Caddy, oha): closed-loop runs in these pinning
+    # modes, open-loop runs at these rates (also over HTTP/2+TLS, the
+    # baseline of the HTTP/3 CPU target) in `fixed_pinnings`.
+    h3_pinnings: list = dataclasses.field(default_factory=lambda: ["pinned", "unpinned"])
+    h3_fixed: list = dataclasses.field(default_factory=lambda: [1000, 5000])
     conns: int = 64
     threads: int = 2
     h2_streams: int = 10
@@ -59,6 +65,8 @@ FULL = Plan(
     fixed_pinnings=["pinned"],
     saturation=scenarios.SATURATION,
     fixed=[("http1", 1000), ("http1", 5000), ("http2", 1000), ("http2", 5000)],
+    h3_pinnings=["pinned", "unpinned"],
+    h3_fixed=[1000, 5000],
 )
 
 QUICK = Plan(
@@ -71,6 +79,10 @@ QUICK = Plan(
     fixed_pinnings=["pinned"],
     saturation=[("http1", "wrk"), ("http2", "h2load")],
     fixed=[("http1", 1000), ("http1", 5000), ("http2", 5000)],
+    # HTTP/3: pinned saturation and 1k rps only (a rate both targets
+    # sustain even on a busy machine, so the verdicts mean something).
+    h3_pinnings=["pinned"],
+    h3_fixed=[1000],
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
     warm_up=False,
@@ -93,11 +105,12 @@ class Ctx:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the < 90 s plan (make bench-quick)")
+    ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-95 s (make bench-quick)")
     ap.add_argument("--rounds", type=int, help="override the plan's number of rounds (1-10)")
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
-    ap.add_argument("--targets", default="direct,meshgate,nginx,haproxy,meshgate-sidecar",
-                    help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar")
+    ap.add_argument("--targets", default="direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy",
+                    help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy "
+                         "(caddy is measured only over HTTP/3 and HTTP/2+TLS)")
     ap.add_argument("--meshgate", default=os.path.join(HERE, "..", "target", "release", "meshgate"),
                     help="meshgate binary (default: target/release/meshgate)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
@@ -171,7 +184,12 @@ def main():
         "settings": {
             "origin": "nginx, 1 worker, return 200 \"ok\", keep-alive",
             "meshgate": "release build, run --threads 1 --watch-interval-ms 0, access_log off, "
-                        "max_idle_per_endpoint 256, TLS listener min_version 1.3",
+                        "max_idle_per_endpoint 256, TLS listener min_version 1.3, "
+                        "protocols http1 http2 http3 (Alt-Svc off)",
+            "caddy": "GOMAXPROCS=1, admin off, no access log, servers protocols h1 h2 h3, TLS 1.3 only, "
+                     "reverse_proxy with keepalive 5m and 256 idle connections per host",
+            "http3": "oha --http-version 3 --insecure on the TLS port's UDP side; baseline oha --http2 on "
+                     "the same listener's TCP side; no direct row (the nginx origin has no HTTP/3)",
             "nginx": "1 worker, access_log off, upstream keepalive 256, proxy_http_version 1.1, TLSv1.3",
             "haproxy": "-W master-worker, nbthread 1, http-reuse always, no log, ssl-min-ver TLSv1.3",
             "certificate": "self-signed ECDSA P-256 (openssl req -newkey ec)",
@@ -219,7 +237,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     plan, log = ctx.plan, ctx.log
     ctx.origin = targets.NginxOrigin()
     candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy(),
-                  targets.SidecarPair()]
+                  targets.SidecarPair(), targets.Caddy()]
     chosen = [t for t in candidates if t.name in wanted]
     shift = rnd % len(chosen)
     order = chosen[shift:] + chosen[:shift]
@@ -241,13 +259,36 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                 _log_row(log, rows[-1])
         order = started
 
-        def each(fn, *a, only_proxies=False, tls=False):
-            for t in order:
+        # The HTTP/3 targets (meshgate, Caddy) take turns going first from
+        # round to round on their own: rotating the whole list would let one
+        # of two go first in most rounds.
+        h3_order = [t for t in chosen if t.h3 and t in order]
+        if h3_order:
+            k = rnd % len(h3_order)
+            h3_order = h3_order[k:] + h3_order[:k]
+
+        def each(fn, *a, only_proxies=False, tls=False, h3=False):
+            for t in (h3_order if h3 else order):
                 if only_proxies and (t.name == "direct" or not t.reloadable):
                     continue
                 if tls and not t.client_tls:
                     continue
+                if t.h3_only and not h3 or h3 and not t.h3:
+                    continue
                 r = fn(ctx, t, rnd, *a)
+                if isinstance(r, scenarios.PendingRow):
+                    pending.append(r)
+                    continue
+                rows.append(r)
+                _log_row(log, r)
+
+        # HTTP/3 rows whose oha still waits out a QUIC idle timeout; the
+        # figures of the target were taken at the deadline (scenarios.quic_load).
+        pending = []
+
+        def collect():
+            while pending:
+                r = pending.pop(0).finish()
                 rows.append(r)
                 _log_row(log, r)
 
@@ -268,6 +309,14 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             else:
                 procs.set_affinity(servers, all_cpus)
                 ctx.loadgen_cpus = None
+            # HTTP/3 first in the block: a Caddy oha that lingers for the
+            # QUIC idle timeout then waits while the other rows run.
+            if pinning in plan.h3_pinnings:
+                each(scenarios.quic_load, "saturation", "http3", pinning, h3=True)
+            if pinning in plan.fixed_pinnings:
+                for rate in plan.h3_fixed:
+                    each(scenarios.quic_load, "fixed-rate", "http3", pinning, rate, h3=True)
+                    each(scenarios.quic_load, "fixed-rate", "http2-tls", pinning, rate, h3=True)
             for proto, tool in plan.saturation:
                 each(scenarios.saturation, pinning, proto, tool)
             each(scenarios.tls_handshake, pinning, tls=True)
@@ -276,7 +325,9 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                     each(scenarios.fixed_rate, pinning, proto, rate)
         # Last: it changes the proxies' configs.
         each(scenarios.reload_under_load, plan.pinnings[-1], only_proxies=True)
+        collect()
     finally:
+        # On an error, whatever is still pending is killed by procs.stop_all.
         for t in order:
             t.stop()
         ctx.origin.stop()
@@ -290,11 +341,6 @@ def not_measured_rows():
     for t in targets.not_built_targets():
         for proto in t.protos:
             rows.append(scenarios.not_measured(t, "saturation", proto, "pinned"))
-    mg = targets.Target()
-    mg.name = "meshgate"
-    mg.not_built = "not measured: target not built (meshgate has no HTTP/3 listener yet)"
-    for mode in ("pinned", "fixed-1k", "fixed-5k"):
-        rows.append(scenarios.not_measured(mg, "saturation" if mode == "pinned" else "fixed-rate", "http3", mode))
     return rows
 
 

@@ -118,6 +118,50 @@ def run(argv, timeout, cpus=None, check=False):
     return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+class Client:
+    """A load generator started in the background (its own session, pinned
+    like `run`'s), collected later with `finish`. Used for oha over HTTP/3,
+    which can stay up to its QUIC idle timeout after its last request (see
+    generators.oha_start). Registered so that `stop_all` kills it too."""
+
+    def __init__(self, argv, cpus=None):
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+        self.pid = self.popen.pid
+        self.name = os.path.basename(argv[0])
+        with _LOCK:
+            _LIVE.append(self)
+
+    def finish(self, timeout):
+        """(rc, stdout, stderr), killing the client after `timeout` seconds."""
+        p = self.popen
+        try:
+            out, err = p.communicate(timeout=max(0.1, timeout))
+            killed = False
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = p.communicate()
+            killed = True
+        with _LOCK:
+            if self in _LIVE:
+                _LIVE.remove(self)
+        err = err.decode(errors="replace") + ("\n(killed: time limit)" if killed else "")
+        return (-9 if killed else p.returncode), out.decode(errors="replace"), err
+
+    def stop(self, timeout=0):
+        self.finish(0.1)
+
+
 def free_port():
     """A free loopback port below the ephemeral range (TCP and UDP both free,
     so an HTTP/3 listener can later share the number), never handed out twice

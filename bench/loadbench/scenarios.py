@@ -296,9 +296,14 @@ def reload_under_load(ctx, target, rnd, pinning):
 
 
 def warm_up(ctx, target):
-    """One second of load before the first timed run of a round (pools, caches)."""
+    """One second of load before the first timed run of a round (pools, caches).
+    A target with only a TLS port (Caddy) gets it over HTTP/2 with oha; not
+    over HTTP/3, whose oha can linger for Caddy's QUIC idle timeout."""
     try:
-        generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1, host=target.host)
+        if "http1" in target.ports:
+            generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1, host=target.host)
+        else:
+            generators.oha(ctx.oha, target.url("tls"), None, 1, ctx.plan.conns, http2=True)
     except generators.LoadError:
         pass
 
@@ -306,3 +311,77 @@ def warm_up(ctx, target):
 def not_measured(target, scenario, proto, mode):
     return row(scenario=scenario, proto=proto, mode=mode, target=target.name, round=None,
                status=target.not_built)
+
+
+# ------------------------------------------------------------ HTTP/3
+
+class PendingRow:
+    """A measurement whose load generator is still running in the
+    background (oha over HTTP/3 waiting out a QUIC idle timeout, see
+    generators.oha_start). The target's CPU and RSS were already read at
+    the deadline; `finish()` collects oha and returns the row."""
+
+    def __init__(self, base, target_name, client, cpu, ocpu, peak, duration_s, extra, deadline):
+        self.base, self.target_name, self.client = base, target_name, client
+        self.cpu, self.ocpu, self.peak = cpu, ocpu, peak
+        self.duration_s, self.extra, self.deadline = duration_s, extra, deadline
+
+    def finish(self):
+        wait = self.deadline - time.monotonic()
+        try:
+            res = generators.oha_finish(self.client, self.duration_s, wait)
+        except generators.LoadError as e:
+            return row(**self.base, status=f"failed: {e}"[:600])
+        r = row(
+            **{"tool": res["tool"], **self.base},
+            rps=round(res["rps"], 1) if res["rps"] is not None else None,
+            requests=res["requests"],
+            errors=res["errors"],
+            cpu_us_per_req=_cpu_us_per_req(self.cpu, res["requests"]),
+            p50_ms=res["p50_ms"],
+            p90_ms=res["p90_ms"],
+            p99_ms=res["p99_ms"],
+            rss_mib=_mib(self.peak),
+            origin_cpu_us_per_req=_cpu_us_per_req(self.ocpu, res["requests"]),
+        )
+        if res.get("error_kinds"):
+            r["error_kinds"] = res["error_kinds"]
+        r.update(self.extra)
+        return r
+
+
+# Grace after the deadline for the requests in flight (oha -w) before the
+# target's CPU is read.
+_GRACE_S = 0.5
+
+
+def quic_load(ctx, target, rnd, scenario, proto, pinning, rate=None):
+    """oha against the target's TLS port: `proto` "http3" (QUIC, the UDP
+    port of the same number) or "http2-tls" (HTTP/2 over TLS 1.3, the same
+    listener's TCP side, the baseline of the HTTP/3 CPU target). Closed
+    loop with `plan.conns` connections for "saturation", else open loop at
+    `rate` with `--latency-correction` and `plan.fixed_conns` connections.
+    Returns a PendingRow."""
+    p = ctx.plan
+    if rate is None:
+        d, conns, mode = p.duration_s, p.conns, pinning
+    else:
+        d, conns = p.fixed_duration_s, p.fixed_conns
+        mode = f"fixed-{rate // 1000}k" if rate % 1000 == 0 else f"fixed-{rate}"
+    base = dict(scenario=scenario, proto=proto, mode=mode, pinning=pinning, target=target.name,
+                round=rnd, duration_s=d, tool="oha")
+    version = "3" if proto == "http3" else "2"
+    t0, o0 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(ctx.origin.tree())
+    with procs.PeakRss(target.tree) as peak:
+        client = generators.oha_start(ctx.oha, target.url("tls"), rate, d, conns, version,
+                                      cpus=ctx.loadgen_cpus)
+        # Sleep through the run, but no longer than oha lives.
+        end = time.monotonic() + d + _GRACE_S
+        while time.monotonic() < end and client.popen.poll() is None:
+            time.sleep(0.05)
+    t1, o1 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(ctx.origin.tree())
+    extra = {"conns": conns, "http_version": version}
+    if rate is not None:
+        extra["rate"] = rate
+    deadline = time.monotonic() + generators.OHA_IDLE_WAIT_S
+    return PendingRow(base, target.name, client, t1 - t0, o1 - o0, peak.peak, d, extra, deadline)

@@ -3,8 +3,8 @@
 Debian packages are installed with apt-get when running as root; otherwise
 the exact command is printed and the run stops. oha comes from crates.io
 (`cargo install oha --locked`) into a cache directory, so a second run does
-not rebuild it. When HTTP/3 lands, oha is rebuilt there with
-`--features http3` (see `OHA_FEATURES`).
+not rebuild it. It is built with `--features http3` (see `OHA_FEATURES`),
+the load generator of the HTTP/3 rows.
 """
 
 import os
@@ -22,11 +22,13 @@ APT = {
     "h2load": ["nghttp2-client"],
     "openssl": ["openssl"],
     "taskset": ["util-linux"],
+    # Only the HTTP/3 peer (issue 4); Debian's caddy is built with quic-go.
+    "caddy": ["caddy"],
 }
 
-# Add "http3" here when meshgate serves HTTP/3; the cache key includes it,
-# so the next run rebuilds oha with the feature.
-OHA_FEATURES = []
+# oha is built with HTTP/3 (`--http-version 3`); the cache key includes the
+# features, so changing them makes the next run build oha again.
+OHA_FEATURES = ["http3"]
 
 
 def cache_dir():
@@ -108,6 +110,7 @@ def versions(oha, meshgate):
         "haproxy": _first_line(["haproxy", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),
         "h2load": _first_line(["h2load", "--version"]),
+        "caddy": _first_line(["caddy", "version"]),
         "oha": _first_line([oha, "--version"]),
         "openssl": _first_line(["openssl", "version"]),
         "meshgate": _first_line([meshgate, "--version"]),
