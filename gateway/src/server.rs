@@ -302,6 +302,8 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
         while busy() && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The spans of the last requests go out before the exit.
+        crate::trace::flush(Duration::from_secs(2));
         let left = IN_FLIGHT.load(Ordering::Relaxed);
         if left > 0 {
             tracing::warn!(in_flight = left, "drain deadline passed, exiting");

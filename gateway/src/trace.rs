@@ -21,6 +21,8 @@
 
 mod context;
 mod export;
+
+pub(crate) use export::flush;
 mod otlp;
 
 use std::net::SocketAddr;

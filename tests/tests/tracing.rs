@@ -751,6 +751,34 @@ fn a_reload_turns_export_on() -> Result<()> {
 }
 
 #[test]
+fn spans_waiting_at_sigterm_are_exported_before_the_exit() -> Result<()> {
+    let collector = Collector::start()?;
+    let origin = Origin::start("web")?;
+    // A batch would wait a minute: only the shutdown flush can send it.
+    let (mut gw, addr) = edge_gateway(
+        origin.addr,
+        &format!(
+            "[observability.tracing]\notlp_endpoint = \"{}\"\nflush_interval = \"60s\"\n",
+            collector.endpoint()
+        ),
+    )?;
+    let r = get(addr, "/last", &[])?;
+    let tp = traceparent(&seen_one(&seen_headers(&r)?, "traceparent").context("tp")?);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        collector.spans_of(&tp.0),
+        Vec::<Value>::new(),
+        "not sent yet"
+    );
+    gw.proc.signal("TERM")?;
+    let code = gw.proc.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(code, Some(0));
+    let spans = collector.trace(&tp.0, 2)?;
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    Ok(())
+}
+
+#[test]
 fn a_collector_that_refuses_or_hangs_fails_no_request() -> Result<()> {
     let origin = Origin::start("web")?;
     let failed = |gw: &Gateway| {

@@ -32,8 +32,16 @@ struct Pending {
     spans: Vec<SpanRecord>,
 }
 
+/// What the exporter task is sent.
+enum Msg {
+    /// A finished request's spans.
+    Spans(Pending),
+    /// Send everything waiting now, then say so (the shutdown drain).
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 struct Queue {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::UnboundedSender<Msg>,
     /// Spans sent to the channel and not yet taken by the exporter; the
     /// channel is unbounded so that the cap can follow config reloads.
     queued: Arc<AtomicUsize>,
@@ -80,21 +88,39 @@ pub(crate) fn submit(spec: &Arc<TracingSpec>, spans: Vec<SpanRecord>) {
         spec: spec.clone(),
         spans,
     };
-    if q.tx.send(pending).is_err() {
+    if q.tx.send(Msg::Spans(pending)).is_err() {
         q.queued.fetch_sub(n, Ordering::Relaxed);
         crate::metrics::trace_spans_dropped("queue_full", n);
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Pending>, queued: Arc<AtomicUsize>) {
+/// Exports every span still waiting, for at most `limit`: the last call
+/// before the process exits, so the spans of the final requests are not
+/// lost. Returns at once when no span was ever queued.
+pub(crate) fn flush(limit: Duration) {
+    let Some(Some(q)) = QUEUE.get() else { return };
+    let (done, wait) = std::sync::mpsc::channel();
+    if q.tx.send(Msg::Flush(done)).is_ok() && wait.recv_timeout(limit).is_err() {
+        tracing::warn!(?limit, "spans still unexported at exit");
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, queued: Arc<AtomicUsize>) {
     let client = match client() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the span exporter's HTTP client");
             // Keep draining so the queue empties and drops are counted.
-            while let Some(p) = rx.recv().await {
-                queued.fetch_sub(p.spans.len(), Ordering::Relaxed);
-                crate::metrics::trace_spans_dropped("export_failed", p.spans.len());
+            while let Some(m) = rx.recv().await {
+                match m {
+                    Msg::Spans(p) => {
+                        queued.fetch_sub(p.spans.len(), Ordering::Relaxed);
+                        crate::metrics::trace_spans_dropped("export_failed", p.spans.len());
+                    }
+                    Msg::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
             return;
         }
@@ -124,7 +150,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Pending>, queued: Arc<AtomicUsize>)
                 exporter.flush().await;
                 return;
             }
-            Some(Some(p)) => {
+            Some(Some(Msg::Flush(done))) => {
+                exporter.flush().await;
+                due = None;
+                let _ = done.send(());
+            }
+            Some(Some(Msg::Spans(p))) => {
                 queued.fetch_sub(p.spans.len(), Ordering::Relaxed);
                 let limit = p.spec.batch_size;
                 if due.is_none() {
