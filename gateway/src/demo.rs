@@ -335,18 +335,7 @@ fn token(args: &TokenArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// An error with its causes: reqwest's own message alone is often just
-/// "error sending request".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use crate::error_chain;
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.
 pub(crate) async fn shutdown_signal() -> &'static str {

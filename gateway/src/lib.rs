@@ -31,3 +31,16 @@ mod status_page;
 mod tls;
 mod trace;
 mod upstream;
+
+/// An error with its causes: reqwest's own message alone is often just
+/// "error sending request".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

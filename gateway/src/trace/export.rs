@@ -232,7 +232,7 @@ impl Exporter {
                 return;
             }
             Ok(r) => format!("the collector answered {}", r.status()),
-            Err(e) => error_chain(&e),
+            Err(e) => crate::error_chain(&e),
         };
         crate::metrics::trace_spans_dropped("export_failed", n);
         let now = Instant::now();
@@ -268,17 +268,4 @@ fn resource(service_name: &str) -> Resource {
             ),
         ],
     }
-}
-
-/// An error with its causes (reqwest's own message is often just "error
-/// sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
