@@ -65,6 +65,26 @@ pub(crate) struct Entry<'a> {
     pub(crate) error: Option<String>,
 }
 
+impl<'a> Entry<'a> {
+    /// The fields every side takes from the downstream session alike
+    /// (the request line, the client, the protocol, the byte counts);
+    /// the caller fills in what the proxy decided.
+    pub(crate) fn of_session(session: &'a pingora::proxy::Session, listener: &'a str) -> Self {
+        let req = session.req_header();
+        Entry {
+            listener,
+            protocol: crate::metrics::protocol_of(session),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.as_str(),
+            authority: crate::edge::authority(req),
+            path: req.uri.path(),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            ..Entry::default()
+        }
+    }
+}
+
 /// Upstream timing points of the current try, set from the proxy phases.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct UpstreamTimes {

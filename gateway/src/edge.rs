@@ -105,6 +105,12 @@ impl RequestCtx {
         l.routes.routes().get(self.route?)
     }
 
+    /// The name of the subset the split chose, if any.
+    fn subset_name(&self) -> Option<&str> {
+        let svc = self.service.as_deref()?;
+        svc.subsets.get(self.subset?).map(|s| s.name.as_str())
+    }
+
     /// The matched route's retry policy.
     fn retry_policy(&self) -> Option<Arc<RetryPolicy>> {
         let snap = self.snap.as_ref()?;
@@ -234,6 +240,7 @@ impl Edge {
             crate::trace::Hop::start(&session.req_header().headers, tracing, ctx.start)
         });
         let service = ctx.service.as_deref();
+        let subset = ctx.subset_name();
         hop.finish(&crate::trace::Facts {
             session,
             scheme: self.scheme,
@@ -245,11 +252,7 @@ impl Edge {
             reason: ctx.reason,
             route: ctx.route(&snap).map(|r| r.name.as_str()),
             service: service.map(|s| s.name.as_str()),
-            subset: ctx
-                .subset
-                .zip(service)
-                .and_then(|(i, s)| s.subsets.get(i))
-                .map(|s| s.name.as_str()),
+            subset,
             peer_identity: None,
         });
         ctx.trace = Some(hop);
@@ -390,16 +393,7 @@ impl ProxyHttp for Edge {
         ctx.listener = li;
         let listener = &snap.listeners[li];
         let req = session.req_header();
-        let host = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
+        let host = authority(req).unwrap_or("");
         let view = RequestView {
             host,
             path: req.uri.path(),
@@ -950,11 +944,7 @@ impl ProxyHttp for Edge {
             listener: &self.listener,
             route: route.unwrap_or(""),
             service,
-            subset: ctx
-                .subset
-                .zip(ctx.service.as_deref())
-                .and_then(|(i, s)| s.subsets.get(i))
-                .map_or("", |s| s.name.as_str()),
+            subset: ctx.subset_name().unwrap_or(""),
             status,
             reason: ctx.reason.unwrap_or(""),
             protocol: crate::metrics::protocol_of(session),
@@ -980,7 +970,6 @@ impl ProxyHttp for Edge {
         if !crate::access_log::sampled(snap, &outcome) {
             return;
         }
-        let req = session.req_header();
         let svc = ctx.service.as_deref();
         // The upstream's identity was verified as its service's SPIFFE ID.
         let peer_identity = svc
@@ -994,40 +983,35 @@ impl ProxyHttp for Edge {
         crate::access_log::record(
             snap,
             &crate::access_log::Entry {
-                listener: &self.listener,
-                protocol: crate::metrics::protocol_of(session),
-                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-                method: req.method.as_str(),
-                authority: req.uri.authority().map(|a| a.as_str()).or_else(|| {
-                    req.headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                }),
-                path: req.uri.path(),
                 status,
                 reason: ctx.reason,
                 route,
                 service: svc.map(|s| s.name.as_str()),
-                subset: ctx
-                    .subset
-                    .zip(svc)
-                    .and_then(|(i, s)| s.subsets.get(i))
-                    .map(|s| s.name.as_str()),
+                subset: ctx.subset_name(),
                 endpoint: ctx.upstream,
                 duration: now.duration_since(ctx.start),
                 upstream_header,
                 upstream,
-                bytes_in: session.body_bytes_read(),
-                bytes_out: session.body_bytes_sent(),
                 trace_id: trace_id.as_deref(),
                 user: crate::access_log::user(snap, ctx.claims.as_deref()),
                 peer_identity: peer_identity.as_deref(),
                 retries: ctx.flight.retries_done,
                 retry_stop: ctx.flight.give_up,
                 error: e.map(|e| e.to_string()),
+                ..crate::access_log::Entry::of_session(session, &self.listener)
             },
         );
     }
+}
+
+/// The request's authority: the URI's (HTTP/2, HTTP/3, absolute form),
+/// else the `Host` header.
+pub(crate) fn authority(req: &RequestHeader) -> Option<&str> {
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// The status and reason for an error pingora hands us.

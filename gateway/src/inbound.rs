@@ -244,40 +244,23 @@ impl ProxyHttp for Inbound {
         if !crate::access_log::sampled(&snap, &outcome) {
             return;
         }
-        let req = session.req_header();
         let now = Instant::now();
         let (upstream_header, upstream) = ctx.upstream_times.durations(now);
         let trace_id = ctx.trace.as_ref().map(|t| t.trace_id().to_string());
         crate::access_log::record(
             &snap,
             &crate::access_log::Entry {
-                listener: "inbound",
-                protocol: crate::metrics::protocol_of(session),
-                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-                method: req.method.as_str(),
-                authority: req.uri.authority().map(|a| a.as_str()).or_else(|| {
-                    req.headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                }),
-                path: req.uri.path(),
                 status: status.unwrap_or(0),
                 reason,
-                route: None,
                 service: Some(&self.service),
-                subset: None,
                 endpoint: ctx.upstream_times.sent.map(|_| self.app),
                 duration: now.duration_since(ctx.start),
                 upstream_header,
                 upstream,
-                bytes_in: session.body_bytes_read(),
-                bytes_out: session.body_bytes_sent(),
                 trace_id: trace_id.as_deref(),
-                user: None,
                 peer_identity: ctx.peer.as_deref(),
-                retries: 0,
-                retry_stop: None,
                 error: e.map(|e| e.to_string()),
+                ..crate::access_log::Entry::of_session(session, "inbound")
             },
         );
     }

@@ -256,12 +256,9 @@ impl Hop {
         attrs.push(("http.request.method", method.into()));
         attrs.push(("url.path", req.uri.path().into()));
         attrs.push(("url.scheme", f.scheme.into()));
-        let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        if let Some(a) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
+        if let Some(a) =
+            crate::edge::authority(req).and_then(|a| a.parse::<http::uri::Authority>().ok())
+        {
             attrs.push(("server.address", a.host().into()));
             if let Some(p) = a.port_u16() {
                 attrs.push(("server.port", i64::from(p).into()));

@@ -41,12 +41,20 @@ pub(crate) struct H3Listener {
     config: quinn::ServerConfig,
     retry_threshold: usize,
     max_connections: usize,
+    conn: Arc<ConnSettings>,
+}
+
+/// What every connection of a listener needs.
+struct ConnSettings {
+    proxy: Arc<HttpProxy<Edge>>,
+    /// The listener's `header_read_timeout`: how long a request without a
+    /// declared length may take to show whether it has a body, and an
+    /// unsafe early-data request to wait for the handshake.
     head_timeout: Duration,
     max_head: u64,
     early_data: bool,
     port: u16,
     drain_limit: Duration,
-    proxy: Arc<HttpProxy<Edge>>,
 }
 
 /// Why the HTTP/3 side of a listener cannot start.
@@ -60,9 +68,9 @@ pub(crate) enum H3Error {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The TLS settings cannot be used for QUIC.
-    #[error("TLS settings for HTTP/3: {0}")]
-    Tls(String),
+    /// The TLS or transport settings cannot be used for QUIC.
+    #[error("cannot set up HTTP/3: {0}")]
+    Setup(String),
 }
 
 impl H3Listener {
@@ -86,8 +94,9 @@ impl H3Listener {
             })?;
         let spec = &l.http3;
         let crypto = crate::tls::quic_server_config(tls, certs, spec.early_data)
-            .map_err(|e| H3Error::Tls(e.to_string()))?;
-        let crypto = QuicServerConfig::try_from(crypto).map_err(|e| H3Error::Tls(e.to_string()))?;
+            .map_err(|e| H3Error::Setup(e.to_string()))?;
+        let crypto =
+            QuicServerConfig::try_from(crypto).map_err(|e| H3Error::Setup(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = TransportConfig::default();
         transport
@@ -99,7 +108,7 @@ impl H3Listener {
             .receive_window(VarInt::from_u32(spec.receive_window))
             .max_idle_timeout(Some(
                 IdleTimeout::try_from(spec.idle_timeout)
-                    .map_err(|e| H3Error::Tls(e.to_string()))?,
+                    .map_err(|e| H3Error::Setup(e.to_string()))?,
             ));
         config.transport_config(Arc::new(transport));
         config.max_incoming(l.limits.max_connections as usize);
@@ -109,12 +118,14 @@ impl H3Listener {
             config,
             retry_threshold: spec.retry_threshold as usize,
             max_connections: l.limits.max_connections as usize,
-            head_timeout: l.limits.header_read_timeout,
-            max_head: l.limits.max_header_bytes as u64,
-            early_data: spec.early_data,
-            port: l.address.port(),
-            drain_limit: l.limits.drain_timeout,
-            proxy,
+            conn: Arc::new(ConnSettings {
+                proxy,
+                head_timeout: l.limits.header_read_timeout,
+                max_head: l.limits.max_header_bytes as u64,
+                early_data: spec.early_data,
+                port: l.address.port(),
+                drain_limit: l.limits.drain_timeout,
+            }),
         })
     }
 }
@@ -217,14 +228,9 @@ impl Service for H3Listener {
             }
         };
         let counts = Arc::new(Counts::default());
-        let conn = ConnShared {
-            proxy: self.proxy.clone(),
+        let conn = Conn {
+            settings: self.conn.clone(),
             shutdown: shutdown.clone(),
-            head_timeout: self.head_timeout,
-            max_head: self.max_head,
-            early_data: self.early_data,
-            port: self.port,
-            drain_limit: self.drain_limit,
         };
         loop {
             let incoming = tokio::select! {
@@ -274,19 +280,22 @@ impl Service for H3Listener {
     }
 }
 
-/// What every connection of a listener needs.
+/// A listener's connection settings and the server's shutdown signal.
 #[derive(Clone)]
-struct ConnShared {
-    proxy: Arc<HttpProxy<Edge>>,
+struct Conn {
+    settings: Arc<ConnSettings>,
     shutdown: ShutdownWatch,
-    head_timeout: Duration,
-    max_head: u64,
-    early_data: bool,
-    port: u16,
-    drain_limit: Duration,
 }
 
-impl ConnShared {
+impl std::ops::Deref for Conn {
+    type Target = ConnSettings;
+
+    fn deref(&self) -> &ConnSettings {
+        &self.settings
+    }
+}
+
+impl Conn {
     async fn serve(&self, incoming: quinn::Incoming, handshake: Held<'_>) {
         let peer = incoming.remote_address();
         let connecting = match incoming.accept() {
@@ -300,26 +309,24 @@ impl ConnShared {
         // then a request may have come as 0-RTT early data, which an
         // attacker can replay: unsafe methods wait for the handshake.
         let (confirm, confirmed) = tokio::sync::watch::channel(true);
-        let conn = if self.early_data {
-            match connecting.into_0rtt() {
-                Ok((conn, accepted)) => {
-                    confirm.send_replace(false);
-                    tokio::spawn(async move {
-                        accepted.await;
-                        confirm.send_replace(true);
-                    });
-                    conn
-                }
-                Err(connecting) => match connecting.await {
-                    Ok(c) => c,
-                    Err(e) => return handshake_failed(peer, &e),
-                },
-            }
+        let early = if self.early_data {
+            connecting.into_0rtt()
         } else {
-            match connecting.await {
+            Err(connecting)
+        };
+        let conn = match early {
+            Ok((conn, accepted)) => {
+                confirm.send_replace(false);
+                tokio::spawn(async move {
+                    accepted.await;
+                    confirm.send_replace(true);
+                });
+                conn
+            }
+            Err(connecting) => match connecting.await {
                 Ok(c) => c,
                 Err(e) => return handshake_failed(peer, &e),
-            }
+            },
         };
         drop(handshake);
         crate::metrics::http3_connection("ok");
@@ -402,10 +409,9 @@ impl ConnShared {
         };
         let (parts, ()) = req.into_parts();
         let (mut send, mut recv) = stream.split();
-        let confirm = confirmed.wait_for(|done| *done);
         if !is_safe(&parts.method)
             && !matches!(
-                tokio::time::timeout(self.head_timeout, confirm).await,
+                tokio::time::timeout(self.head_timeout, confirmed.wait_for(|done| *done)).await,
                 Ok(Ok(_))
             )
         {
@@ -413,7 +419,7 @@ impl ConnShared {
             // requests are served from it (RFC 8470).
             let resp = http::Response::builder()
                 .status(StatusCode::TOO_EARLY)
-                .header("x-meshgate-reason", "too-early")
+                .header(crate::edge::REASON_HEADER, "too-early")
                 .body(())
                 .unwrap_or_default();
             if send.send_response(resp).await.is_ok() {
