@@ -54,6 +54,8 @@ pub(crate) struct Edge {
     pub(crate) mesh: Arc<crate::mesh::MeshTls>,
     /// `Alt-Svc` advertising this listener's HTTP/3 side on TCP responses.
     pub(crate) alt_svc: Option<HeaderValue>,
+    /// This listener's `meshgate_requests_in_flight` gauge.
+    pub(crate) in_flight: Option<prometheus::IntGauge>,
 }
 
 /// A response the proxy writes itself.
@@ -289,7 +291,7 @@ impl ProxyHttp for Edge {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
             start: Instant::now(),
-            _in_flight: crate::metrics::InFlight::start(&self.listener),
+            _in_flight: crate::metrics::InFlight::start(self.in_flight.as_ref()),
             snap: None,
             listener: 0,
             route: None,

@@ -36,6 +36,8 @@ pub(crate) struct Inbound {
     pub(crate) app: SocketAddr,
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) connect_timeout: Duration,
+    /// The `inbound` listener's `meshgate_requests_in_flight` gauge.
+    pub(crate) in_flight: Option<prometheus::IntGauge>,
 }
 
 #[derive(Debug)]
@@ -91,7 +93,7 @@ impl ProxyHttp for Inbound {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InboundCtx {
             start: Instant::now(),
-            _in_flight: crate::metrics::InFlight::start("inbound"),
+            _in_flight: crate::metrics::InFlight::start(self.in_flight.as_ref()),
             peer: None,
             reason: None,
             upstream_times: Default::default(),

@@ -365,8 +365,15 @@ pub(crate) fn config_version(version: u64) {
 pub(crate) struct InFlight(Option<prometheus::IntGauge>);
 
 impl InFlight {
-    pub(crate) fn start(listener: &str) -> Self {
-        let g = metrics().map(|m| m.in_flight.with_label_values(&[listener]));
+    /// The in-flight gauge of `listener`, looked up once per listener
+    /// rather than once per request.
+    pub(crate) fn gauge(listener: &str) -> Option<prometheus::IntGauge> {
+        metrics().map(|m| m.in_flight.with_label_values(&[listener]))
+    }
+
+    /// One more request in flight on the listener of `gauge`.
+    pub(crate) fn start(gauge: Option<&prometheus::IntGauge>) -> Self {
+        let g = gauge.cloned();
         if let Some(g) = &g {
             g.inc();
         }

@@ -230,6 +230,7 @@ pub(crate) fn add_edge_listeners(
             authn: authn.clone(),
             mesh: mesh.clone(),
             alt_svc: crate::h3::alt_svc(l),
+            in_flight: crate::metrics::InFlight::gauge(&l.name),
         };
         // One proxy per listener, shared by its TCP and HTTP/3 sides: the
         // same pipeline and the same upstream connection pools.

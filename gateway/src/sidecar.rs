@@ -264,6 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         app: cli.app,
         store: store.clone(),
         connect_timeout: Duration::from_secs(1),
+        in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
     let mut svc =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, inbound, "inbound");
