@@ -423,7 +423,9 @@ limits = {{ drain_timeout = "1s" }}
 name = "b-tls"
 address = "127.0.0.1:{b_tls}"
 protocols = ["http1", "http2"]
-limits = {{ drain_timeout = "1s" }}
+# Read-buffered, unlike the other listeners (default 0), so large bodies
+# cross both ways of reading.
+limits = {{ drain_timeout = "1s", read_buffer_bytes = 65536 }}
 tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}] }}
 
 [[route]]
