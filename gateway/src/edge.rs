@@ -797,25 +797,17 @@ impl ProxyHttp for Edge {
             }
         }
         apply_header_rules(&route.request_headers, upstream)?;
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|i| i.ip().to_string())
-        {
-            let xff = match upstream
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
+            let prev = upstream
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            let xff = forwarded_for(prev, ip.ip());
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", self.scheme)?;
-        if upstream.headers.get("x-request-id").is_none() {
-            let id = format!("{:016x}{:016x}", below(u64::MAX), below(u64::MAX));
-            upstream.insert_header("x-request-id", id)?;
+        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(self.scheme))?;
+        if !upstream.headers.contains_key(X_REQUEST_ID) {
+            upstream.insert_header(X_REQUEST_ID, request_id())?;
         }
         Ok(())
     }
@@ -1054,5 +1046,97 @@ fn classify(e: &Error) -> (u16, &'static str) {
         }
         _ if e.esource() == &pingora::ErrorSource::Upstream => (502, "upstream-protocol-error"),
         _ => (500, "internal-error"),
+    }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// `x-forwarded-for` with `ip` appended to what the client sent. Built in
+/// one allocation: this runs on every proxied request.
+fn forwarded_for(prev: Option<&str>, ip: std::net::IpAddr) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        out.push_str(p);
+        out.push_str(", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(&mut out, octet);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out
+}
+
+fn push_decimal(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + n / 10 % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
+}
+
+/// A fresh `x-request-id`: 128 random bits in hex.
+fn request_id() -> String {
+    let mut id = String::with_capacity(32);
+    crate::trace::push_hex(&mut id, &below(u64::MAX).to_be_bytes());
+    crate::trace::push_hex(&mut id, &below(u64::MAX).to_be_bytes());
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let v4 = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(forwarded_for(None, v4("127.0.0.1")), "127.0.0.1");
+        assert_eq!(forwarded_for(None, v4("10.200.0.255")), "10.200.0.255");
+        assert_eq!(forwarded_for(None, v4("0.9.99.100")), "0.9.99.100");
+        assert_eq!(
+            forwarded_for(Some("203.0.113.7"), v4("192.168.1.20")),
+            "203.0.113.7, 192.168.1.20"
+        );
+        assert_eq!(forwarded_for(None, v4("2001:db8::1")), "2001:db8::1");
+        // Every IPv4 address prints as the standard library prints it.
+        for n in [
+            0u32,
+            1,
+            9,
+            10,
+            99,
+            100,
+            255,
+            0x0a0b0c0d,
+            0xffff_ffff,
+            0x6401_0aff,
+        ] {
+            let ip = std::net::IpAddr::V4(n.into());
+            assert_eq!(forwarded_for(None, ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn request_ids_are_128_bit_hex() {
+        let a = request_id();
+        let b = request_id();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b);
     }
 }

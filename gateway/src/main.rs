@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use meshgate::{check, demo, rotation, server};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///
 /// Terminates HTTP/1.1 and HTTP/2 (and HTTP/3) at the edge, authenticates

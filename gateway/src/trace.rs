@@ -34,8 +34,8 @@ use meshgate_config::TracingSpec;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
-pub(crate) use context::TraceId;
 use context::{Format, SpanId};
+pub(crate) use context::{TraceId, push_hex};
 use otlp::{Kind, SpanRecord, Status, Value};
 
 /// What this process is, for span resources.
@@ -215,14 +215,24 @@ impl Hop {
         use context::*;
         let span = self.current.as_ref().map_or(self.span_id, |t| t.span_id);
         req.insert_header(TRACEPARENT, traceparent(self.trace_id, span, self.sampled))?;
+        // One pass over the names finds stale copies to remove; most
+        // requests have none, and each removal is a hashed lookup.
+        let (mut stale_state, mut stale_b3) = (false, false);
+        for name in req.headers.keys() {
+            stale_state |= name.as_str() == TRACESTATE;
+            stale_b3 |= is_b3_header(name.as_str());
+        }
         match &self.tracestate {
             Some(ts) => req.insert_header(TRACESTATE, ts.as_str())?,
-            None => {
+            None if stale_state => {
                 req.remove_header(TRACESTATE);
             }
+            None => {}
         }
-        for h in B3_HEADERS {
-            req.remove_header(h);
+        if stale_b3 {
+            for h in B3_HEADERS {
+                req.remove_header(h);
+            }
         }
         match self.format {
             Format::B3Single => req.insert_header(

@@ -5,6 +5,9 @@
 //! (outbound listener for the local app, inbound mTLS listener for peers,
 //! the control-plane stream). See that module for what it does.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     meshgate::sidecar::main()
 }

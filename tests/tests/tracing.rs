@@ -455,6 +455,55 @@ fn the_edge_starts_continues_and_translates_trace_context() -> Result<()> {
         logged_trace_id(&gw.access_log(), "/new").as_deref() == Some(trace.as_str())
     })?;
 
+    // The forwarding headers written beside the trace context: the client
+    // appended to `x-forwarded-for`, the scheme, a fresh 128-bit
+    // `x-request-id` (a caller's is kept), and stale B3 headers beside a
+    // valid traceparent are dropped, not passed on with the wrong span.
+    assert_eq!(
+        seen_one(&seen, "x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        seen_one(&seen, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    let id = seen_one(&seen, "x-request-id").context("x-request-id")?;
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{id}"
+    );
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get(
+        addr,
+        "/forwarded",
+        &[
+            "X-Forwarded-For: 203.0.113.9",
+            "X-Request-Id: caller-chosen",
+            &format!("traceparent: {tp}"),
+            "X-B3-SpanId: a2fb4a1d1a96d312",
+            "X-B3-Sampled: 0",
+        ],
+    )?;
+    let seen = seen_headers(&r)?;
+    assert_eq!(
+        seen_one(&seen, "x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(
+        seen_one(&seen, "x-request-id").as_deref(),
+        Some("caller-chosen")
+    );
+    let (t, _, flags) = traceparent(&seen_one(&seen, "traceparent").context("traceparent")?);
+    assert_eq!(
+        (t.as_str(), flags.as_str()),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    );
+    assert_eq!(seen_one(&seen, "x-b3-spanid"), None);
+    assert_eq!(seen_one(&seen, "x-b3-sampled"), None);
+
     // The same over HTTP/2 (h2c): the version is on the SERVER span.
     let url = format!("http://{addr}/h2");
     let r = curl(&["--http2-prior-knowledge", &url])?;

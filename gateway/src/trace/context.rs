@@ -18,11 +18,26 @@ pub(crate) struct TraceId(pub(crate) [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SpanId(pub(crate) [u8; 8]);
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `bytes` as lower-case hex. Ids are written on every proxied
+/// request (`traceparent`, `x-request-id`, the access log), so this avoids
+/// the formatter's per-byte padding machinery.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
-        write!(f, "{b:02x}")?;
+        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
     }
-    Ok(())
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut buf = [0u8; 32];
+    for (pair, b) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
+    }
+    let len = (bytes.len() * 2).min(buf.len());
+    f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Display for TraceId {
@@ -162,6 +177,16 @@ pub(crate) const B3_HEADERS: [&str; 6] = [
     B3_FLAGS,
 ];
 
+/// Whether `name` (lower case) is `traceparent`, `tracestate` or B3.
+pub(crate) fn is_trace_header(name: &str) -> bool {
+    name == TRACEPARENT || name == TRACESTATE || is_b3_header(name)
+}
+
+/// Whether `name` (lower case) is one of the B3 headers.
+pub(crate) fn is_b3_header(name: &str) -> bool {
+    B3_HEADERS.contains(&name)
+}
+
 /// The most list members W3C allows in `tracestate`.
 const TRACESTATE_MAX_MEMBERS: usize = 32;
 /// Longest `tracestate` passed on (32 members of 256 bytes, with commas).
@@ -171,6 +196,11 @@ const TRACESTATE_MAX_BYTES: usize = 8192;
 /// malformed one starts a new trace, and its `tracestate` is dropped, as
 /// W3C requires), otherwise B3.
 pub(crate) fn extract(headers: &HeaderMap) -> Incoming {
+    // Most requests carry no trace headers: one pass over the names
+    // settles that without a hashed lookup per header this module reads.
+    if !headers.keys().any(|k| is_trace_header(k.as_str())) {
+        return Incoming::NONE;
+    }
     let mut tp = headers.get_all(TRACEPARENT).iter();
     if let Some(first) = tp.next() {
         // Two traceparent headers cannot both be right.
@@ -384,7 +414,13 @@ fn hex_byte_lower(s: &[u8]) -> Option<u8> {
 
 /// `traceparent` for a span: version 00.
 pub(crate) fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> String {
-    format!("00-{trace}-{span}-{}", if sampled { "01" } else { "00" })
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &trace.0);
+    out.push('-');
+    push_hex(&mut out, &span.0);
+    out.push_str(if sampled { "-01" } else { "-00" });
+    out
 }
 
 /// The single `b3` header for a span whose parent is `parent`.
@@ -429,6 +465,23 @@ mod tests {
         );
         let both = TP.replace("-01", "-03");
         assert_eq!(parse_traceparent(both.as_bytes()).map(|p| p.2), Some(true));
+    }
+
+    #[test]
+    fn traceparent_written_is_read_back() {
+        let (t, s, _) = parse_traceparent(TP.as_bytes()).expect("valid");
+        assert_eq!(traceparent(t, s, true), TP);
+        assert_eq!(traceparent(t, s, false), TP.replace("-01", "-00"));
+        for _ in 0..100 {
+            let (t, s) = (TraceId::random(), SpanId::random());
+            let text = traceparent(t, s, false);
+            assert_eq!(parse_traceparent(text.as_bytes()), Some((t, s, false)));
+            assert_eq!(text[3..35], t.to_string());
+            assert_eq!(format!("{s:?}"), text[36..52]);
+        }
+        let header = headers(&[("X-B3-Sampled", "1")]);
+        assert!(header.keys().any(|k| is_trace_header(k.as_str())));
+        assert!(!is_trace_header("x-b3-unknown") && is_b3_header("x-b3-flags"));
     }
 
     #[test]
