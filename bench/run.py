@@ -296,6 +296,14 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             rows.append(scenarios.rss_idle(ctx, t, rnd))
             _log_row(log, rows[-1])
         each(scenarios.idle_conns, False)
+        # The TLS connections are counted on a fresh process: an allocator
+        # that keeps what the plain connections used (mimalloc, glibc's
+        # arenas) would serve the TLS ones from it, and they would look
+        # nearly free.
+        for t in order:
+            if t.client_tls and t.name != "direct":
+                t.stop()
+                t.start(ctx)
         each(scenarios.idle_conns, True, tls=True)
         if plan.warm_up:
             for t in order:
