@@ -440,6 +440,8 @@ def markdown(header, rows):
     out.append(
         f"Idle right after start; then with {p['idle_conns']} idle keep-alive connections (one request "
         "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count. "
+        "The proxies are restarted between the plain and the TLS connections, so the TLS figure does not "
+        "reuse memory the allocator kept from the plain ones. "
         "Under load: the peak during the first HTTP/1.1 wrk run; it comes after the idle-connection "
         "checks, and memory freed after those is not necessarily returned to the system, so read it as "
         "the high-water mark of the round.\n"
