@@ -805,7 +805,7 @@ impl ProxyHttp for Edge {
             let xff = forwarded_for(prev, ip.ip());
             upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(self.scheme))?;
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme))?;
         if !upstream.headers.contains_key(X_REQUEST_ID) {
             upstream.insert_header(X_REQUEST_ID, request_id())?;
         }
@@ -1050,6 +1050,7 @@ fn classify(e: &Error) -> (u16, &'static str) {
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_REQUEST_ID: &str = "x-request-id";
 
 /// `x-forwarded-for` with `ip` appended to what the client sent. Built in

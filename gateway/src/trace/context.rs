@@ -24,17 +24,24 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// request (`traceparent`, `x-request-id`, the access log), so this avoids
 /// the formatter's per-byte padding machinery.
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+    for &b in bytes {
+        out.extend(hex_pair(b).map(char::from));
     }
 }
 
+/// The two lower-case hex digits of `b`.
+fn hex_pair(b: u8) -> [u8; 2] {
+    [
+        HEX_DIGITS[usize::from(b >> 4)],
+        HEX_DIGITS[usize::from(b & 0x0f)],
+    ]
+}
+
+/// Ids (at most 16 bytes) as hex through one `write_str`.
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     let mut buf = [0u8; 32];
-    for (pair, b) in buf.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
-        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
+    for (pair, &b) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&hex_pair(b));
     }
     let len = (bytes.len() * 2).min(buf.len());
     f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
