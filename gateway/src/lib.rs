@@ -13,6 +13,7 @@ mod admin;
 mod appliance;
 mod authn;
 pub mod check;
+mod conn;
 pub mod demo;
 mod edge;
 mod framing;

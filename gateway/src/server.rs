@@ -239,9 +239,13 @@ pub(crate) fn add_edge_listeners(
         opts.h2c = l.protocols.h2c;
         proxy.server_options = Some(opts);
         let proxy = Arc::new(proxy);
+        let labels = crate::conn::Labels {
+            listener: l.name.clone(),
+            inbound: false,
+        };
         let mut svc = pingora::services::listening::Service::new(
             format!("listener {}", l.name),
-            crate::h3::SharedProxy(proxy.clone()),
+            crate::conn::Listener::new(proxy.clone(), (&l.limits).into(), labels),
         );
         let endpoint = ListenerConfig::tcp(l.address.to_string())
             .l4_buffer(read_buffer(l.limits.read_buffer_bytes));

@@ -266,8 +266,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         connect_timeout: Duration::from_secs(1),
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
-    let mut svc =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, inbound, "inbound");
+    // The mesh's own hop: the listener defaults of the config's listeners.
+    let timeouts = crate::conn::HeadTimeouts {
+        idle: Duration::from_secs(60),
+        head: Duration::from_secs(10),
+        max_head: 32 * 1024,
+    };
+    let labels = crate::conn::Labels {
+        listener: "inbound".into(),
+        inbound: true,
+    };
+    let proxy = Arc::new(pingora::proxy::http_proxy(&server.configuration, inbound));
+    let mut svc = pingora::services::listening::Service::new(
+        "inbound".into(),
+        crate::conn::Listener::new(proxy, timeouts, labels),
+    );
     let mut settings = TlsSettings::with_callbacks(Box::new(
         crate::metrics::CountingCallbacks::new("inbound", ClientCertCallback),
     ))

@@ -105,7 +105,10 @@ PY
     curl -fsS http://127.0.0.1:8080/ -o "$work/status.html" || fail "no status page on :8080"
     ok "curl http://127.0.0.1:8080/ answered 200"
     curl -fsS http://127.0.0.1:9901/ready >/dev/null || fail "admin /ready did not answer 200"
-    curl -fsS http://127.0.0.1:9901/metrics | grep -q '^# HELP' || fail "admin /metrics has no metrics"
+    # Into a file first: `grep -q` stops reading at its first match, and
+    # curl, still writing, would then fail the pipeline.
+    curl -fsS http://127.0.0.1:9901/metrics -o "$work/metrics.txt" \
+        && grep -q '^# HELP' "$work/metrics.txt" || fail "admin /metrics has no metrics"
     ok "admin /ready and /metrics"
 
     wait_for 20 test -s "$root/var/lib/meshgate/ca/trust-bundle.pem" \

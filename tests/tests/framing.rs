@@ -99,12 +99,23 @@ struct Exchange {
 /// Writes `bytes` on a fresh connection, then reads until the server
 /// closes it or 10 s pass.
 fn exchange(addr: SocketAddr, bytes: &[u8]) -> Exchange {
+    exchange_in_parts(addr, &[bytes])
+}
+
+/// As [`exchange`], writing `parts` one after another with a pause
+/// between them, so each arrives in its own read.
+fn exchange_in_parts(addr: SocketAddr, parts: &[&[u8]]) -> Exchange {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     // The server may close before it has read everything; what it answered
     // up to then is still ours to read.
-    let _ = s.write_all(bytes);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = s.write_all(part);
+    }
     let mut raw = Vec::new();
     let mut chunk = [0u8; 8192];
     let closed = loop {
@@ -719,6 +730,38 @@ fn pipelined_requests_are_served_in_order() {
         .filter(|r| r.contains("/pipe/"))
         .collect();
     assert_eq!(seen, want, "one at a time, in order");
+}
+
+#[test]
+fn requests_arriving_alone_pipelined_and_mid_body_are_served_in_order() {
+    let s = setup();
+    let parts: [&[u8]; 3] = [
+        // Alone: the connection waits for it between requests.
+        b"GET /late/1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        // Two at once, the second with the start of its body.
+        b"GET /late/2 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /late/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhel",
+        // The rest of that body and, behind it, the last request.
+        b"loGET /late/4 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    ];
+    let ex = exchange_in_parts(s.addr, &parts);
+    assert!(ex.closed, "{}", ex.raw);
+    let bodies: Vec<&str> = ex.replies.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        (1..=4)
+            .map(|i| format!("origin=o path=/late/{i}\n"))
+            .collect::<Vec<_>>(),
+        "{}",
+        ex.raw
+    );
+    let want = [
+        "GET /late/1 0",
+        "GET /late/2 0",
+        "POST /late/3 5",
+        "GET /late/4 0",
+    ];
+    s.wait_origin(&want);
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! Listener limits through the real binary: request body size (declared
-//! and streamed) and the idle keep-alive timeout.
+//! and streamed), the idle timeout (keep-alive and new connections) and
+//! the request head timeout.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use meshgate_tests::{Gateway, Origin, curl};
+use meshgate_tests::{Gateway, Origin, curl, metric};
 
 fn start(limits: &str) -> (Gateway, SocketAddr, Origin) {
     let origin = Origin::start("o").expect("origin");
@@ -81,4 +82,90 @@ fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
     }
     let idle = idle_from.elapsed();
     assert!(idle < Duration::from_secs(8), "closed after {idle:?}");
+}
+
+/// Reads until the server closes the connection (or `limit` passes) and
+/// returns what came, with the time it took.
+fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let from = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "expected the server to close within {limit:?}, got {e} after {:?} with {:?}",
+                from.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (got, from.elapsed())
+}
+
+#[test]
+fn a_request_head_that_trickles_in_too_slowly_gets_408() {
+    let (gw, addr, origin) = start(r#"header_read_timeout = "1s", idle_timeout = "30s""#);
+    // A head sent in pieces well inside the limit is served.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    for part in [&b"GET /pieces HTTP/1.1\r\n"[..], b"Host: x\r\n", b"\r\n"] {
+        s.write_all(part).expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut buf = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let n = s.read(&mut buf).expect("response");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // On the same kept-alive connection, and on a new one, a head that
+    // starts but does not finish within header_read_timeout is answered
+    // 408 and the connection closed, long before the idle timeout.
+    for fresh in [false, true] {
+        if fresh {
+            s = TcpStream::connect(addr).expect("connect");
+        }
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+        let (got, took) = read_to_close(&mut s, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "fresh={fresh}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("x-meshgate-reason: header-timeout"),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(8), "closed after {took:?}");
+    }
+    assert!(
+        !origin.requests().iter().any(|r| r.contains("/slow")),
+        "an unfinished head reached the origin: {:?}",
+        origin.requests()
+    );
+    let m = gw.metrics().expect("metrics");
+    let timed_out = metric(
+        &m,
+        "meshgate_requests_total",
+        &[
+            r#"status="408""#,
+            r#"reason="header-timeout""#,
+            r#"listener="web""#,
+        ],
+    );
+    assert_eq!(timed_out, Some(2.0), "{m}");
+}
+
+#[test]
+fn a_connection_that_never_sends_a_request_is_closed_after_idle_timeout() {
+    let (_gw, addr, _o) = start(r#"idle_timeout = "1s""#);
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let (got, took) = read_to_close(&mut s, Duration::from_secs(10));
+    // Nothing was asked, so nothing is answered: the connection just ends.
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(took < Duration::from_secs(8), "closed after {took:?}");
 }

@@ -130,34 +130,6 @@ impl H3Listener {
     }
 }
 
-/// A listener's `HttpProxy`, shared between its TCP service and its
-/// HTTP/3 side. pingora keeps upstream connection pools per proxy, so
-/// sharing the proxy shares the pools.
-pub(crate) struct SharedProxy(pub(crate) Arc<HttpProxy<Edge>>);
-
-#[async_trait]
-impl HttpServerApp for SharedProxy {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<pingora::apps::ReusedHttpStream> {
-        self.0.process_new_http(session, shutdown).await
-    }
-
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.0.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
-        self.0.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.0.http_cleanup().await;
-    }
-}
-
 /// The `Alt-Svc` value that advertises HTTP/3 on `l`'s TCP responses, or
 /// `None` when the listener has no HTTP/3 or the advert is turned off.
 pub(crate) fn alt_svc(l: &ListenerSpec) -> Option<HeaderValue> {

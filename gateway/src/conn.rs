@@ -1,0 +1,554 @@
+//! HTTP/1.1 client connections between requests.
+//!
+//! pingora sets up its whole per-request state (the proxy future, about
+//! 15 KB, the session and a 4 KiB head buffer) before it reads a request
+//! head, and a keep-alive connection waits for its next request inside that
+//! state. Here a connection waits in a small future of our own instead: the
+//! request head is read, within the listener's timeouts, and handed to
+//! pingora's parser as bytes already received, so pingora's state exists
+//! only while a request is being handled. An idle connection costs its
+//! socket, its TLS session and little else.
+//!
+//! The same wait enforces the two timeouts of an HTTP/1.1 connection:
+//! `idle_timeout` until the first byte of a request (on a new connection
+//! too), then `header_read_timeout` for the rest of the head. A head that
+//! does not arrive in time gets a 408 and the connection is closed, as
+//! HAProxy's `timeout http-request` does.
+//!
+//! HTTP/2 (ALPN or h2c prior knowledge) and anything else goes to pingora
+//! unchanged.
+
+use std::fmt::Write as _;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use meshgate_config::ListenerLimits;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::{HttpProxy, ProxyHttp};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// What a connection may take before and while sending a request head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadTimeouts {
+    /// Until the first byte of a request.
+    pub(crate) idle: Duration,
+    /// From the first byte to the end of the head.
+    pub(crate) head: Duration,
+    /// Past this many bytes without the end of the head, the head is handed
+    /// to pingora as it is, whose checks answer it (431).
+    pub(crate) max_head: usize,
+}
+
+impl From<&ListenerLimits> for HeadTimeouts {
+    fn from(l: &ListenerLimits) -> Self {
+        HeadTimeouts {
+            idle: l.idle_timeout,
+            head: l.header_read_timeout,
+            max_head: l.max_header_bytes,
+        }
+    }
+}
+
+/// Where the requests of a connection are counted when a head times out.
+#[derive(Debug, Clone)]
+pub(crate) struct Labels {
+    pub(crate) listener: String,
+    pub(crate) inbound: bool,
+}
+
+/// A listener's pingora proxy behind the HTTP/1.1 wait described above.
+pub(crate) struct Listener<SV> {
+    proxy: Arc<HttpProxy<SV>>,
+    timeouts: HeadTimeouts,
+    labels: Labels,
+}
+
+impl<SV> Listener<SV> {
+    pub(crate) fn new(proxy: Arc<HttpProxy<SV>>, timeouts: HeadTimeouts, labels: Labels) -> Self {
+        Listener {
+            proxy,
+            timeouts,
+            labels,
+        }
+    }
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes read into the waiting future itself: enough for a typical request
+/// head in one read, small enough that an idle connection stays cheap. A
+/// longer head continues in a buffer allocated once bytes have arrived.
+const FIRST_READ: usize = 1024;
+
+/// pingora's own starting size for a head buffer.
+const HEAD_BUFFER: usize = 4096;
+
+#[async_trait]
+impl<SV> ServerApp for Listener<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.is_http1(&mut stream, shutdown).await? {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let mut shutdown = shutdown.clone();
+        let mut stream: Stream = Box::new(Counted {
+            inner: stream,
+            read: 0,
+        });
+        let mut settings: Option<HttpPersistentSettings> = None;
+        // Whether pingora cannot have read past the previous request.
+        let mut clean = true;
+        let mut first = true;
+        loop {
+            let head = match settings.as_ref() {
+                // Bytes pingora already read past the previous request are
+                // the start of the next one, and the client may be waiting
+                // for its answer: nothing to wait for.
+                Some(s) if !clean && may_carry_bytes(s) => None,
+                _ => match self.wait_for_head(&mut stream, &mut shutdown).await {
+                    Waited::Head(head) => Some(head),
+                    Waited::Close => return None,
+                    Waited::TimedOut => {
+                        self.head_timed_out(&mut stream).await;
+                        return None;
+                    }
+                },
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None if !first => {}
+                None => {
+                    // A new connection: pingora's own defaults.
+                    let closing = *shutdown.borrow();
+                    session.set_keepalive((!closing).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.proxy
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            // What tells whether pingora can have read past this request:
+            // bytes after the head in what we hand over, or any read of
+            // its own from the stream.
+            let (past_head, read_before) = match &head {
+                Some(h) => (h.past_head, read_so_far(session.stream())),
+                None => (true, None),
+            };
+            if let Some(h) = head {
+                session.set_pipelined_prefix(h.bytes);
+            }
+            first = false;
+            let reused = self.proxy.process_new_http(session, &shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            let pingora_read = match (read_before, read_so_far(Some(&next))) {
+                (Some(before), Some(after)) => after != before,
+                _ => true,
+            };
+            stream = next;
+            settings = next_settings;
+            // Without either, there are no such bytes, and pingora's
+            // settings need not be asked (which costs a formatting pass).
+            clean = !past_head && !pingora_read;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+enum Waited {
+    Head(Head),
+    Close,
+    TimedOut,
+}
+
+/// A request head as read, for pingora's parser.
+struct Head {
+    bytes: BytesMut,
+    /// Whether `bytes` runs on past the end of the head (a body, or the
+    /// next pipelined request), or may: a head handed over unfinished.
+    past_head: bool,
+}
+
+impl Head {
+    fn new(bytes: BytesMut, end: Option<usize>) -> Head {
+        let past_head = end.is_none_or(|e| e < bytes.len());
+        Head { bytes, past_head }
+    }
+}
+
+impl<SV> Listener<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    /// Whether the connection speaks HTTP/1.x. `None`: closed before it
+    /// said anything.
+    async fn is_http1(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<bool> {
+        let options = self.proxy.server_options();
+        if options.is_some_and(|o| o.force_custom) {
+            return Some(false);
+        }
+        if stream.get_ssl_digest().is_some() {
+            return Some(matches!(
+                stream.selected_alpn_proto(),
+                None | Some(ALPN::H1)
+            ));
+        }
+        if !options.is_some_and(|o| o.h2c) {
+            return Some(true);
+        }
+        // h2c: look at the first bytes without taking them. pingora peeks
+        // the same way and the bytes stay in the stream for whoever reads.
+        let mut preface = [0u8; H2_PREFACE.len()];
+        let mut shutdown = shutdown.clone();
+        let peek = tokio::time::timeout(self.timeouts.idle, stream.try_peek(&mut preface));
+        tokio::select! {
+            biased;
+            r = peek => match r {
+                Ok(Ok(true)) => Some(&preface != H2_PREFACE),
+                Ok(Ok(false)) => Some(false),
+                // Closed or silent: pingora's reader sees the same.
+                Ok(Err(_)) | Err(_) => None,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    /// Reads one request head: the first byte within the idle timeout, the
+    /// rest within the head timeout. Returns what was read, which may run
+    /// past the head into a body or a pipelined request; pingora's parser
+    /// takes it from there.
+    async fn wait_for_head(&self, stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Waited {
+        let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut filled = ReadBuf::uninit(&mut first);
+        let read = tokio::time::timeout(self.timeouts.idle, read_some(stream, &mut filled));
+        let n = tokio::select! {
+            biased;
+            r = read => match r {
+                Ok(Ok(n)) if n > 0 => n,
+                // Closed, failed or idle too long before a request began.
+                _ => return Waited::Close,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return Waited::Close,
+        };
+        let mut head = BytesMut::with_capacity(HEAD_BUFFER.max(n));
+        head.extend_from_slice(&filled.filled()[..n]);
+        if let Some(end) = head_end(&head, 0) {
+            return Waited::Head(Head::new(head, Some(end)));
+        }
+        let rest = async {
+            loop {
+                let scanned = head.len();
+                if scanned > self.timeouts.max_head {
+                    return Some(None);
+                }
+                match stream.read_buf(&mut head).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {
+                        if let Some(end) = head_end(&head, scanned) {
+                            return Some(Some(end));
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeouts.head, rest).await {
+            Ok(Some(end)) => Waited::Head(Head::new(head, end)),
+            Ok(None) => Waited::Close,
+            Err(_) => Waited::TimedOut,
+        }
+    }
+
+    async fn head_timed_out(&self, stream: &mut Stream) {
+        tracing::debug!(listener = %self.labels.listener, "request head not received in time");
+        crate::metrics::finished(&crate::metrics::Finished {
+            listener: &self.labels.listener,
+            route: "",
+            service: "",
+            subset: "",
+            status: 408,
+            reason: "header-timeout",
+            protocol: "http1",
+            inbound: self.labels.inbound,
+            source_identity: "",
+            elapsed: self.timeouts.head,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        const ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\
+            connection: close\r\nx-meshgate-reason: header-timeout\r\n\r\n";
+        let write = async {
+            stream.write_all(ANSWER).await?;
+            stream.flush().await
+        };
+        // A client that stopped reading does not hold the connection open.
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+}
+
+/// One read into `buf`; the number of bytes read, 0 at end of stream.
+async fn read_some(stream: &mut Stream, buf: &mut ReadBuf<'_>) -> std::io::Result<usize> {
+    let before = buf.filled().len();
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_read(cx, buf)).await?;
+    Ok(buf.filled().len() - before)
+}
+
+/// Where the head in `buf` ends (just past the empty line that ends it),
+/// looking at the bytes from `from` on (and the two before, which may start
+/// the line ending). A bare LF ends a line as well, as pingora's parser
+/// allows.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.saturating_sub(2);
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => {}
+        }
+        i = at + 1;
+    }
+    None
+}
+
+/// A client connection's stream, counting the bytes read from it: when
+/// pingora has read nothing itself during a request, it holds nothing of
+/// the next one.
+#[derive(Debug)]
+struct Counted {
+    inner: Stream,
+    read: usize,
+}
+
+/// The bytes read so far from a stream made by [`Listener`]; `None` for
+/// any other.
+fn read_so_far(stream: Option<&Stream>) -> Option<usize> {
+    stream?.as_any().downcast_ref::<Counted>().map(|c| c.read)
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += buf.filled().len() - before;
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Counted {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for Counted {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Counted {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Counted {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Counted {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Counted {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for Counted {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// Whether pingora's settings for the next request may carry bytes it read
+/// past the previous one (a pipelined request). pingora gives them no
+/// accessor, so this reads its `Debug` output and answers `true` unless it
+/// says plainly that there are none: a pingora that renames or reshapes
+/// the field costs the small idle wait, never a request.
+fn may_carry_bytes(settings: &HttpPersistentSettings) -> bool {
+    /// Looks for the field in the text as it is written and stops the
+    /// formatting as soon as it is found.
+    struct Finder {
+        window: [u8; 32],
+        len: usize,
+        answer: Option<bool>,
+    }
+    const FIELD: &[u8] = b"pipelined_prefix: ";
+    impl std::fmt::Write for Finder {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for &b in s.as_bytes() {
+                if self.len == self.window.len() {
+                    self.window.copy_within(1.., 0);
+                    self.len -= 1;
+                }
+                self.window[self.len] = b;
+                self.len += 1;
+                let seen = &self.window[..self.len];
+                if seen.len() > FIELD.len() && seen[..seen.len() - 1].ends_with(FIELD) {
+                    self.answer = Some(b != b'N');
+                    return Err(std::fmt::Error);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut f = Finder {
+        window: [0; 32],
+        len: 0,
+        answer: None,
+    };
+    let _ = write!(f, "{settings:?}");
+    f.answer.unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_end(whole, 0), Some(whole.len()));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        // The blank line split over two reads: the scan restarts two bytes
+        // back.
+        for split in 1..whole.len() {
+            assert_eq!(
+                head_end(whole, split),
+                Some(whole.len()),
+                "split at {split}"
+            );
+        }
+        // Body bytes after the head do not hide it, and are seen as past it.
+        let post = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab";
+        let end = head_end(post, 0);
+        assert_eq!(end, Some(post.len() - 2));
+        assert!(Head::new(BytesMut::from(&post[..]), end).past_head);
+        assert!(!Head::new(BytesMut::from(&whole[..]), Some(whole.len())).past_head);
+        assert!(Head::new(BytesMut::from(&whole[..]), None).past_head);
+    }
+
+    #[tokio::test]
+    async fn pingora_settings_say_whether_they_carry_bytes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(Some(60));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        assert!(!may_carry_bytes(&settings));
+        settings.set_user_context(Box::new("pipelined_prefix: None"));
+        assert!(!may_carry_bytes(&settings));
+        settings.set_pipelined_prefix(BytesMut::from(&b"GET /next HTTP/1.1\r\n"[..]));
+        assert!(may_carry_bytes(&settings));
+        drop(client);
+    }
+}
