@@ -389,11 +389,12 @@ fn split_json(
     Some(out)
 }
 
-/// Starts draining: `/readyz` answers 503 from now on and keep-alive
-/// connections close after their current request. Serving goes on until
-/// the process is stopped (SIGTERM then waits only for what is in flight).
+/// Starts draining: `/readyz` answers 503 from now on, keep-alive
+/// connections close after their current request and idle ones at once.
+/// Serving goes on until the process is stopped (SIGTERM then waits only
+/// for what is in flight).
 fn drain() -> Resp {
-    let already = crate::server::DRAINING.swap(true, Ordering::Relaxed);
+    let already = crate::server::start_drain();
     if !already {
         tracing::info!(
             trigger = "admin API",

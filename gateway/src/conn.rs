@@ -9,6 +9,9 @@
 //! only while a request is being handled. An idle connection costs its
 //! socket, its TLS session and little else.
 //!
+//! A connection idle between requests is closed when a drain starts
+//! (`POST /drain`, SIGTERM), as one that finishes a request then would be.
+//!
 //! The same wait enforces the two timeouts of an HTTP/1.1 connection:
 //! `idle_timeout` until the first byte of a request (on a new connection
 //! too), then `header_read_timeout` for the rest of the head. A head that
@@ -112,6 +115,7 @@ where
             return self.proxy.process_new(stream, shutdown).await;
         }
         let mut shutdown = shutdown.clone();
+        let mut drain = crate::server::drain_signal();
         let mut stream: Stream = Box::new(Counted {
             inner: stream,
             read: 0,
@@ -126,7 +130,12 @@ where
                 // the start of the next one, and the client may be waiting
                 // for its answer: nothing to wait for.
                 Some(s) if !clean && may_carry_bytes(s) => None,
-                _ => match self.wait_for_head(&mut stream, &mut shutdown).await {
+                // A drain closes idle keep-alive connections; a new one
+                // still gets its request answered.
+                _ => match self
+                    .wait_for_head(&mut stream, &mut shutdown, (!first).then_some(&mut drain))
+                    .await
+                {
                     Waited::Head(head) => Some(head),
                     Waited::Close => return None,
                     Waited::TimedOut => {
@@ -243,10 +252,21 @@ where
     /// rest within the head timeout. Returns what was read, which may run
     /// past the head into a body or a pipelined request; pingora's parser
     /// takes it from there.
-    async fn wait_for_head(&self, stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Waited {
+    async fn wait_for_head(
+        &self,
+        stream: &mut Stream,
+        shutdown: &mut ShutdownWatch,
+        drain: Option<&mut tokio::sync::watch::Receiver<bool>>,
+    ) -> Waited {
         let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut filled = ReadBuf::uninit(&mut first);
         let read = tokio::time::timeout(self.timeouts.idle, read_some(stream, &mut filled));
+        let drained = async {
+            match drain {
+                Some(d) => drop(d.wait_for(|draining| *draining).await),
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             biased;
             r = read => match r {
@@ -255,6 +275,7 @@ where
                 _ => return Waited::Close,
             },
             _ = shutdown.wait_for(|stop| *stop) => return Waited::Close,
+            _ = drained => return Waited::Close,
         };
         let mut head = BytesMut::with_capacity(HEAD_BUFFER.max(n));
         head.extend_from_slice(&filled.filled()[..n]);

@@ -278,9 +278,27 @@ pub(crate) fn read_buffer(read: usize) -> L4BufferSettings {
 
 /// Set once SIGTERM or `POST /drain` starts the drain: `/readyz` answers
 /// 503 from then on, so load balancers stop sending new requests, and
-/// HTTP/1.1 keep-alive connections close after their current request.
+/// HTTP/1.1 keep-alive connections close after their current request (or
+/// at once, if idle). Set through [`start_drain`].
 pub(crate) static DRAINING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+
+/// The drain as a signal for what waits: HTTP/1.1 connections idle
+/// between requests.
+static DRAIN_SIGNAL: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+
+/// Starts the drain; `true` if it had already started.
+pub(crate) fn start_drain() -> bool {
+    let already = DRAINING.swap(true, Ordering::Relaxed);
+    DRAIN_SIGNAL.send_replace(true);
+    already
+}
+
+/// Resolves once the drain has started.
+pub(crate) fn drain_signal() -> tokio::sync::watch::Receiver<bool> {
+    DRAIN_SIGNAL.subscribe()
+}
 
 /// On SIGTERM pingora stops accepting and waits out its grace period;
 /// this watcher ends the process as soon as no request is in flight (or
@@ -297,7 +315,7 @@ pub(crate) fn drain_on_terminate(server: &Server, limit: Duration) {
                 Err(_) => return,
             }
         }
-        DRAINING.store(true, Ordering::Relaxed);
+        start_drain();
         crate::notify::stopping();
         let start = Instant::now();
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "draining");

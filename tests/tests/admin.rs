@@ -3,6 +3,7 @@
 //! config changes through `PUT /config`, the log level, and metric values
 //! after a known amount of traffic.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -902,6 +903,17 @@ fn drain_closes_keep_alive_connections_and_keeps_serving() -> Result<()> {
         "one connection, reused"
     );
     assert_eq!(curl(&[&url])?.header("connection"), Some("keep-alive"));
+    // A keep-alive connection left idle after one request.
+    let mut idle = std::net::TcpStream::connect(s.edge)?;
+    idle.set_read_timeout(Some(Duration::from_secs(10)))?;
+    idle.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf)?;
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 
     let r = send(s.admin, "POST", "/drain", "", None)?;
     assert_eq!(r.status, 401, "{}", r.body);
@@ -911,6 +923,17 @@ fn drain_closes_keep_alive_connections_and_keeps_serving() -> Result<()> {
     let r = get(s.admin, "/readyz")?;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(json(&r)?["status"], "draining");
+    // The idle connection is closed at once (its idle timeout is 60 s).
+    let from = std::time::Instant::now();
+    let n = idle
+        .read(&mut buf)
+        .context("the idle connection was not closed")?;
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        from.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        from.elapsed()
+    );
 
     // Still served, but every response closes its connection.
     let r = curl(&[&url])?;
