@@ -23,9 +23,7 @@
 
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,19 +31,17 @@ use bytes::BytesMut;
 use meshgate_config::ListenerLimits;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::{SslDigest, TlsRef};
-use pingora::protocols::{
-    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-/// What a connection may take before and while sending a request head.
+use crate::client_stream::ClientStream;
+
+/// What a connection may take before and while sending a request head,
+/// and how it is buffered.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct HeadTimeouts {
+pub(crate) struct ConnLimits {
     /// Until the first byte of a request.
     pub(crate) idle: Duration,
     /// From the first byte to the end of the head.
@@ -53,14 +49,17 @@ pub(crate) struct HeadTimeouts {
     /// Past this many bytes without the end of the head, the head is handed
     /// to pingora as it is, whose checks answer it (431).
     pub(crate) max_head: usize,
+    /// Read buffer per connection (`limits.read_buffer_bytes`); 0 = none.
+    pub(crate) read_buffer: usize,
 }
 
-impl From<&ListenerLimits> for HeadTimeouts {
+impl From<&ListenerLimits> for ConnLimits {
     fn from(l: &ListenerLimits) -> Self {
-        HeadTimeouts {
+        ConnLimits {
             idle: l.idle_timeout,
             head: l.header_read_timeout,
             max_head: l.max_header_bytes,
+            read_buffer: l.read_buffer_bytes,
         }
     }
 }
@@ -75,15 +74,15 @@ pub(crate) struct Labels {
 /// A listener's pingora proxy behind the HTTP/1.1 wait described above.
 pub(crate) struct Listener<SV> {
     proxy: Arc<HttpProxy<SV>>,
-    timeouts: HeadTimeouts,
+    limits: ConnLimits,
     labels: Labels,
 }
 
 impl<SV> Listener<SV> {
-    pub(crate) fn new(proxy: Arc<HttpProxy<SV>>, timeouts: HeadTimeouts, labels: Labels) -> Self {
+    pub(crate) fn new(proxy: Arc<HttpProxy<SV>>, limits: ConnLimits, labels: Labels) -> Self {
         Listener {
             proxy,
-            timeouts,
+            limits,
             labels,
         }
     }
@@ -116,10 +115,7 @@ where
         }
         let mut shutdown = shutdown.clone();
         let mut drain = crate::server::drain_signal();
-        let mut stream: Stream = Box::new(Counted {
-            inner: stream,
-            read: 0,
-        });
+        let mut stream: Stream = Box::new(ClientStream::new(stream, self.limits.read_buffer));
         let mut settings: Option<HttpPersistentSettings> = None;
         // Whether pingora cannot have read past the previous request.
         let mut clean = true;
@@ -163,7 +159,7 @@ where
             // bytes after the head in what we hand over, or any read of
             // its own from the stream.
             let (past_head, read_before) = match &head {
-                Some(h) => (h.past_head, read_so_far(session.stream())),
+                Some(h) => (h.past_head, ClientStream::read_so_far(session.stream())),
                 None => (true, None),
             };
             if let Some(h) = head {
@@ -172,7 +168,7 @@ where
             first = false;
             let reused = self.proxy.process_new_http(session, &shutdown).await?;
             let (next, next_settings) = reused.consume();
-            let pingora_read = match (read_before, read_so_far(Some(&next))) {
+            let pingora_read = match (read_before, ClientStream::read_so_far(Some(&next))) {
                 (Some(before), Some(after)) => after != before,
                 _ => true,
             };
@@ -235,7 +231,7 @@ where
         // the same way and the bytes stay in the stream for whoever reads.
         let mut preface = [0u8; H2_PREFACE.len()];
         let mut shutdown = shutdown.clone();
-        let peek = tokio::time::timeout(self.timeouts.idle, stream.try_peek(&mut preface));
+        let peek = tokio::time::timeout(self.limits.idle, stream.try_peek(&mut preface));
         tokio::select! {
             biased;
             r = peek => match r {
@@ -260,7 +256,7 @@ where
     ) -> Waited {
         let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut filled = ReadBuf::uninit(&mut first);
-        let read = tokio::time::timeout(self.timeouts.idle, read_some(stream, &mut filled));
+        let read = tokio::time::timeout(self.limits.idle, read_some(stream, &mut filled));
         let drained = async {
             match drain {
                 Some(d) => drop(d.wait_for(|draining| *draining).await),
@@ -285,7 +281,7 @@ where
         let rest = async {
             loop {
                 let scanned = head.len();
-                if scanned > self.timeouts.max_head {
+                if scanned > self.limits.max_head {
                     return Some(None);
                 }
                 match stream.read_buf(&mut head).await {
@@ -298,7 +294,7 @@ where
                 }
             }
         };
-        match tokio::time::timeout(self.timeouts.head, rest).await {
+        match tokio::time::timeout(self.limits.head, rest).await {
             Ok(Some(end)) => Waited::Head(Head::new(head, end)),
             Ok(None) => Waited::Close,
             Err(_) => Waited::TimedOut,
@@ -317,7 +313,7 @@ where
             protocol: "http1",
             inbound: self.labels.inbound,
             source_identity: "",
-            elapsed: self.timeouts.head,
+            elapsed: self.limits.head,
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -355,132 +351,6 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         i = at + 1;
     }
     None
-}
-
-/// A client connection's stream, counting the bytes read from it: when
-/// pingora has read nothing itself during a request, it holds nothing of
-/// the next one.
-#[derive(Debug)]
-struct Counted {
-    inner: Stream,
-    read: usize,
-}
-
-/// The bytes read so far from a stream made by [`Listener`]; `None` for
-/// any other.
-fn read_so_far(stream: Option<&Stream>) -> Option<usize> {
-    stream?.as_any().downcast_ref::<Counted>().map(|c| c.read)
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += buf.filled().len() - before;
-        polled
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for Counted {
-    async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.inner).await;
-    }
-}
-
-impl UniqueID for Counted {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for Counted {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for Counted {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Counted {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl GetSocketDigest for Counted {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
-
-#[async_trait]
-impl Peek for Counted {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
 }
 
 /// Whether pingora's settings for the next request may carry bytes it read

@@ -72,6 +72,8 @@ pub(crate) struct Metrics {
     pub(crate) tls_failures: IntCounterVec,
     /// QUIC connections offered to HTTP/3 listeners, by outcome.
     pub(crate) http3_connections: IntCounterVec,
+    /// TCP connections on configured listeners, by listener and outcome.
+    pub(crate) tcp_connections: IntCounterVec,
     /// Spans the collector accepted.
     pub(crate) trace_spans_exported: IntCounter,
     /// Spans dropped, by reason: `queue_full` (the export queue was at
@@ -242,6 +244,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["outcome"],
     )?;
     registry.register(Box::new(http3_connections.clone()))?;
+    let tcp_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_tcp_connections_total",
+            "TCP connections on configured listeners, by outcome: accepted, \
+             refused (the listener's max_connections reached).",
+        ),
+        &["listener", "outcome"],
+    )?;
+    registry.register(Box::new(tcp_connections.clone()))?;
     let trace_spans_exported = IntCounter::new(
         "meshgate_trace_spans_exported_total",
         "Spans sent to the trace collector and accepted.",
@@ -294,6 +305,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tls_handshakes,
         tls_failures,
         http3_connections,
+        tcp_connections,
         trace_spans_exported,
         trace_spans_dropped,
     })
@@ -349,6 +361,16 @@ pub(crate) fn config_reload(outcome: &'static str, version: u64) {
 pub(crate) fn http3_connection(outcome: &'static str) {
     if let Some(m) = metrics() {
         m.http3_connections.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// Records a TCP connection on a configured listener: `accepted` or
+/// `refused`.
+pub(crate) fn tcp_connection(listener: &str, outcome: &'static str) {
+    if let Some(m) = metrics() {
+        m.tcp_connections
+            .with_label_values(&[listener, outcome])
+            .inc();
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use meshgate_config::{ConfigSource, ConfigStore, Snapshot, load_embedded};
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::L4BufferSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -243,27 +243,39 @@ pub(crate) fn add_edge_listeners(
             listener: l.name.clone(),
             inbound: false,
         };
-        let mut svc = pingora::services::listening::Service::new(
-            format!("listener {}", l.name),
-            crate::conn::Listener::new(proxy.clone(), (&l.limits).into(), labels),
-        );
-        let endpoint = ListenerConfig::tcp(l.address.to_string())
-            .l4_buffer(read_buffer(l.limits.read_buffer_bytes));
-        match &l.tls {
-            None => svc.add_listener(endpoint),
+        let app = Arc::new(crate::conn::Listener::new(
+            proxy.clone(),
+            (&l.limits).into(),
+            labels,
+        ));
+        let tls = match &l.tls {
+            None => None,
             Some(tls) => {
-                let (settings, live) = crate::tls::settings(&l.name, &l.protocols, tls)
+                let t = crate::tls::listener_tls(&l.name, &l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
-                certs.insert(l.name.clone(), live.clone());
-                svc.add_listener(endpoint.tls(settings));
+                certs.insert(l.name.clone(), t.live.clone());
                 if l.protocols.http3 {
-                    let quic = crate::h3::H3Listener::bind(l, tls, live, proxy)
+                    let quic = crate::h3::H3Listener::bind(l, tls, t.live.clone(), proxy)
                         .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                     server.add_service(quic);
                 }
+                Some(t)
             }
-        }
-        server.add_service(svc);
+        };
+        let tcp = crate::listen::TcpListener::bind(
+            &l.name,
+            l.address,
+            tls,
+            app,
+            l.limits.max_connections as usize,
+        )
+        .map_err(|e| {
+            format!(
+                "listener \"{}\": cannot listen on {}: {e}",
+                l.name, l.address
+            )
+        })?;
+        server.add_service(tcp);
     }
     Ok(certs)
 }

@@ -267,10 +267,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
     // The mesh's own hop: the listener defaults of the config's listeners.
-    let timeouts = crate::conn::HeadTimeouts {
+    let limits = crate::conn::ConnLimits {
         idle: Duration::from_secs(60),
         head: Duration::from_secs(10),
         max_head: 32 * 1024,
+        read_buffer: 0,
     };
     let labels = crate::conn::Labels {
         listener: "inbound".into(),
@@ -279,7 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let proxy = Arc::new(pingora::proxy::http_proxy(&server.configuration, inbound));
     let mut svc = pingora::services::listening::Service::new(
         "inbound".into(),
-        crate::conn::Listener::new(proxy, timeouts, labels),
+        crate::conn::Listener::new(proxy, limits, labels),
     );
     let mut settings = TlsSettings::with_callbacks(Box::new(
         crate::metrics::CountingCallbacks::new("inbound", ClientCertCallback),

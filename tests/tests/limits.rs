@@ -169,3 +169,44 @@ fn a_connection_that_never_sends_a_request_is_closed_after_idle_timeout() {
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     assert!(took < Duration::from_secs(8), "closed after {took:?}");
 }
+
+/// One request on a fresh connection, left open; `None` when the server
+/// closed it instead of answering.
+fn open_with_a_request(addr: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(b"GET /limit HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200") => Some(s),
+        Ok(0) | Err(_) => None,
+        Ok(n) => panic!("unexpected answer {}", String::from_utf8_lossy(&buf[..n])),
+    }
+}
+
+#[test]
+fn connections_over_max_connections_are_closed_at_once() {
+    let (gw, addr, _o) = start("max_connections = 2");
+    let first = open_with_a_request(addr).expect("first connection served");
+    let _second = open_with_a_request(addr).expect("second connection served");
+    assert!(
+        open_with_a_request(addr).is_none(),
+        "a third connection was served over max_connections = 2"
+    );
+    // A place frees up when a connection closes.
+    drop(first);
+    let mut again = None;
+    meshgate_tests::wait_for(Duration::from_secs(5), "a free place", || {
+        again = open_with_a_request(addr);
+        again.is_some()
+    })
+    .expect("served once a connection closed");
+    let m = gw.metrics().expect("metrics");
+    let refused = metric(
+        &m,
+        "meshgate_tcp_connections_total",
+        &[r#"listener="web""#, r#"outcome="refused""#],
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{m}");
+}

@@ -301,6 +301,48 @@ fn sni_picks_the_certificate_and_falls_back_to_the_first() {
 }
 
 #[test]
+fn the_server_picks_the_cipher_suite() {
+    let s = start(r#"["http1", "http2"]"#, "");
+    let negotiated = |suites: &str| {
+        let connect = format!("127.0.0.1:{}", s.port);
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-connect",
+            &connect,
+            "-tls1_3",
+            "-ciphersuites",
+            suites,
+        ]);
+        cmd.stdin(std::process::Stdio::null());
+        let out = run(&mut cmd, Duration::from_secs(15)).expect("openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Cipher    : "))
+            .or_else(|| {
+                text.lines()
+                    .find_map(|l| l.split_once(", Cipher is ").map(|(_, c)| c))
+            })
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no cipher in s_client output:\n{text}"))
+    };
+    // The client lists AES-256 first; the server's order wins.
+    assert_eq!(
+        negotiated("TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    // A client without AES-128 still gets its other choices.
+    assert_eq!(
+        negotiated("TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    assert_eq!(
+        negotiated("TLS_CHACHA20_POLY1305_SHA256"),
+        "TLS_CHACHA20_POLY1305_SHA256"
+    );
+}
+
+#[test]
 fn min_version_13_refuses_tls12() {
     let strict = start(r#"["http1", "http2"]"#, r#"min_version = "1.3""#);
     let e = strict

@@ -1,0 +1,199 @@
+//! The TCP side of a configured listener: our own accept loop in front of
+//! [`conn::Listener`](crate::conn::Listener), in place of pingora's
+//! listening service.
+//!
+//! pingora's service spawns one task per connection whose future holds
+//! its whole TLS handshake state for the connection's life (about 8.6 KB,
+//! idle or not), builds the rustls `ServerConfig` itself with no way to let
+//! the server pick the cipher suite, and has no connection limit. Here the
+//! handshake is boxed and freed once done, the rustls settings are ours
+//! ([`crate::tls::listener_tls`]) and `limits.max_connections` holds: a
+//! connection over it is closed at once and counted.
+//!
+//! The streams handed on are pingora's own (the L4 stream with its socket
+//! digest, pingora's rustls stream with its TLS digest), so everything
+//! downstream sees what pingora's listener would have produced.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::server::handshake_with_callback;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+
+use crate::tls::ListenerTls;
+
+/// pingora's listen backlog, kept.
+const BACKLOG: i32 = 65_535;
+
+/// How long a TLS handshake may take, as in pingora's listener.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One listener's TCP side.
+pub(crate) struct TcpListener<A> {
+    name: String,
+    socket: Option<std::net::TcpListener>,
+    tls: Option<Arc<ListenerTls>>,
+    app: Arc<A>,
+    max_connections: usize,
+}
+
+impl<A> TcpListener<A> {
+    /// Binds `address` now, so a taken port is an error at start-up.
+    pub(crate) fn bind(
+        name: &str,
+        address: SocketAddr,
+        tls: Option<ListenerTls>,
+        app: Arc<A>,
+        max_connections: usize,
+    ) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(TcpListener {
+            name: name.to_owned(),
+            socket: Some(socket.into()),
+            tls: tls.map(Arc::new),
+            app,
+            max_connections,
+        })
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listener = %self.name, error = %e, "listener failed to start");
+                return;
+            }
+        };
+        let open = Arc::new(AtomicUsize::new(0));
+        loop {
+            let (tcp, peer) = tokio::select! {
+                biased;
+                _ = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                        // Out of file descriptors: accept would fail again
+                        // at once; let connections close first.
+                        if e.raw_os_error() == Some(libc_emfile()) {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if open.load(Ordering::Relaxed) >= self.max_connections {
+                crate::metrics::tcp_connection(&self.name, "refused");
+                drop(tcp);
+                continue;
+            }
+            crate::metrics::tcp_connection(&self.name, "accepted");
+            let _ = tcp.set_nodelay(true);
+            let held = Held::new(open.clone());
+            let app = self.app.clone();
+            let tls = self.tls.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _held = held;
+                let Some(stream) = prepare(tcp, peer, tls.as_deref()).await else {
+                    return;
+                };
+                let mut next = app.process_new(stream, &shutdown).await;
+                while let Some(stream) = next {
+                    next = app.process_new(stream, &shutdown).await;
+                }
+            });
+        }
+        // New connections are refused from here (the socket closes); those
+        // open finish their requests, and idle ones are closed by `conn`.
+        drop(listener);
+        self.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The accepted connection as pingora's stream: its socket digest, then
+/// TLS if the listener has it. `None` when the handshake fails (counted by
+/// the TLS hooks) or times out.
+async fn prepare(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<&ListenerTls>,
+) -> Option<Stream> {
+    let mut l4 = L4Stream::from(tcp);
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    let Some(tls) = tls else {
+        return Some(Box::new(l4));
+    };
+    // Boxed: the handshake's state is freed when it ends, instead of
+    // living on in the connection's task.
+    let handshake = Box::pin(tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_with_callback(&tls.acceptor, l4, &tls.callbacks),
+    ));
+    match handshake.await {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// `EMFILE`: the process is out of file descriptors.
+fn libc_emfile() -> i32 {
+    24
+}
+
+/// One open connection of a listener, until dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
