@@ -259,22 +259,24 @@ impl Peek for ClientStream {
     }
 }
 
+/// A connected pair for tests: our stream over a real loopback socket,
+/// and its peer.
+#[cfg(test)]
+pub(crate) async fn pair(read_buffer: usize) -> (ClientStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let peer = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+    (ClientStream::new(stream, read_buffer), peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A connected pair: our stream over a real socket, and its peer.
-    async fn pair(read_buffer: usize) -> (ClientStream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let peer = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
-        (ClientStream::new(stream, read_buffer), peer)
-    }
 
     #[tokio::test]
     async fn writes_are_gathered_until_a_flush() {

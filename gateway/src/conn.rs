@@ -425,13 +425,8 @@ mod tests {
 
     #[tokio::test]
     async fn pingora_settings_say_whether_they_carry_bytes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let (stream, client) = crate::client_stream::pair(0).await;
+        let stream: Stream = Box::new(stream);
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(Some(60));
         let mut settings = HttpPersistentSettings::for_session(&session);
