@@ -103,7 +103,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
                         tracing::warn!(listener = %self.name, error = %e, "accept failed");
                         // Out of file descriptors: accept would fail again
                         // at once; let connections close first.
-                        if e.raw_os_error() == Some(libc_emfile()) {
+                        if e.raw_os_error() == Some(EMFILE) {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         continue;
@@ -177,10 +177,8 @@ async fn prepare(
     }
 }
 
-/// `EMFILE`: the process is out of file descriptors.
-fn libc_emfile() -> i32 {
-    24
-}
+/// `EMFILE` (Linux): the process is out of file descriptors.
+const EMFILE: i32 = 24;
 
 /// One open connection of a listener, until dropped.
 struct Held(Arc<AtomicUsize>);
