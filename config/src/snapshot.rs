@@ -270,6 +270,22 @@ pub struct ListenerLimits {
     pub read_buffer_bytes: usize,
 }
 
+impl Default for ListenerLimits {
+    /// The documented defaults: what a listener without `limits` gets.
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            max_request_body_bytes: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            read_buffer_bytes: 0,
+        }
+    }
+}
+
 /// JWT signature algorithms we accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JwtAlgorithm {

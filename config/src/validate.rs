@@ -786,17 +786,9 @@ impl Cx<'_, '_> {
     fn listener_limits(&mut self, raw: Option<&RawListenerLimits>) -> ListenerLimits {
         let d = |s: u64| Duration::from_secs(s);
         let ms = Duration::from_millis;
+        let def = ListenerLimits::default();
         let Some(r) = raw else {
-            return ListenerLimits {
-                max_header_bytes: 32 * 1024,
-                max_headers: 100,
-                max_connections: 10_000,
-                max_request_body_bytes: None,
-                header_read_timeout: d(10),
-                idle_timeout: d(60),
-                drain_timeout: d(30),
-                read_buffer_bytes: 0,
-            };
+            return def;
         };
         ListenerLimits {
             max_header_bytes: self.opt_int(
@@ -804,16 +796,21 @@ impl Cx<'_, '_> {
                 "max_header_bytes",
                 1024,
                 1 << 20,
-                32 * 1024,
+                def.max_header_bytes as i64,
             ) as usize,
-            max_headers: self.opt_int(r.max_headers.as_ref(), "max_headers", 8, 10_000, 100)
-                as usize,
+            max_headers: self.opt_int(
+                r.max_headers.as_ref(),
+                "max_headers",
+                8,
+                10_000,
+                def.max_headers as i64,
+            ) as usize,
             max_connections: self.opt_u32(
                 r.max_connections.as_ref(),
                 "max_connections",
                 1,
                 10_000_000,
-                10_000,
+                def.max_connections,
             ),
             max_request_body_bytes: r
                 .max_request_body_bytes
@@ -823,21 +820,21 @@ impl Cx<'_, '_> {
             header_read_timeout: self.opt_duration(
                 r.header_read_timeout.as_ref(),
                 "header_read_timeout",
-                d(10),
+                def.header_read_timeout,
                 ms(100),
                 d(600),
             ),
             idle_timeout: self.opt_duration(
                 r.idle_timeout.as_ref(),
                 "idle_timeout",
-                d(60),
+                def.idle_timeout,
                 ms(100),
                 d(86_400),
             ),
             drain_timeout: self.opt_duration(
                 r.drain_timeout.as_ref(),
                 "drain_timeout",
-                d(30),
+                def.drain_timeout,
                 Duration::ZERO,
                 d(3_600),
             ),
@@ -846,7 +843,7 @@ impl Cx<'_, '_> {
                 "read_buffer_bytes",
                 0,
                 1 << 20,
-                0,
+                def.read_buffer_bytes as i64,
             ) as usize,
         }
     }

@@ -39,10 +39,12 @@ pub(crate) struct ClientStream {
     /// Gathered writes, and how much of them is already written.
     out: Vec<u8>,
     written: usize,
-    /// The read buffer's size (0: none), its bytes and how many of them
-    /// were delivered.
+    /// The read buffer's size (0: none), the buffer (allocated at the
+    /// first read), the end of what it holds and how much of that was
+    /// delivered.
     read_buffer: usize,
     ahead: Vec<u8>,
+    ahead_end: usize,
     taken: usize,
 }
 
@@ -55,14 +57,15 @@ impl ClientStream {
             written: 0,
             read_buffer,
             ahead: Vec::new(),
+            ahead_end: 0,
             taken: 0,
         }
     }
 
     /// The bytes read so far from a stream made by [`ClientStream::new`];
     /// `None` for any other.
-    pub(crate) fn read_so_far(stream: Option<&Stream>) -> Option<usize> {
-        stream?
+    pub(crate) fn read_so_far(stream: &Stream) -> Option<usize> {
+        stream
             .as_any()
             .downcast_ref::<ClientStream>()
             .map(|c| c.read)
@@ -82,26 +85,28 @@ impl ClientStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads through the read buffer.
+    /// Reads through the read buffer: `ahead[taken..ahead_end]` is what
+    /// was read and not yet delivered.
     fn poll_read_ahead(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.taken == self.ahead.len() {
+        if self.taken == self.ahead_end {
             if buf.remaining() >= self.read_buffer {
                 // As large as the buffer: no point copying through it.
                 return Pin::new(&mut self.inner).poll_read(cx, buf);
             }
-            self.ahead.resize(self.read_buffer, 0);
+            if self.ahead.is_empty() {
+                self.ahead = vec![0; self.read_buffer];
+            }
             let mut fill = ReadBuf::new(&mut self.ahead);
             let polled = Pin::new(&mut self.inner).poll_read(cx, &mut fill);
-            let n = fill.filled().len();
-            self.ahead.truncate(n);
+            self.ahead_end = fill.filled().len();
             self.taken = 0;
             ready!(polled)?;
         }
-        let n = buf.remaining().min(self.ahead.len() - self.taken);
+        let n = buf.remaining().min(self.ahead_end - self.taken);
         buf.put_slice(&self.ahead[self.taken..self.taken + n]);
         self.taken += n;
         Poll::Ready(Ok(()))
@@ -251,7 +256,7 @@ impl GetSocketDigest for ClientStream {
 #[async_trait]
 impl Peek for ClientStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if self.taken < self.ahead.len() {
+        if self.taken < self.ahead_end {
             // Bytes already taken off the socket cannot be peeked there.
             return Ok(false);
         }

@@ -98,6 +98,7 @@ const FIRST_READ: usize = 1024;
 
 /// pingora's own starting size for a head buffer.
 const HEAD_BUFFER: usize = 4096;
+const _: () = assert!(HEAD_BUFFER >= FIRST_READ, "the first read must fit");
 
 #[async_trait]
 impl<SV> ServerApp for Listener<SV>
@@ -140,6 +141,10 @@ where
                     }
                 },
             };
+            // What tells whether pingora can have read past this request:
+            // bytes after the head in what we hand over, or any read of
+            // its own from the stream.
+            let read_before = ClientStream::read_so_far(&stream);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
@@ -155,20 +160,16 @@ where
                     );
                 }
             }
-            // What tells whether pingora can have read past this request:
-            // bytes after the head in what we hand over, or any read of
-            // its own from the stream.
-            let (past_head, read_before) = match &head {
-                Some(h) => (h.past_head, ClientStream::read_so_far(session.stream())),
-                None => (true, None),
-            };
+            // Without a head of ours, the request began with pingora's
+            // bytes: treat it as having read past.
+            let past_head = head.as_ref().is_none_or(|h| h.past_head);
             if let Some(h) = head {
                 session.set_pipelined_prefix(h.bytes);
             }
             first = false;
             let reused = self.proxy.process_new_http(session, &shutdown).await?;
             let (next, next_settings) = reused.consume();
-            let pingora_read = match (read_before, ClientStream::read_so_far(Some(&next))) {
+            let pingora_read = match (read_before, ClientStream::read_so_far(&next)) {
                 (Some(before), Some(after)) => after != before,
                 _ => true,
             };
@@ -273,7 +274,7 @@ where
             _ = shutdown.wait_for(|stop| *stop) => return Waited::Close,
             _ = drained => return Waited::Close,
         };
-        let mut head = BytesMut::with_capacity(HEAD_BUFFER.max(n));
+        let mut head = BytesMut::with_capacity(HEAD_BUFFER);
         head.extend_from_slice(&filled.filled()[..n]);
         if let Some(end) = head_end(&head, 0) {
             return Waited::Head(Head::new(head, Some(end)));
@@ -431,6 +432,8 @@ mod tests {
         session.set_keepalive(Some(60));
         let mut settings = HttpPersistentSettings::for_session(&session);
         assert!(!may_carry_bytes(&settings));
+        // A user context prints as `Any { .. }`: whatever it holds cannot
+        // pass for the field.
         settings.set_user_context(Box::new("pipelined_prefix: None"));
         assert!(!may_carry_bytes(&settings));
         settings.set_pipelined_prefix(BytesMut::from(&b"GET /next HTTP/1.1\r\n"[..]));

@@ -15,6 +15,7 @@
 //! downstream sees what pingora's listener would have produced.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,17 +181,19 @@ async fn prepare(
 /// `EMFILE` (Linux): the process is out of file descriptors.
 const EMFILE: i32 = 24;
 
-/// One open connection of a listener, until dropped.
-struct Held(Arc<AtomicUsize>);
+/// Counts one open connection (or handshake) on `C`'s counter until
+/// dropped: a borrowed counter, or an `Arc` when the guard must outlive the
+/// scope that made it.
+pub(crate) struct Held<C: Deref<Target = AtomicUsize>>(C);
 
-impl Held {
-    fn new(count: Arc<AtomicUsize>) -> Self {
+impl<C: Deref<Target = AtomicUsize>> Held<C> {
+    pub(crate) fn new(count: C) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Held(count)
     }
 }
 
-impl Drop for Held {
+impl<C: Deref<Target = AtomicUsize>> Drop for Held<C> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

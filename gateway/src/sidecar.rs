@@ -266,13 +266,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         connect_timeout: Duration::from_secs(1),
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
-    // The mesh's own hop: the listener defaults of the config's listeners.
-    let limits = crate::conn::ConnLimits {
-        idle: Duration::from_secs(60),
-        head: Duration::from_secs(10),
-        max_head: 32 * 1024,
-        read_buffer: 0,
-    };
+    // The mesh's own hop: the defaults of the config's listeners.
+    let limits = crate::conn::ConnLimits::from(&meshgate_config::ListenerLimits::default());
     let labels = crate::conn::Labels {
         listener: "inbound".into(),
         inbound: true,

@@ -23,10 +23,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use meshgate_config::{CertSpec, ClientAuth, Protocols, TlsSpec, TlsVersion};
 use meshgate_policy::route::HostPattern;
-
-use crate::metrics::CountingCallbacks;
 use pingora::listeners::TlsAccept;
-use pingora::protocols::ALPN;
 use pingora::protocols::tls::TlsRef;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
@@ -34,6 +31,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{InconsistentKeys, RootCertStore, ServerConfig, SignatureAlgorithm, SignatureScheme};
+
+use crate::metrics::CountingCallbacks;
 
 /// Why a listener's TLS settings could not be built. Each message names
 /// the file at fault and fits on one line.
@@ -173,7 +172,7 @@ pub(crate) fn listener_tls(
     };
     let mut config =
         builder.with_cert_resolver(Arc::new(CountingResolver::new(listener, live.clone())));
-    config.alpn_protocols = alpn_wire(alpn(protocols));
+    config.alpn_protocols = alpn(protocols);
     config.ignore_client_order = true;
     Ok(ListenerTls {
         acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config)),
@@ -200,17 +199,6 @@ fn server_provider() -> CryptoProvider {
         _ => 2,
     });
     p
-}
-
-/// An ALPN choice as the protocol names rustls sends.
-fn alpn_wire(a: ALPN) -> Vec<Vec<u8>> {
-    let h2 = b"h2".to_vec();
-    let h1 = b"http/1.1".to_vec();
-    match a {
-        ALPN::H2H1 => vec![h2, h1],
-        ALPN::H2 => vec![h2],
-        _ => vec![h1],
-    }
 }
 
 /// The rustls settings of a listener's HTTP/3 side: TLS 1.3 only (QUIC
@@ -241,15 +229,18 @@ pub(crate) fn quic_server_config(
     Ok(config)
 }
 
-/// ALPN for a TLS listener: `h2` first when HTTP/2 is on, `http/1.1`
-/// when HTTP/1 is on. A client whose ALPN list shares nothing with ours is
-/// refused by rustls (`no_application_protocol`).
-fn alpn(p: &Protocols) -> ALPN {
+/// ALPN for a TLS listener, as the protocol names rustls offers: `h2`
+/// first when HTTP/2 is on, `http/1.1` when HTTP/1 is on. A client whose
+/// ALPN list shares nothing with ours is refused by rustls
+/// (`no_application_protocol`).
+fn alpn(p: &Protocols) -> Vec<Vec<u8>> {
+    let h2 = b"h2".to_vec();
+    let h1 = b"http/1.1".to_vec();
     match (p.http2, p.http1) {
-        (true, true) => ALPN::H2H1,
-        (true, false) => ALPN::H2,
+        (true, true) => vec![h2, h1],
+        (true, false) => vec![h2],
         // `http3`-only or `http1`-only: the TCP listener speaks HTTP/1.
-        (false, _) => ALPN::H1,
+        (false, _) => vec![h1],
     }
 }
 
@@ -615,14 +606,10 @@ mod tests {
             http2,
             ..Protocols::default()
         };
-        assert_eq!(alpn(&p(true, true)), ALPN::H2H1);
-        assert_eq!(alpn(&p(true, false)), ALPN::H1);
-        assert_eq!(alpn(&p(false, true)), ALPN::H2);
-        assert_eq!(
-            alpn_wire(ALPN::H2H1),
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
-        assert_eq!(alpn_wire(ALPN::H1), [b"http/1.1".to_vec()]);
+        let (h2, h1) = (b"h2".to_vec(), b"http/1.1".to_vec());
+        assert_eq!(alpn(&p(true, true)), [h2.clone(), h1.clone()]);
+        assert_eq!(alpn(&p(true, false)), [h1]);
+        assert_eq!(alpn(&p(false, true)), [h2]);
     }
 
     #[test]

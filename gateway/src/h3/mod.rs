@@ -31,6 +31,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
 use crate::edge::Edge;
+use crate::listen::Held;
 use crate::tls::LiveCerts;
 use session::{FirstRead, H3Session};
 
@@ -160,22 +161,6 @@ struct Counts {
     connections: AtomicUsize,
 }
 
-/// Decrements a counter when dropped.
-struct Held<'a>(&'a AtomicUsize);
-
-impl<'a> Held<'a> {
-    fn new(c: &'a AtomicUsize) -> Self {
-        c.fetch_add(1, Ordering::Relaxed);
-        Self(c)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[async_trait]
 impl Service for H3Listener {
     async fn start_service(
@@ -268,7 +253,7 @@ impl std::ops::Deref for Conn {
 }
 
 impl Conn {
-    async fn serve(&self, incoming: quinn::Incoming, handshake: Held<'_>) {
+    async fn serve(&self, incoming: quinn::Incoming, handshake: Held<&AtomicUsize>) {
         let peer = incoming.remote_address();
         let connecting = match incoming.accept() {
             Ok(c) => c,
