@@ -32,6 +32,7 @@ pub mod server;
 pub mod sidecar;
 mod status_page;
 mod tls;
+mod tls_stream;
 mod trace;
 mod upstream;
 

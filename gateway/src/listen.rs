@@ -10,9 +10,11 @@
 //! ([`crate::tls::listener_tls`]) and `limits.max_connections` holds: a
 //! connection over it is closed at once and counted.
 //!
-//! The streams handed on are pingora's own (the L4 stream with its socket
-//! digest, pingora's rustls stream with its TLS digest), so everything
-//! downstream sees what pingora's listener would have produced.
+//! Plain connections are handed on as pingora's L4 stream with its socket
+//! digest. TLS runs on our own stream ([`crate::tls_stream`]), which holds
+//! no buffer while a connection is idle, except on a listener that asks
+//! for client certificates: that one keeps pingora's handshake and stream,
+//! the only way the certificate reaches the request (in the TLS digest).
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -30,6 +32,7 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 
 use crate::tls::ListenerTls;
+use crate::tls_stream::TlsServerStream;
 
 /// pingora's listen backlog, kept.
 const BACKLOG: i32 = 65_535;
@@ -152,23 +155,39 @@ async fn prepare(
     peer: SocketAddr,
     tls: Option<&ListenerTls>,
 ) -> Option<Stream> {
-    let mut l4 = L4Stream::from(tcp);
-    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
-    l4.set_socket_digest(digest);
     let Some(tls) = tls else {
+        let mut l4 = L4Stream::from(tcp);
+        l4.set_socket_digest(digest);
         return Some(Box::new(l4));
     };
     // Boxed: the handshake's state is freed when it ends, instead of
     // living on in the connection's task.
-    let handshake = Box::pin(tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake_with_callback(&tls.acceptor, l4, &tls.callbacks),
-    ));
-    match handshake.await {
-        Ok(Ok(stream)) => Some(Box::new(stream)),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    let handshaken: Result<Result<Stream, String>, _> = if tls.client_certs {
+        let mut l4 = L4Stream::from(tcp);
+        l4.set_socket_digest(digest);
+        let handshake = handshake_with_callback(&tls.acceptor, l4, &tls.callbacks);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake))
+            .await
+            .map(|r| r.map(|s| Box::new(s) as Stream).map_err(|e| e.to_string()))
+    } else {
+        let handshake = TlsServerStream::accept(tcp, tls.config.clone());
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake))
+            .await
+            .map(|r| {
+                r.map(|mut s| {
+                    s.set_socket_digest(digest);
+                    tls.callbacks.completed();
+                    Box::new(s) as Stream
+                })
+                .map_err(|e| e.to_string())
+            })
+    };
+    match handshaken {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
             None
         }
         Err(_) => {

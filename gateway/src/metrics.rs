@@ -649,6 +649,13 @@ impl<T> CountingCallbacks<T> {
             inner,
         }
     }
+
+    /// Counts a handshake completed outside pingora (without `inner`).
+    pub(crate) fn completed(&self) {
+        if let Some(c) = &self.completed {
+            c.inc();
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -659,9 +666,7 @@ impl<T: pingora::listeners::TlsAccept + Send + Sync> pingora::listeners::TlsAcce
         &self,
         tls: &pingora::protocols::tls::TlsRef,
     ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
-        if let Some(c) = &self.completed {
-            c.inc();
-        }
+        self.completed();
         self.inner.handshake_complete_callback(tls).await
     }
 }

@@ -128,7 +128,13 @@ pub(crate) enum TlsError {
 
 /// What a listener's TCP side terminates TLS with.
 pub(crate) struct ListenerTls {
-    /// rustls settings, wrapped for pingora's handshake.
+    /// rustls settings, for our own handshake ([`crate::tls_stream`]).
+    pub(crate) config: Arc<ServerConfig>,
+    /// Whether the listener asks for client certificates; if so, pingora
+    /// runs the handshake ([`Self::acceptor`]), so that the certificate
+    /// reaches the request through the TLS digest.
+    pub(crate) client_certs: bool,
+    /// The same settings, wrapped for pingora's handshake.
     pub(crate) acceptor: pingora::listeners::tls::Acceptor,
     /// Run after each handshake: counts it and records a client
     /// certificate in the connection's TLS digest.
@@ -174,8 +180,11 @@ pub(crate) fn listener_tls(
         builder.with_cert_resolver(Arc::new(CountingResolver::new(listener, live.clone())));
     config.alpn_protocols = alpn(protocols);
     config.ignore_client_order = true;
+    let config = Arc::new(config);
     Ok(ListenerTls {
-        acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config)),
+        acceptor: pingora::listeners::tls::Acceptor::from_server_config(config.clone()),
+        config,
+        client_certs: optional.is_some(),
         callbacks: CountingCallbacks::new(listener, ClientCertCallback),
         live,
     })
