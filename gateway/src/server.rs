@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 
 use meshgate_config::{ConfigSource, ConfigStore, Snapshot, load_embedded};
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::L4BufferSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -251,11 +250,11 @@ pub(crate) fn add_edge_listeners(
         let tls = match &l.tls {
             None => None,
             Some(tls) => {
-                let t = crate::tls::listener_tls(&l.name, &l.protocols, tls)
+                let (t, live) = crate::tls::listener_tls(&l.name, &l.protocols, tls)
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
-                certs.insert(l.name.clone(), t.live.clone());
+                certs.insert(l.name.clone(), live.clone());
                 if l.protocols.http3 {
-                    let quic = crate::h3::H3Listener::bind(l, tls, t.live.clone(), proxy)
+                    let quic = crate::h3::H3Listener::bind(l, tls, live, proxy)
                         .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                     server.add_service(quic);
                 }
@@ -278,14 +277,6 @@ pub(crate) fn add_edge_listeners(
         server.add_service(tcp);
     }
     Ok(certs)
-}
-
-/// The L4 buffering of a client connection: `read` bytes of read buffer
-/// (pingora's default is 64 KiB, allocated up front for every connection,
-/// idle ones included; rustls and the HTTP parsers read through their own
-/// buffers anyway) and pingora's default small write buffer.
-pub(crate) fn read_buffer(read: usize) -> L4BufferSettings {
-    L4BufferSettings::default().read(read)
 }
 
 /// Set once SIGTERM or `POST /drain` starts the drain: `/readyz` answers

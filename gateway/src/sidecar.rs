@@ -27,8 +27,6 @@ use clap::Parser;
 use meshgate_config::{ConfigSource, ConfigStore, ReloadOutcome, Snapshot};
 use meshgate_control::{ClientOptions, Event, NewKey};
 use meshgate_identity::{SpiffeId, WorkloadKey};
-use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::ALPN;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -36,7 +34,6 @@ use crate::authn::Authn;
 use crate::inbound::Inbound;
 use crate::mesh::MeshTls;
 use crate::runtime::Runtimes;
-use crate::tls::ClientCertCallback;
 
 /// meshgate-sidecar — the mesh proxy that runs beside each service instance.
 #[derive(Debug, Parser)]
@@ -267,34 +264,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
     // The mesh's own hop: the defaults of the config's listeners.
-    let limits = crate::conn::ConnLimits::from(&meshgate_config::ListenerLimits::default());
+    let defaults = meshgate_config::ListenerLimits::default();
+    let limits = crate::conn::ConnLimits::from(&defaults);
     let labels = crate::conn::Labels {
         listener: "inbound".into(),
         inbound: true,
     };
     let proxy = Arc::new(pingora::proxy::http_proxy(&server.configuration, inbound));
-    let mut svc = pingora::services::listening::Service::new(
-        "inbound".into(),
-        crate::conn::Listener::new(proxy, limits, labels),
-    );
-    let mut settings = TlsSettings::with_callbacks(Box::new(
-        crate::metrics::CountingCallbacks::new("inbound", ClientCertCallback),
-    ))
-    .map_err(|e| format!("inbound TLS: {e}"))?;
+    let app = Arc::new(crate::conn::Listener::new(proxy, limits, labels));
     let (resolver, verifier) = shared.mesh.server_hooks();
-    settings.set_cert_resolver(Arc::new(crate::metrics::CountingResolver::new(
-        "inbound", resolver,
-    )));
-    settings.set_client_cert_verifier(Arc::new(crate::metrics::CountingVerifier::new(
-        "inbound", verifier,
-    )));
-    settings.set_alpn(ALPN::H2H1);
-    // No extra read buffer per connection, as on the config's listeners.
-    svc.add_listener(
-        pingora::listeners::ListenerConfig::tcp(cli.inbound.to_string())
-            .tls(settings)
-            .l4_buffer(crate::server::read_buffer(0)),
-    );
+    let tls = crate::tls::mesh_listener_tls("inbound", resolver, verifier)
+        .map_err(|e| format!("inbound TLS: {e}"))?;
+    let max_connections = defaults.max_connections as usize;
+    let svc =
+        crate::listen::TcpListener::bind("inbound", cli.inbound, Some(tls), app, max_connections)
+            .map_err(|e| format!("inbound address {}: {e}", cli.inbound))?;
     server.add_service(svc);
 
     if let Some(address) = cli.admin {

@@ -1,19 +1,21 @@
 //! TLS termination for the listeners, on rustls with the `ring` provider.
 //!
 //! [`listener_tls`] turns a listener's `[listener.tls]` table into the
-//! rustls settings our accept loop (`listen.rs`) hands to pingora's
-//! handshake: certificates chosen by SNI, ALPN from the listener's
-//! protocols, the lowest TLS version, client-certificate verification and
-//! the server's cipher suite order. Every file is read and checked here,
+//! rustls settings our accept loop (`listen.rs`) runs the handshake with
+//! (on our own stream, `tls_stream.rs`, or pingora's when the listener
+//! asks for client certificates): certificates chosen by SNI, ALPN from
+//! the listener's protocols, the lowest TLS version, client-certificate
+//! verification and the server's cipher suite order. Every file is read
+//! and checked here,
 //! before the server starts, so a bad certificate is one error line naming
 //! the file. Certificates and SNI names reload in place
 //! ([`LiveCerts::reload`], called after every applied config reload); the
 //! other TLS settings (client authentication, lowest version, ALPN) are
 //! fixed when the listener starts.
 //!
-//! `min_version = "1.3"` rides on the certificate resolver ([`Tls13Only`]),
-//! as it did when pingora built the `ServerConfig` (the sidecar's inbound
-//! port still uses pingora's listener, whose settings offer only hooks).
+//! `min_version = "1.3"` is the `ServerConfig`'s protocol versions: a TLS
+//! 1.2 client gets a `protocol_version` alert. [`mesh_listener_tls`] builds
+//! a sidecar inbound port's settings the same way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +29,10 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::{CertifiedKey, Signer, SigningKey};
-use rustls::{InconsistentKeys, RootCertStore, ServerConfig, SignatureAlgorithm, SignatureScheme};
+use rustls::sign::CertifiedKey;
+use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
 
 use crate::metrics::CountingCallbacks;
 
@@ -139,19 +141,60 @@ pub(crate) struct ListenerTls {
     /// Run after each handshake: counts it and records a client
     /// certificate in the connection's TLS digest.
     pub(crate) callbacks: CountingCallbacks<ClientCertCallback>,
-    /// The certificates, which reload in place.
-    pub(crate) live: Arc<LiveCerts>,
+}
+
+impl ListenerTls {
+    /// The rest of a `ServerConfig` (ALPN, the server's cipher order) on
+    /// `builder`, and the handshake's two forms.
+    fn finish(
+        listener: &str,
+        builder: rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
+        resolver: Arc<dyn ResolvesServerCert>,
+        alpn_protocols: Vec<Vec<u8>>,
+        client_certs: bool,
+    ) -> ListenerTls {
+        let resolver = crate::metrics::CountingResolver::new(listener, resolver);
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = alpn_protocols;
+        config.ignore_client_order = true;
+        let config = Arc::new(config);
+        ListenerTls {
+            acceptor: pingora::listeners::tls::Acceptor::from_server_config(config.clone()),
+            config,
+            client_certs,
+            callbacks: CountingCallbacks::new(listener, ClientCertCallback),
+        }
+    }
+}
+
+/// The TLS settings of a sidecar's inbound port: the workload certificate
+/// and the mesh trust bundle as they are now ([`crate::mesh`]'s hooks),
+/// a client certificate required, ALPN `h2` then `http/1.1`, handshakes
+/// counted under `listener`.
+pub(crate) fn mesh_listener_tls(
+    listener: &str,
+    resolver: Arc<dyn ResolvesServerCert>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<ListenerTls, TlsError> {
+    let verifier = crate::metrics::CountingVerifier::new(listener, verifier);
+    let builder = ServerConfig::builder_with_provider(Arc::new(server_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|source| TlsError::Provider { source })?
+        .with_client_cert_verifier(Arc::new(verifier));
+    let alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(ListenerTls::finish(listener, builder, resolver, alpn, true))
 }
 
 /// Builds the TLS settings of one listener's TCP side (handshakes counted
-/// under its name, see `metrics`). The server picks the cipher suite, in
+/// under its name, see `metrics`), and the certificates they serve, which
+/// reload in place. The server picks the cipher suite, in
 /// [`server_provider`]'s order, as BoringSSL does.
 pub(crate) fn listener_tls(
     listener: &str,
     protocols: &Protocols,
     tls: &TlsSpec,
-) -> Result<ListenerTls, TlsError> {
-    use crate::metrics::{CountingResolver, CountingVerifier};
+) -> Result<(ListenerTls, Arc<LiveCerts>), TlsError> {
+    use crate::metrics::CountingVerifier;
     let provider = Arc::new(server_provider());
     // Any rustls builder that asks for the process default (ours, a
     // library's or pingora's) gets ring, whatever runs first.
@@ -161,8 +204,12 @@ pub(crate) fn listener_tls(
         current: ArcSwap::from_pointee(SniResolver::load(tls, &provider)?),
         provider: provider.clone(),
     });
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &[&rustls::version::TLS12, &rustls::version::TLS13],
+    };
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .map_err(|source| TlsError::Provider { source })?;
     let optional = match &tls.client_auth {
         ClientAuth::None => None,
@@ -176,18 +223,15 @@ pub(crate) fn listener_tls(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_cert_resolver(Arc::new(CountingResolver::new(listener, live.clone())));
-    config.alpn_protocols = alpn(protocols);
-    config.ignore_client_order = true;
-    let config = Arc::new(config);
-    Ok(ListenerTls {
-        acceptor: pingora::listeners::tls::Acceptor::from_server_config(config.clone()),
-        config,
-        client_certs: optional.is_some(),
-        callbacks: CountingCallbacks::new(listener, ClientCertCallback),
-        live,
-    })
+    let resolver: Arc<dyn ResolvesServerCert> = live.clone();
+    let t = ListenerTls::finish(
+        listener,
+        builder,
+        resolver,
+        alpn(protocols),
+        optional.is_some(),
+    );
+    Ok((t, live))
 }
 
 /// ring with the server's cipher suite preference: AES-128-GCM, then
@@ -425,11 +469,7 @@ impl SniResolver {
         }
         let mut keys = Vec::with_capacity(tls.certificates.len());
         for c in &tls.certificates {
-            let mut ck = load_certified_key(c, provider)?;
-            if tls.min_version == TlsVersion::Tls13 {
-                ck.key = Arc::new(Tls13Only(ck.key));
-            }
-            keys.push(Arc::new(ck));
+            keys.push(Arc::new(load_certified_key(c, provider)?));
         }
         let table = SniTable::new(
             tls.certificates
@@ -445,38 +485,6 @@ impl SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let i = self.table.pick(hello.server_name());
         self.keys.get(i).or_else(|| self.keys.first()).cloned()
-    }
-}
-
-/// A signing key that no TLS 1.2 cipher suite will take, which makes a
-/// listener TLS 1.3 only.
-///
-/// pingora enables TLS 1.2 and 1.3 on every rustls listener and lets us
-/// change neither the protocol versions nor the cipher suites of one
-/// listener. rustls picks the version before it asks the resolver for a
-/// certificate, and then chooses a cipher suite that suits both that
-/// version and the key: a TLS 1.2 suite must name the key's signature
-/// algorithm (ECDHE-ECDSA or ECDHE-RSA), a TLS 1.3 suite names none. This
-/// wrapper signs with the real key but reports the `anonymous` algorithm,
-/// which no TLS 1.2 suite names, so a TLS 1.2 handshake ends with a
-/// `handshake_failure` alert and TLS 1.3 is untouched. The outcome depends
-/// only on the negotiated version, not on guesses from the ClientHello.
-/// `tests/tests/tls.rs` checks both sides; the day pingora takes protocol
-/// versions per listener, this goes.
-#[derive(Debug)]
-struct Tls13Only(Arc<dyn SigningKey>);
-
-impl SigningKey for Tls13Only {
-    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
-        self.0.choose_scheme(offered)
-    }
-
-    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
-        self.0.public_key()
-    }
-
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::Anonymous
     }
 }
 

@@ -337,6 +337,38 @@ fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> 
     let j: serde_json::Value = serde_json::from_str(&r.body)?;
     assert_eq!(j["caller"], me);
 
+    // The inbound port is our accept loop: the server picks the cipher
+    // suite (a client listing AES-256 first gets AES-128), and its
+    // connections are counted.
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &inbound.to_string(), "-tls1_3"])
+        .args([
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ])
+        .arg("-cert")
+        .arg(dir.join("client.pem"))
+        .arg("-key")
+        .arg(dir.join("client-key.pem"))
+        .stdin(std::process::Stdio::null());
+    let out = meshgate_tests::run(&mut cmd, Duration::from_secs(15))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "the server's choice: {text}"
+    );
+    let m = Client::new(lab.instances[0].admin).get("/metrics", &[])?;
+    let accepted = m
+        .body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "meshgate_tcp_connections_total{listener=\"inbound\",outcome=\"accepted\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(accepted >= Some(2), "curl's and openssl's: {}", m.body);
+
     // The same identity from another CA.
     client_cert(&dir, &me, None, -60, 3600)?;
     refused(

@@ -81,6 +81,11 @@ retry_budget = {{ ratio_percent = 0, min_retries_per_second = 0 }}
     ));
     let r = get(&format!("{base}/flaky/1/k"));
     assert_eq!(r.status, 503, "no budget: the first failure is final");
+    // The access log is written after the response has gone out.
+    wait_for(Duration::from_secs(5), "the access-log line", || {
+        !gw.access_log().is_empty()
+    })
+    .expect("access log");
     let log = gw.access_log();
     assert!(
         log.iter()
@@ -124,6 +129,10 @@ outlier_detection = {{ consecutive_failures = 0 }}
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert_eq!(r.header("x-origin"), Some("live"));
     }
+    wait_for(Duration::from_secs(5), "six access-log lines", || {
+        gw.access_log().len() >= 6
+    })
+    .expect("access log");
     let log = gw.access_log();
     assert!(
         log.iter().any(|l| l["retries"] == 1),
