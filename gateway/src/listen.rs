@@ -160,17 +160,22 @@ async fn prepare(
 ) -> Option<Stream> {
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
-    let Some(tls) = tls else {
+    let l4 = |tcp, digest| {
         let mut l4 = L4Stream::from(tcp);
         l4.set_socket_digest(digest);
-        return Some(Box::new(l4));
+        l4
+    };
+    let Some(tls) = tls else {
+        return Some(Box::new(l4(tcp, digest)));
     };
     let handshaken: Result<Result<Stream, String>, _> = if tls.client_certs {
-        let mut l4 = L4Stream::from(tcp);
-        l4.set_socket_digest(digest);
         // pingora's handshake future is large (about 8.6 KB): boxed on its
         // own, so `prepare` stays small for our own stream's handshake.
-        let handshake = Box::pin(handshake_with_callback(&tls.acceptor, l4, &tls.callbacks));
+        let handshake = Box::pin(handshake_with_callback(
+            &tls.acceptor,
+            l4(tcp, digest),
+            &tls.callbacks,
+        ));
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map(|r| r.map(|s| Box::new(s) as Stream).map_err(|e| e.to_string()))

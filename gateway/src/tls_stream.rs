@@ -7,9 +7,10 @@
 //! Here every buffer exists only while bytes are in flight:
 //!
 //! - **Reading** waits for the socket to be readable before it takes a
-//!   buffer, and gives the buffer back when the socket has nothing more.
-//!   Records decrypt straight into the reader's buffer; what does not fit
-//!   waits in a second buffer, freed once delivered.
+//!   buffer, and gives the buffer back once its records are processed (or
+//!   a read finds nothing). Decrypted bytes are copied straight into the
+//!   reader's buffer; what does not fit waits in a second buffer, freed
+//!   once delivered.
 //! - **Writing** encrypts into a buffer that is sent at once, and freed
 //!   when all of it is out. A slow reader holds at most
 //!   [`WRITE_HIGH_WATER`] bytes before writes wait.
@@ -224,19 +225,7 @@ impl TlsServerStream {
                     Some(Step::Data)
                 }
                 ConnectionState::EncodeTlsData(mut record) => {
-                    let start = outgoing.len();
-                    let mut need = 0;
-                    loop {
-                        outgoing.resize(start + need, 0);
-                        match record.encode(&mut outgoing[start..]) {
-                            Ok(n) => {
-                                outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(e)) => need = e.required_size,
-                            Err(e) => return Err(io::Error::other(e)),
-                        }
-                    }
+                    append(outgoing, 0, |out| record.encode(out)).map_err(io::Error::other)?;
                     None
                 }
                 // The encoded records wait in `outgoing`, which is sent
@@ -247,31 +236,14 @@ impl TlsServerStream {
                 }
                 ConnectionState::WriteTraffic(mut traffic) => match &want {
                     Want::Write(data) => {
-                        let start = outgoing.len();
-                        let mut need = data.len() + RECORD_OVERHEAD * (data.len() / 16_384 + 1);
-                        loop {
-                            outgoing.resize(start + need, 0);
-                            match traffic.encrypt(data, &mut outgoing[start..]) {
-                                Ok(n) => {
-                                    outgoing.truncate(start + n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(e)) => need = e.required_size,
-                                Err(e) => {
-                                    outgoing.truncate(start);
-                                    return Err(io::Error::other(e));
-                                }
-                            }
-                        }
+                        let need = data.len() + RECORD_OVERHEAD * (data.len() / 16_384 + 1);
+                        append(outgoing, need, |out| traffic.encrypt(data, out))
+                            .map_err(io::Error::other)?;
                         Some(Step::Done)
                     }
                     Want::Close => {
-                        let start = outgoing.len();
-                        outgoing.resize(start + 64, 0);
-                        let n = traffic
-                            .queue_close_notify(&mut outgoing[start..])
+                        append(outgoing, 64, |out| traffic.queue_close_notify(out))
                             .map_err(io::Error::other)?;
-                        outgoing.truncate(start + n);
                         Some(Step::Done)
                     }
                     Want::Read(_) | Want::Handshake => Some(Step::NeedInput),
@@ -304,10 +276,9 @@ impl TlsServerStream {
                 .process_tls_records(&mut self.incoming[..self.in_len]);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut record)) => {
-                    let start = self.outgoing.len();
-                    self.outgoing.resize(start + 512, 0);
-                    let n = record.encode(&mut self.outgoing[start..]).unwrap_or(0);
-                    self.outgoing.truncate(start + n);
+                    if append(&mut self.outgoing, 0, |out| record.encode(out)).is_err() {
+                        return;
+                    }
                 }
                 Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
                 _ => return,
@@ -391,6 +362,56 @@ impl TlsServerStream {
 
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// rustls's two "buffer too small" errors, which say how much is needed.
+trait TooSmall {
+    fn required_size(&self) -> Option<usize>;
+}
+
+impl TooSmall for EncodeError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(e) => Some(e.required_size),
+            _ => None,
+        }
+    }
+}
+
+impl TooSmall for EncryptError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(e) => Some(e.required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Appends to `out` what `write` puts into a slice of it, starting with
+/// `need` bytes of room and growing to what rustls says it needs. On an
+/// error `out` is as it was.
+fn append<E: TooSmall>(
+    out: &mut Vec<u8>,
+    mut need: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = out.len();
+    loop {
+        out.resize(start + need, 0);
+        match write(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(e) => match e.required_size() {
+                Some(more) if more > need => need = more,
+                _ => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            },
+        }
+    }
 }
 
 impl AsyncRead for TlsServerStream {
@@ -531,7 +552,8 @@ impl Ssl for TlsServerStream {
 
 impl GetTimingDigest for TlsServerStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        // The TCP layer, then TLS, as pingora's streams report them.
+        // The TCP layer, then TLS, as pingora's streams report them; one
+        // time for both here: when the handshake completed.
         let at = |established_ts| {
             Some(TimingDigest {
                 established_ts,
@@ -565,7 +587,6 @@ impl Peek for TlsServerStream {}
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn configs(server_alpn: &[&[u8]]) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
@@ -592,22 +613,28 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
-    /// rustls's own (buffered, blocking) client on a thread of its own.
-    fn client<T: Send + 'static>(
-        addr: SocketAddr,
-        config: Arc<rustls::ClientConfig>,
-        script: impl FnOnce(
-            &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
-        ) -> T
-        + Send
-        + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        std::thread::spawn(move || {
+    type ClientTls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+    /// Our stream's side of a handshake with rustls's own (buffered,
+    /// blocking) client, which then runs `script` on a thread of its own.
+    /// The server offers `server_alpn`, the client `http/1.1`.
+    async fn connect<T: Send + 'static>(
+        server_alpn: &[&[u8]],
+        script: impl FnOnce(&mut ClientTls) -> T + Send + 'static,
+    ) -> (io::Result<TlsServerStream>, std::thread::JoinHandle<T>) {
+        let (server, client_config) = configs(server_alpn);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let peer = std::thread::spawn(move || {
             let sock = std::net::TcpStream::connect(addr).expect("connect");
-            let conn = rustls::ClientConnection::new(config, "localhost".try_into().expect("name"))
-                .expect("client");
+            let name = "localhost".try_into().expect("name");
+            let conn = rustls::ClientConnection::new(client_config, name).expect("client");
             script(&mut rustls::StreamOwned::new(conn, sock))
-        })
+        });
+        let (tcp, _) = listener.accept().await.expect("accept");
+        (TlsServerStream::accept(tcp, server).await, peer)
     }
 
     fn pattern(len: usize, seed: usize) -> Vec<u8> {
@@ -620,31 +647,21 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_cross_both_ways_and_an_idle_stream_holds_no_buffer() {
-        let (server, client_config) = configs(&[b"h2", b"http/1.1"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let up = pattern(100_000, 1);
         let down = pattern(300_000, 2);
         let (up2, down_len) = (up.clone(), down.len());
-        let peer = client(
-            listener.local_addr().expect("address"),
-            client_config,
-            move |tls| {
-                tls.write_all(&up2).expect("client write");
-                tls.flush().expect("client flush");
-                let mut got = vec![0; down_len];
-                tls.read_exact(&mut got).expect("client read");
-                // Then close_notify: a clean end, not a cut-off one.
-                let mut rest = Vec::new();
-                let end = tls.read_to_end(&mut rest).map(|_| rest.len());
-                (got, end)
-            },
-        );
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut s = TlsServerStream::accept(tcp, server)
-            .await
-            .expect("handshake");
+        let (s, peer) = connect(&[b"h2", b"http/1.1"], move |tls| {
+            tls.write_all(&up2).expect("client write");
+            tls.flush().expect("client flush");
+            let mut got = vec![0; down_len];
+            tls.read_exact(&mut got).expect("client read");
+            // Then close_notify: a clean end, not a cut-off one.
+            let mut rest = Vec::new();
+            let end = tls.read_to_end(&mut rest).map(|_| rest.len());
+            (got, end)
+        })
+        .await;
+        let mut s = s.expect("handshake");
         assert_eq!(s.selected_alpn_proto(), Some(ALPN::H1));
         let digest = s.get_ssl_digest().expect("TLS digest");
         assert!(digest.version.contains("1_3"), "{}", digest.version);
@@ -674,30 +691,20 @@ mod tests {
 
     #[tokio::test]
     async fn small_reads_take_a_record_in_pieces_then_see_the_close() {
-        let (server, client_config) = configs(&[b"http/1.1"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let message = b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n".to_vec();
         let sent = message.clone();
-        let peer = client(
-            listener.local_addr().expect("address"),
-            client_config,
-            move |tls| {
-                tls.write_all(&sent).expect("client write");
-                tls.flush().expect("client flush");
-                tls.conn.send_close_notify();
-                tls.flush().expect("client flush");
-                // Until the server closes too (a socket closed with unread
-                // bytes, the session tickets here, is reset).
-                let mut rest = Vec::new();
-                tls.read_to_end(&mut rest).map(|_| rest.len())
-            },
-        );
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut s = TlsServerStream::accept(tcp, server)
-            .await
-            .expect("handshake");
+        let (s, peer) = connect(&[b"http/1.1"], move |tls| {
+            tls.write_all(&sent).expect("client write");
+            tls.flush().expect("client flush");
+            tls.conn.send_close_notify();
+            tls.flush().expect("client flush");
+            // Until the server closes too (a socket closed with unread
+            // bytes, the session tickets here, is reset).
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).map(|_| rest.len())
+        })
+        .await;
+        let mut s = s.expect("handshake");
         let mut got = Vec::new();
         let mut piece = [0u8; 3];
         loop {
@@ -716,22 +723,12 @@ mod tests {
     #[tokio::test]
     async fn a_failed_handshake_tells_the_client_why() {
         // The client speaks only HTTP/1.1; this server only h2.
-        let (server, client_config) = configs(&[b"h2"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let peer = client(
-            listener.local_addr().expect("address"),
-            client_config,
-            |tls| {
-                tls.write_all(b"GET / HTTP/1.1\r\n\r\n")
-                    .and_then(|_| tls.flush())
-            },
-        );
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let err = TlsServerStream::accept(tcp, server)
-            .await
-            .expect_err("no common protocol");
+        let (s, peer) = connect(&[b"h2"], |tls| {
+            tls.write_all(b"GET / HTTP/1.1\r\n\r\n")
+                .and_then(|_| tls.flush())
+        })
+        .await;
+        let err = s.expect_err("no common protocol");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         let client_err = peer
             .join()

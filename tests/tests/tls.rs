@@ -227,7 +227,11 @@ impl Setup {
 
 #[test]
 fn h1_and_h2_over_tls_reach_the_origin() {
-    let s = start(r#"["http1", "http2"]"#, "");
+    let s = start_with(
+        r#"["http1", "http2"]"#,
+        "",
+        &format!("\n[admin]\naddress = \"127.0.0.1:{}\"\n", free_port()),
+    );
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let r = s.curl("a.test", "/hello?x=1", &[flag]).expect("curl");
         assert_eq!((r.status, r.version.as_str()), (200, version), "{r:?}");
@@ -236,6 +240,17 @@ fn h1_and_h2_over_tls_reach_the_origin() {
             r.header("x-seen-host"),
             Some(format!("a.test:{}", s.port).as_str())
         );
+    }
+    // Both handshakes (on our own TLS stream: no client certificates
+    // here) are counted as started and completed.
+    let m = s.gw.metrics().expect("metrics");
+    for outcome in ["started", "completed"] {
+        let n = meshgate_tests::metric(
+            &m,
+            "meshgate_tls_handshakes_total",
+            &["listener=\"edge\"", &format!("outcome=\"{outcome}\"")],
+        );
+        assert_eq!(n, Some(2.0), "{outcome}: {m}");
     }
 }
 
