@@ -108,9 +108,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-95 s (make bench-quick)")
     ap.add_argument("--rounds", type=int, help="override the plan's number of rounds (1-10)")
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
-    ap.add_argument("--targets", default="direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy",
-                    help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy "
-                         "(caddy is measured only over HTTP/3 and HTTP/2+TLS)")
+    ap.add_argument("--targets",
+                    help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar,"
+                         "meshgate-sidecar-plain,caddy (caddy is measured only over HTTP/3 and HTTP/2+TLS); "
+                         "default: all, without meshgate-sidecar-plain in the quick plan")
     ap.add_argument("--meshgate", default=os.path.join(HERE, "..", "target", "release", "meshgate"),
                     help="meshgate binary (default: target/release/meshgate)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
@@ -171,6 +172,11 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    if args.targets is None:
+        # The plaintext pair only prices mTLS: left out of the quick plan,
+        # which must stay within 90 s.
+        args.targets = "direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy" + (
+            "" if args.quick else ",meshgate-sidecar-plain")
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     header = {
         "command": os.environ.get("BENCH_COMMAND") or shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
@@ -195,6 +201,8 @@ def main():
             "certificate": "self-signed ECDSA P-256 (openssl req -newkey ec)",
             "meshgate-sidecar": "client sidecar -> mTLS, HTTP/2 -> server sidecar -> origin; both release, "
                                 "--threads 1, access_log off; figures are the pair's (RSS rows also per sidecar)",
+            "meshgate-sidecar-plain": "the same pair in permissive mesh mode, plaintext HTTP/2 (prior "
+                                      "knowledge) between the sidecars: prices mTLS",
         },
     }
     os.makedirs(args.out, exist_ok=True)
@@ -237,7 +245,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     plan, log = ctx.plan, ctx.log
     ctx.origin = targets.NginxOrigin()
     candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy(),
-                  targets.SidecarPair(), targets.Caddy()]
+                  targets.SidecarPair(), targets.SidecarPairPlain(), targets.Caddy()]
     chosen = [t for t in candidates if t.name in wanted]
     shift = rnd % len(chosen)
     order = chosen[shift:] + chosen[:shift]

@@ -80,6 +80,14 @@ def _added(rows, target, pct, **kw):
     return {k: rt[k] - rd[k] for k in rt if k in rd}
 
 
+def _mtls_cost(rows, pct, **kw):
+    """Per round: the latency the mTLS pair adds over direct, divided by
+    what the plaintext pair adds; (median, worst)."""
+    tls = _added(rows, "meshgate-sidecar", pct, **kw)
+    plain = _added(rows, "meshgate-sidecar-plain", pct, **kw)
+    return _agg([tls[k] / plain[k] for k in tls if k in plain and plain[k] > 0], max)
+
+
 def _x(pair):
     return _cell(pair, 2, "×")
 
@@ -145,8 +153,12 @@ def targets_check(rows):
     added = _agg(list(_added(rows, "meshgate-sidecar", "p99_ms", **kw).values()), max)
     out.append(("Sidecar pair added p99 at 1k rps (vs direct)", "≤ 0.25 ms", _cell(added, 3, " ms"),
                 verdict(added[0], added[0] is not None and added[0] <= 0.25)))
-    out.append(("Cost of mTLS in the sidecar pair", "≤ +20% latency", "–",
-                "not measured: the mesh runs mTLS only (strict mode), so there is no plaintext pair to compare"))
+    cost = {pct: _mtls_cost(rows, pct, **kw) for pct in ("p50_ms", "p99_ms")}
+    have = all(c[0] is not None for c in cost.values())
+    out.append(("Cost of mTLS in the sidecar pair (added latency at 1k rps, mTLS / plaintext pair)",
+                "≤ +20% latency",
+                f"p50 {_x(cost['p50_ms'])}, p99 {_x(cost['p99_ms'])}",
+                verdict(cost["p50_ms"][0], have and all(c[0] <= 1.2 for c in cost.values()))))
     errs = [r["errors"] for r in _select(rows, scenario="reload", target="meshgate")]
     worst = max(errs) if errs else None
     out.append(("Errors during a reload under load", "0", _cell(_agg(errs, max), 0),
@@ -301,6 +313,57 @@ def _h3_section(rows, p):
     return out
 
 
+# ------------------------------------------------------------ sidecar pair
+
+PAIRS = ("meshgate-sidecar", "meshgate-sidecar-plain")
+
+
+def _sidecar_section(rows):
+    if not any(_select(rows, target=t) for t in PAIRS):
+        return []
+    out = ["## Sidecar pair\n",
+           "`meshgate-sidecar`: client sidecar -> mTLS, HTTP/2 -> server sidecar -> origin. "
+           "`meshgate-sidecar-plain`: the same pair with plaintext HTTP/2 between the sidecars "
+           "(permissive mesh mode). `added` is the pair's percentile minus direct's in the same round "
+           "(ms); `mTLS / plain` divides the two pairs' added latency round by round. RSS is both "
+           "sidecars together.\n"]
+    body = []
+    for proto, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"]):
+        if proto in H3_PROTOS:
+            continue
+        kw = dict(scenario="saturation", proto=proto, tool=tool, mode=mode)
+        for t in PAIRS:
+            if not _select(rows, target=t, **kw):
+                continue
+            body.append([proto, tool, mode, t,
+                         _cell(_agg(list(_by_round(rows, t, "rps", **kw).values()), min), 0),
+                         _cell(_agg(list(_by_round(rows, t, "cpu_us_per_req", **kw).values()), max), 1),
+                         _cell(_agg(list(_by_round(rows, t, "rss_mib", **kw).values()), max), 1)])
+    if body:
+        out.append(_table(["proto", "tool", "mode", "target", "rps", "CPU µs/req", "RSS MiB"], body) + "\n")
+    body = []
+    for proto, mode in _combos(rows, "fixed-rate", ["proto", "mode"]):
+        if proto in H3_PROTOS:
+            continue
+        kw = dict(scenario="fixed-rate", proto=proto, mode=mode)
+        for t in PAIRS:
+            if not _select(rows, target=t, **kw):
+                continue
+            cells = [proto, mode, t]
+            for pct in ("p50_ms", "p99_ms"):
+                cells.append(_cell(_agg(list(_by_round(rows, t, pct, **kw).values()), max), 3))
+                cells.append(_cell(_agg(list(_added(rows, t, pct, **kw).values()), max), 3))
+            cells.append(_cell(_agg(list(_by_round(rows, t, "cpu_us_per_req", **kw).values()), max), 1))
+            cells.append(_cell(_agg(list(_by_round(rows, t, "rss_mib", **kw).values()), max), 1))
+            cells.append("–" if t == PAIRS[1] else
+                         f"p50 {_x(_mtls_cost(rows, 'p50_ms', **kw))}, p99 {_x(_mtls_cost(rows, 'p99_ms', **kw))}")
+            body.append(cells)
+    if body:
+        out.append(_table(["proto", "rate", "target", "p50 ms", "added p50", "p99 ms", "added p99",
+                           "CPU µs/req", "RSS MiB", "mTLS / plain"], body) + "\n")
+    return out
+
+
 # ------------------------------------------------------------ markdown
 
 def _table(head, body):
@@ -411,6 +474,7 @@ def markdown(header, rows):
                        "CPU µs/req", "errors"], body) + "\n")
 
     out += _h3_section(rows, p)
+    out += _sidecar_section(rows)
 
     # TLS
     out.append("## TLS 1.3 full handshakes (one request per connection)\n")

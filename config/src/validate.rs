@@ -1622,17 +1622,6 @@ impl Cx<'_, '_> {
                     ],
                 )
                 .unwrap_or(MeshMode::Strict);
-            if spec.mode == MeshMode::Permissive {
-                // Refused rather than accepted and ignored: an operator
-                // migrating plaintext clients must not find out from an
-                // outage that their plaintext is refused.
-                self.hint(
-                    mode.span(),
-                    "mesh mode \"permissive\" is not supported yet: sidecars' inbound ports take mTLS only",
-                    "use mode = \"strict\" (the default) and move callers into the mesh first",
-                );
-                spec.mode = MeshMode::Strict;
-            }
         }
         if let Some(a) = &r.control_plane_address
             && let Some(addr) = self.addr(a, "control_plane_address")

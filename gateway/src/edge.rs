@@ -605,6 +605,13 @@ impl ProxyHttp for Edge {
         peer.options.idle_timeout = Some(svc.idle_timeout);
         peer.options.read_timeout = try_timeout;
         peer.options.write_timeout = try_timeout;
+        if svc.protocol == UpstreamProtocol::Http2 {
+            let limit = peer
+                .options
+                .connection_timeout
+                .unwrap_or(svc.connect_timeout);
+            ctx.flight.wait_connect_turn(limit).await;
+        }
         Ok(Box::new(peer))
     }
 
@@ -615,6 +622,7 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.flight.end_connect_turn();
         let Some(svc) = ctx.service.clone() else {
             return e;
         };
@@ -822,6 +830,7 @@ impl ProxyHttp for Edge {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.flight.end_connect_turn();
         if let Some(svc) = &ctx.service {
             crate::metrics::upstream_connection(false, &svc.name, reused);
         }

@@ -9,6 +9,11 @@
 //! without rules takes any mesh identity. The application learns who
 //! called in `x-meshgate-peer-identity` (a client-sent copy is removed
 //! first, so the header can be trusted).
+//!
+//! In permissive mesh mode the port also takes plaintext callers. They
+//! have no identity: a service without rules takes them, one with rules
+//! answers 403 `no-peer-identity`. A plaintext connection still open when
+//! the mesh turns strict gets 403 `mtls-required` and is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use meshgate_config::ConfigStore;
+use meshgate_config::{ConfigStore, MeshMode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -45,6 +50,9 @@ pub(crate) struct InboundCtx {
     start: Instant,
     _in_flight: crate::metrics::InFlight,
     peer: Option<String>,
+    /// Whether the caller came over TLS (mTLS); plaintext only in
+    /// permissive mesh mode.
+    tls: bool,
     reason: Option<&'static str>,
     /// When the request went to the application and it answered.
     upstream_times: crate::access_log::UpstreamTimes,
@@ -95,6 +103,7 @@ impl ProxyHttp for Inbound {
             start: Instant::now(),
             _in_flight: crate::metrics::InFlight::start(self.in_flight.as_ref()),
             peer: None,
+            tls: false,
             reason: None,
             upstream_times: Default::default(),
             trace: None,
@@ -110,16 +119,30 @@ impl ProxyHttp for Inbound {
             &self.store.current().observability.tracing,
             ctx.start,
         ));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.peer = peer_identity(session);
-        let Some(peer) = ctx.peer.as_deref() else {
-            // The handshake demanded a certificate from the mesh CA, so
-            // this is a mesh certificate without exactly one SPIFFE ID.
-            return self.refuse(session, ctx, 403, "no-peer-identity").await;
-        };
         let snap = self.store.current();
-        let allowed = snap
-            .service(&self.service)
-            .is_none_or(|svc| svc.callers.allows(peer));
+        let service = snap.service(&self.service);
+        let Some(peer) = ctx.peer.as_deref() else {
+            if ctx.tls {
+                // The handshake demanded a certificate from the mesh CA, so
+                // this is a mesh certificate without exactly one SPIFFE ID.
+                return self.refuse(session, ctx, 403, "no-peer-identity").await;
+            }
+            // Plaintext, taken while the mesh was permissive.
+            if snap.mesh.mode != MeshMode::Permissive {
+                // Strict since the connection opened: no more plaintext.
+                session.set_keepalive(None);
+                return self.refuse(session, ctx, 403, "mtls-required").await;
+            }
+            // A caller without an identity passes only where no rule asks
+            // for one.
+            if service.is_some_and(|svc| svc.callers.allow.is_some()) {
+                return self.refuse(session, ctx, 403, "no-peer-identity").await;
+            }
+            return Ok(false);
+        };
+        let allowed = service.is_none_or(|svc| svc.callers.allows(peer));
         if !allowed {
             tracing::info!(peer, service = %self.service, "caller not authorized");
             return self.refuse(session, ctx, 403, "identity-denied").await;
@@ -212,7 +235,7 @@ impl ProxyHttp for Inbound {
             }
             t.finish(&crate::trace::Facts {
                 session,
-                scheme: "https",
+                scheme: if ctx.tls { "https" } else { "http" },
                 listener: "inbound",
                 inbound: true,
                 status: status.unwrap_or(0),

@@ -15,6 +15,10 @@
 //! no buffer while a connection is idle, except on a listener that asks
 //! for client certificates: that one keeps pingora's handshake and stream,
 //! the only way the certificate reaches the request (in the TLS digest).
+//!
+//! A TLS listener can also take plaintext while a check says so (a
+//! sidecar's inbound port in permissive mesh mode): the first byte tells a
+//! TLS handshake record from anything else, without taking it.
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -40,11 +44,18 @@ const BACKLOG: i32 = 65_535;
 /// How long a TLS handshake may take, as in pingora's listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Asked per connection on a TLS listener: whether plaintext is taken too.
+pub(crate) type PlaintextToo = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// One listener's TCP side.
 pub(crate) struct TcpListener<A> {
     name: String,
     socket: Option<std::net::TcpListener>,
     tls: Option<Arc<ListenerTls>>,
+    plaintext_too: Option<PlaintextToo>,
     app: Arc<A>,
     max_connections: usize,
 }
@@ -72,9 +83,17 @@ impl<A> TcpListener<A> {
             name: name.to_owned(),
             socket: Some(socket.into()),
             tls: tls.map(Arc::new),
+            plaintext_too: None,
             app,
             max_connections,
         })
+    }
+
+    /// A TLS listener also takes plaintext connections while `check` says
+    /// so; they are counted in `meshgate_plaintext_connections_total`.
+    pub(crate) fn plaintext_when(mut self, check: PlaintextToo) -> Self {
+        self.plaintext_too = Some(check);
+        self
     }
 }
 
@@ -124,13 +143,27 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
             let held = Held::new(open.clone());
             let app = self.app.clone();
             let tls = self.tls.clone();
+            // Asked now, so a mode change applies to the next connection.
+            let plaintext_too = self.plaintext_too.as_ref().is_some_and(|check| check());
+            let name = plaintext_too.then(|| self.name.clone());
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _held = held;
                 // Boxed: the handshake's state (and the rest of
                 // `prepare`'s) is freed when it ends instead of sizing the
                 // task for the connection's life.
-                let Some(stream) = Box::pin(prepare(tcp, peer, tls.as_deref())).await else {
+                let tls = match (tls.as_deref(), name) {
+                    (Some(tls), Some(name)) => match sniff(&tcp).await {
+                        None => return,
+                        Some(true) => Some(tls),
+                        Some(false) => {
+                            crate::metrics::plaintext_connection(&name);
+                            None
+                        }
+                    },
+                    (tls, _) => tls,
+                };
+                let Some(stream) = Box::pin(prepare(tcp, peer, tls)).await else {
                     return;
                 };
                 let mut next = app.process_new(stream, &shutdown).await;
@@ -202,6 +235,17 @@ async fn prepare(
             tracing::debug!(%peer, "TLS handshake timed out");
             None
         }
+    }
+}
+
+/// Whether the connection starts with a TLS handshake record, from its
+/// first byte, which stays in the socket. `None`: closed, failed or silent
+/// for as long as a handshake may take.
+async fn sniff(tcp: &tokio::net::TcpStream) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE_RECORD),
+        _ => None,
     }
 }
 

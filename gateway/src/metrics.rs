@@ -74,6 +74,8 @@ pub(crate) struct Metrics {
     pub(crate) http3_connections: IntCounterVec,
     /// TCP connections on configured listeners, by listener and outcome.
     pub(crate) tcp_connections: IntCounterVec,
+    /// Plaintext connections a TLS listener took (permissive mesh mode).
+    pub(crate) plaintext_connections: IntCounterVec,
     /// Spans the collector accepted.
     pub(crate) trace_spans_exported: IntCounter,
     /// Spans dropped, by reason: `queue_full` (the export queue was at
@@ -253,6 +255,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["listener", "outcome"],
     )?;
     registry.register(Box::new(tcp_connections.clone()))?;
+    let plaintext_connections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_plaintext_connections_total",
+            "Connections that a TLS listener took in plaintext: a sidecar's \
+             inbound port in permissive mesh mode.",
+        ),
+        &["listener"],
+    )?;
+    registry.register(Box::new(plaintext_connections.clone()))?;
     let trace_spans_exported = IntCounter::new(
         "meshgate_trace_spans_exported_total",
         "Spans sent to the trace collector and accepted.",
@@ -306,6 +317,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tls_failures,
         http3_connections,
         tcp_connections,
+        plaintext_connections,
         trace_spans_exported,
         trace_spans_dropped,
     })
@@ -371,6 +383,13 @@ pub(crate) fn tcp_connection(listener: &str, outcome: &'static str) {
         m.tcp_connections
             .with_label_values(&[listener, outcome])
             .inc();
+    }
+}
+
+/// Records a plaintext connection on a TLS listener (permissive mode).
+pub(crate) fn plaintext_connection(listener: &str) {
+    if let Some(m) = metrics() {
+        m.plaintext_connections.with_label_values(&[listener]).inc();
     }
 }
 

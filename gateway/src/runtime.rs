@@ -24,6 +24,9 @@ pub(crate) struct Endpoint {
     pub(crate) key: String,
     pub(crate) load: Arc<EndpointLoad>,
     pub(crate) outlier: Arc<OutlierState>,
+    /// Turns at getting an HTTP/2 connection (one at a time); see
+    /// [`Flight::wait_connect_turn`](crate::resilience::Flight::wait_connect_turn).
+    pub(crate) h2_connect: Arc<tokio::sync::Semaphore>,
 }
 
 /// One service's live state.
@@ -212,6 +215,10 @@ fn build(spec: &ServiceSpec, previous: Option<&ServiceState>) -> ServiceState {
                     load: prev.map_or_else(|| Arc::new(EndpointLoad::new(now)), |p| p.load.clone()),
                     outlier: prev
                         .map_or_else(|| Arc::new(OutlierState::new(now)), |p| p.outlier.clone()),
+                    h2_connect: prev.map_or_else(
+                        || Arc::new(tokio::sync::Semaphore::new(1)),
+                        |p| p.h2_connect.clone(),
+                    ),
                     spec: e.clone(),
                 })
             })

@@ -5,9 +5,10 @@
 //!   request runs the same pipeline as the gateway's (routes, splits,
 //!   peak-EWMA, retries within budget, breakers, outlier ejection,
 //!   timeouts) and leaves over mTLS, HTTP/2 between sidecars.
-//! - **Inbound** (`--inbound`): mTLS only; the caller's certificate must
+//! - **Inbound** (`--inbound`): mTLS; the caller's certificate must
 //!   chain to the mesh trust bundle and its SPIFFE ID must be allowed by
-//!   this service's authorization rules; then plain HTTP to `--app`.
+//!   this service's authorization rules; then plain HTTP to `--app`. In
+//!   permissive mesh mode plaintext callers too, without an identity.
 //! - **Control plane**: one TLS stream to the appliance. The sidecar joins
 //!   with its service name, labels and a key it generated (only a CSR
 //!   leaves the process), gets its workload certificate and the sidecar
@@ -24,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use meshgate_config::{ConfigSource, ConfigStore, ReloadOutcome, Snapshot};
+use meshgate_config::{ConfigSource, ConfigStore, MeshMode, ReloadOutcome, Snapshot};
 use meshgate_control::{ClientOptions, Event, NewKey};
 use meshgate_identity::{SpiffeId, WorkloadKey};
 use rustls::pki_types::CertificateDer;
@@ -270,8 +271,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         listener: "inbound".into(),
         inbound: true,
     };
-    let proxy = Arc::new(pingora::proxy::http_proxy(&server.configuration, inbound));
-    let app = Arc::new(crate::conn::Listener::new(proxy, limits, labels));
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, inbound);
+    // Plaintext callers (permissive mode) may speak HTTP/2 with prior
+    // knowledge; TLS callers pick by ALPN.
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.h2c = true;
+    proxy.server_options = Some(opts);
+    let app = Arc::new(crate::conn::Listener::new(Arc::new(proxy), limits, labels));
     let (resolver, verifier) = shared.mesh.server_hooks();
     let tls = crate::tls::mesh_listener_tls("inbound", resolver, verifier)
         .map_err(|e| format!("inbound TLS: {e}"))?;
@@ -279,6 +285,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let svc =
         crate::listen::TcpListener::bind("inbound", cli.inbound, Some(tls), app, max_connections)
             .map_err(|e| format!("inbound address {}: {e}", cli.inbound))?;
+    let mode = store.clone();
+    let svc = svc.plaintext_when(Arc::new(move || {
+        mode.current().mesh.mode == MeshMode::Permissive
+    }));
     server.add_service(svc);
 
     if let Some(address) = cli.admin {
@@ -485,6 +495,8 @@ fn handle(shared: &Shared, event: Event) {
                 .pending
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
+            let was = p.store.as_ref().map(|s| s.current().mesh.mode);
+            say_mode(was, snap.mesh.mode);
             match &p.store {
                 Some(store) => match store.install(snap) {
                     ReloadOutcome::Applied {
@@ -503,6 +515,23 @@ fn handle(shared: &Shared, event: Event) {
                 }
             }
         }
+    }
+}
+
+/// Logs the mesh mode when it is new or changed: permissive is a warning,
+/// as plaintext reaches the application.
+fn say_mode(was: Option<MeshMode>, now: MeshMode) {
+    if was == Some(now) {
+        return;
+    }
+    match now {
+        MeshMode::Permissive => tracing::warn!(
+            "mesh mode is permissive: the inbound port also takes plaintext callers, without identity"
+        ),
+        MeshMode::Strict if was.is_some() => {
+            tracing::info!("mesh mode is strict: the inbound port takes mTLS only")
+        }
+        MeshMode::Strict => {}
     }
 }
 

@@ -75,11 +75,16 @@ pub struct MeshLab {
 pub struct LabOptions {
     /// `[mesh] workload_cert_ttl`.
     pub cert_ttl: &'static str,
+    /// `[mesh] mode`.
+    pub mode: &'static str,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { cert_ttl: "1h" }
+        LabOptions {
+            cert_ttl: "1h",
+            mode: "strict",
+        }
     }
 }
 
@@ -341,6 +346,7 @@ discovery = "mesh"
 [mesh]
 trust_domain = "{td}"
 workload_cert_ttl = "{ttl}"
+mode = "{mode}"
 control_plane_address = "{cp}"
 state_dir = "{state}"
 join_token_file = "{token}"
@@ -350,6 +356,7 @@ service = "product-catalog"
 allow = ["spiffe://{td}/service/order-processing", "spiffe://{td}/gateway"]
 "#,
         ttl = opts.cert_ttl,
+        mode = opts.mode,
         state = dir.join("state").display(),
         token = dir.join("join-token").display(),
     )

@@ -391,6 +391,141 @@ fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> 
     Ok(())
 }
 
+#[test]
+fn permissive_mode_takes_plaintext_without_identity_until_the_mesh_turns_strict() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions {
+        mode: "permissive",
+        ..LabOptions::default()
+    })?;
+    let pc = lab.add("product-catalog", "v1", None)?;
+    let ua = lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/catalog/items", &["v1"])?;
+    lab.wait_serving("/users/1", &["v1"])?;
+    let ua_inbound = lab.instances[ua].inbound;
+    let pc_inbound = lab.instances[pc].inbound;
+    assert!(
+        lab.instances[ua]
+            .sidecar
+            .stderr()
+            .contains("mesh mode is permissive"),
+        "the sidecar warns about plaintext"
+    );
+
+    // Plaintext HTTP/1.1 to a service without rules: served, without an
+    // identity, and a caller's own identity header does not get through.
+    let forged = service_id("order-processing");
+    let r = curl(&[
+        "-H",
+        &format!("x-meshgate-peer-identity: {forged}"),
+        &format!("http://{ua_inbound}/u"),
+    ])?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.body)?;
+    assert_eq!(j["caller"], serde_json::Value::Null, "{j}");
+    // HTTP/2 with prior knowledge too.
+    let r = curl(&["--http2-prior-knowledge", &format!("http://{ua_inbound}/u")])?;
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+
+    // product-catalog's rules ask for an identity: plaintext has none.
+    let r = curl(&[&format!("http://{pc_inbound}/items")])?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.header("x-meshgate-reason"), Some("no-peer-identity"));
+
+    // mTLS callers still come with their identity: the gateway's.
+    let r = curl(&[&format!("http://{}/users/1", lab.edge)])?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.body)?;
+    assert_eq!(
+        j["caller"],
+        format!("spiffe://{TRUST_DOMAIN}/gateway"),
+        "{j}"
+    );
+
+    let m = Client::new(lab.instances[ua].admin).get("/metrics", &[])?;
+    let plaintext = meshgate_tests::metric(
+        &m.body,
+        "meshgate_plaintext_connections_total",
+        &["listener=\"inbound\""],
+    );
+    assert_eq!(plaintext, Some(2.0), "curl's two: {}", m.body);
+
+    // A plaintext keep-alive connection is open when the operator turns
+    // the mesh strict.
+    let mut open = Client::new(ua_inbound);
+    assert_eq!(open.get("/u", &[])?.status, 200);
+    let text = std::fs::read_to_string(lab.config())?;
+    std::fs::write(
+        lab.config(),
+        text.replace("mode = \"permissive\"", "mode = \"strict\""),
+    )?;
+    wait_for(
+        Duration::from_secs(15),
+        "the sidecar to turn strict",
+        || {
+            lab.instances[ua]
+                .sidecar
+                .stderr()
+                .contains("mesh mode is strict")
+        },
+    )?;
+    // Its next request is refused, and the connection closed.
+    let r = open.get("/u", &[])?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.headers.get("x-meshgate-reason").map(String::as_str),
+        Some("mtls-required")
+    );
+    assert_eq!(
+        r.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
+    // New plaintext connections are refused outright.
+    refused(
+        curl(&[&format!("http://{ua_inbound}/u")]),
+        "plaintext after the switch",
+    )?;
+    // mTLS goes on.
+    let r = curl(&[&format!("http://{}/users/1", lab.edge)])?;
+    assert_eq!(r.status, 200, "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn a_burst_of_requests_shares_http2_connections_to_a_sidecar() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/users/1", &["v1"])?;
+    let opened = |lab: &MeshLab| -> Result<f64> {
+        let m = Client::new(lab.admin).get("/metrics", &[])?;
+        Ok(meshgate_tests::metric(
+            &m.body,
+            "meshgate_upstream_connections_total",
+            &["service=\"user-account\"", "reused=\"false\""],
+        )
+        .unwrap_or(0.0))
+    };
+    let before = opened(&lab)?;
+    // 200 requests at once (20 connections × 10 streams) through the
+    // gateway to the one instance: HTTP/2 over mTLS, 100 streams per
+    // connection.
+    let url = format!("http://{}/users/1", lab.edge);
+    let out = meshgate_tests::run(
+        Command::new("h2load").args(["-n", "2000", "-c", "20", "-m", "10", &url]),
+        Duration::from_secs(60),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2000 succeeded, 0 failed"),
+        "every request answered: {text}"
+    );
+    let opened = opened(&lab)? - before;
+    assert!(
+        (1.0..=3.0).contains(&opened),
+        "200 concurrent streams need 2 connections (3 with a race), not one each: {opened}"
+    );
+    Ok(())
+}
+
 /// A request the inbound port must refuse at the connection level: curl
 /// fails (handshake alert, reset or empty reply), no HTTP answer at all.
 fn refused(r: Result<meshgate_tests::CurlResponse>, what: &str) -> Result<()> {
@@ -483,7 +618,10 @@ impl Load {
 fn certificates_rotate_under_load_without_a_failed_request() -> Result<()> {
     // Ten-second certificates: every workload renews at half-life, so
     // each is replaced several times while the load runs.
-    let lab = seed(LabOptions { cert_ttl: "10s" })?;
+    let lab = seed(LabOptions {
+        cert_ttl: "10s",
+        ..LabOptions::default()
+    })?;
     let load = Load::start(lab.edge, "/orders/1", None);
     let renewals = |lab: &MeshLab| -> usize { installs(lab).iter().sum() };
     let before = renewals(&lab);
@@ -565,7 +703,10 @@ fn a_sidecar_with_a_wrong_join_token_gets_no_certificate() -> Result<()> {
 
 #[test]
 fn a_root_rotation_under_load_fails_no_request() -> Result<()> {
-    let lab = seed(LabOptions { cert_ttl: "10s" })?;
+    let lab = seed(LabOptions {
+        cert_ttl: "10s",
+        ..LabOptions::default()
+    })?;
     let load = Load::start(lab.edge, "/orders/1", None);
     wait_for(Duration::from_secs(10), "load running", || {
         load.count() > 50
