@@ -46,6 +46,8 @@ class Plan:
     # baseline of the HTTP/3 CPU target) in `fixed_pinnings`.
     h3_pinnings: list = dataclasses.field(default_factory=lambda: ["pinned", "unpinned"])
     h3_fixed: list = dataclasses.field(default_factory=lambda: [1000, 5000])
+    # Unary gRPC at fixed rates (pinned), for the gRPC pair and direct.
+    grpc_fixed: list = dataclasses.field(default_factory=lambda: [1000, 5000])
     conns: int = 64
     threads: int = 2
     h2_streams: int = 10
@@ -83,6 +85,7 @@ QUICK = Plan(
     # sustain even on a busy machine, so the verdicts mean something).
     h3_pinnings=["pinned"],
     h3_fixed=[1000],
+    grpc_fixed=[1000],
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
     warm_up=False,
@@ -99,6 +102,7 @@ class Ctx:
         self.oha = oha
         self.log = log
         self.certs = None
+        self.grpc_request = None
         self.origin = None
         self.loadgen_cpus = None
 
@@ -110,8 +114,9 @@ def main():
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
     ap.add_argument("--targets",
                     help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar,"
-                         "meshgate-sidecar-plain,caddy (caddy is measured only over HTTP/3 and HTTP/2+TLS); "
-                         "default: all, without meshgate-sidecar-plain in the quick plan")
+                         "meshgate-sidecar-plain,meshgate-sidecar-grpc,caddy (caddy is measured only over "
+                         "HTTP/3 and HTTP/2+TLS, meshgate-sidecar-grpc only with gRPC); default: all, without "
+                         "meshgate-sidecar-plain in the quick plan")
     ap.add_argument("--meshgate", default=os.path.join(HERE, "..", "target", "release", "meshgate"),
                     help="meshgate binary (default: target/release/meshgate)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
@@ -175,7 +180,7 @@ def main():
     if args.targets is None:
         # The plaintext pair only prices mTLS: left out of the quick plan,
         # which must stay within 90 s.
-        args.targets = "direct,meshgate,nginx,haproxy,meshgate-sidecar,caddy" + (
+        args.targets = "direct,meshgate,nginx,haproxy,meshgate-sidecar,meshgate-sidecar-grpc,caddy" + (
             "" if args.quick else ",meshgate-sidecar-plain")
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     header = {
@@ -203,6 +208,10 @@ def main():
                                 "--threads 1, access_log off; figures are the pair's (RSS rows also per sidecar)",
             "meshgate-sidecar-plain": "the same pair in permissive mesh mode, plaintext HTTP/2 (prior "
                                       "knowledge) between the sidecars: prices mTLS",
+            "meshgate-sidecar-grpc": "the mTLS pair carrying unary gRPC calls (h2load -d / oha -D with one "
+                                     "request frame, content-type application/grpc), its server sidecar "
+                                     "speaking h2c to the origin's HTTP/2 port, which answers a static reply "
+                                     "frame with grpc-status 0 as a trailer",
         },
     }
     os.makedirs(args.out, exist_ok=True)
@@ -210,6 +219,9 @@ def main():
     rows = []
     try:
         ctx.certs = targets.make_certs(workdir)
+        ctx.grpc_request = os.path.join(workdir, "grpc-request")
+        with open(ctx.grpc_request, "wb") as f:
+            f.write(scenarios.grpc_frame(b"\n\x05hello"))
         for rnd in range(plan.rounds):
             rows += run_round(ctx, rnd, wanted, (cpu_a, cpu_b), all_cpus)
             report.write_json(json_path + ".partial.tmp", header, rows)
@@ -245,7 +257,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     plan, log = ctx.plan, ctx.log
     ctx.origin = targets.NginxOrigin()
     candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy(),
-                  targets.SidecarPair(), targets.SidecarPairPlain(), targets.Caddy()]
+                  targets.SidecarPair(), targets.SidecarPairPlain(), targets.SidecarPairGrpc(), targets.Caddy()]
     chosen = [t for t in candidates if t.name in wanted]
     shift = rnd % len(chosen)
     order = chosen[shift:] + chosen[:shift]
@@ -275,13 +287,15 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             k = rnd % len(h3_order)
             h3_order = h3_order[k:] + h3_order[:k]
 
-        def each(fn, *a, only_proxies=False, tls=False, h3=False):
+        def each(fn, *a, only_proxies=False, tls=False, h3=False, grpc=False):
             for t in (h3_order if h3 else order):
                 if only_proxies and (t.name == "direct" or not t.reloadable):
                     continue
                 if tls and not t.client_tls:
                     continue
                 if t.h3_only and not h3 or h3 and not t.h3:
+                    continue
+                if t.grpc_only and not grpc or grpc and "grpc" not in t.ports:
                     continue
                 r = fn(ctx, t, rnd, *a)
                 if isinstance(r, scenarios.PendingRow):
@@ -339,6 +353,10 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             if pinning in plan.fixed_pinnings:
                 for proto, rate in plan.fixed:
                     each(scenarios.fixed_rate, pinning, proto, rate)
+            each(scenarios.grpc_saturation, pinning, grpc=True)
+            if pinning in plan.fixed_pinnings:
+                for rate in plan.grpc_fixed:
+                    each(scenarios.grpc_fixed_rate, pinning, rate, grpc=True)
         # Last: it changes the proxies' configs.
         each(scenarios.reload_under_load, plan.pinnings[-1], only_proxies=True)
         collect()

@@ -24,6 +24,10 @@ def _ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+# What makes a POST a gRPC call.
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
 def _host_args(tool, host, http2=False):
     """Arguments that make wrk or h2load name `host` as the request's
     authority instead of the URL's (the sidecar routes by it): a Host
@@ -72,9 +76,14 @@ def wrk(url, conns, threads, duration_s, cpus=None, close=False, host=None):
     }
 
 
-def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=None):
+def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=None, grpc=None):
+    """h2load closed loop; with `grpc` (a file holding one gRPC request
+    frame) every request is a unary gRPC call: POST of that frame with the
+    gRPC headers."""
     argv = ["h2load", f"-t{threads}", f"-c{conns}", f"-m{streams}", "-D", str(duration_s)]
     argv += _host_args("h2load", host, http2=not h1)
+    if grpc:
+        argv += ["-d", grpc] + [a for h in GRPC_HEADERS for a in ("-H", h)]
     if h1:
         argv.append("--h1")
     argv.append(url)
@@ -89,7 +98,7 @@ def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=N
         raise LoadError(f"h2load failed (rc {rc}): {(out + err)[-800:]}")
     total, started, done, ok, failed, errored, timeout = map(int, req.groups())
     return {
-        "tool": "h2load-h1" if h1 else "h2load",
+        "tool": "h2load-h1" if h1 else "h2load-grpc" if grpc else "h2load",
         "requests": ok,
         "rps": float(fin.group(3)),
         # h2load's "failed" already includes the errored and timed-out
@@ -101,7 +110,7 @@ def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=N
     }
 
 
-def _oha_argv(binary, url, rate, duration_s, conns, http_version, host):
+def _oha_argv(binary, url, rate, duration_s, conns, http_version, host, grpc=None):
     argv = [
         binary, "--no-tui", "--output-format", "json",
         "-z", f"{duration_s}s", "-c", str(conns), "--insecure",
@@ -114,6 +123,8 @@ def _oha_argv(binary, url, rate, duration_s, conns, http_version, host):
         argv += ["--latency-correction", "-q", str(rate)]
     if http_version != "1.1":
         argv += ["--http-version", http_version]
+    if grpc:
+        argv += ["-m", "POST", "-D", grpc] + [a for h in GRPC_HEADERS for a in ("-H", h)]
     if host is not None:
         # oha's Host header would differ from its HTTP/2 :authority (a
         # malformed request meshgate refuses); name the host in the URL
@@ -160,11 +171,13 @@ def _oha_parse(rc, out, err, duration_s=None):
     }
 
 
-def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None, host=None, http_version=None):
+def oha(binary, url, rate, duration_s, conns, http2=False, cpus=None, host=None, http_version=None,
+        grpc=None):
     """oha for `duration_s`: open loop at `rate` requests/s with
-    `--latency-correction`, or closed loop when `rate` is None."""
-    version = http_version or ("2" if http2 else "1.1")
-    argv = _oha_argv(binary, url, rate, duration_s, conns, version, host)
+    `--latency-correction`, or closed loop when `rate` is None. With `grpc`
+    (a file holding one gRPC request frame), unary gRPC calls over HTTP/2."""
+    version = http_version or ("2" if http2 or grpc else "1.1")
+    argv = _oha_argv(binary, url, rate, duration_s, conns, version, host, grpc)
     rc, out, err = procs.run(argv, timeout=duration_s + 30, cpus=cpus)
     return _oha_parse(rc, out, err)
 

@@ -313,9 +313,17 @@ def _h3_section(rows, p):
     return out
 
 
+def _fixed_rate_combos(rows, grpc=False):
+    """(proto, mode, selector) of each TCP fixed-rate measurement, the gRPC
+    ones only with `grpc` (they are the sidecar section's)."""
+    for proto, mode in _combos(rows, "fixed-rate", ["proto", "mode"]):
+        if proto not in H3_PROTOS and (grpc or proto != "grpc"):
+            yield proto, mode, dict(scenario="fixed-rate", proto=proto, mode=mode)
+
+
 # ------------------------------------------------------------ sidecar pair
 
-PAIRS = ("meshgate-sidecar", "meshgate-sidecar-plain")
+PAIRS = ("meshgate-sidecar", "meshgate-sidecar-plain", "meshgate-sidecar-grpc")
 
 
 def _sidecar_section(rows):
@@ -324,7 +332,9 @@ def _sidecar_section(rows):
     out = ["## Sidecar pair\n",
            "`meshgate-sidecar`: client sidecar -> mTLS, HTTP/2 -> server sidecar -> origin. "
            "`meshgate-sidecar-plain`: the same pair with plaintext HTTP/2 between the sidecars "
-           "(permissive mesh mode). `added` is the pair's percentile minus direct's in the same round "
+           "(permissive mesh mode). `meshgate-sidecar-grpc`: the mTLS pair carrying unary gRPC calls, "
+           "its server sidecar speaking h2c to the origin (`direct` is shown for reference in the gRPC "
+           "rows). `added` is the pair's percentile minus direct's in the same round "
            "(ms); `mTLS / plain` divides the two pairs' added latency round by round. RSS is both "
            "sidecars together.\n"]
     body = []
@@ -332,7 +342,7 @@ def _sidecar_section(rows):
         if proto in H3_PROTOS:
             continue
         kw = dict(scenario="saturation", proto=proto, tool=tool, mode=mode)
-        for t in PAIRS:
+        for t in (("direct",) if proto == "grpc" else ()) + PAIRS:
             if not _select(rows, target=t, **kw):
                 continue
             body.append([proto, tool, mode, t,
@@ -342,20 +352,18 @@ def _sidecar_section(rows):
     if body:
         out.append(_table(["proto", "tool", "mode", "target", "rps", "CPU µs/req", "RSS MiB"], body) + "\n")
     body = []
-    for proto, mode in _combos(rows, "fixed-rate", ["proto", "mode"]):
-        if proto in H3_PROTOS:
-            continue
-        kw = dict(scenario="fixed-rate", proto=proto, mode=mode)
-        for t in PAIRS:
+    for proto, mode, kw in _fixed_rate_combos(rows, grpc=True):
+        for t in (("direct",) if proto == "grpc" else ()) + PAIRS:
             if not _select(rows, target=t, **kw):
                 continue
             cells = [proto, mode, t]
             for pct in ("p50_ms", "p99_ms"):
                 cells.append(_cell(_agg(list(_by_round(rows, t, pct, **kw).values()), max), 3))
-                cells.append(_cell(_agg(list(_added(rows, t, pct, **kw).values()), max), 3))
+                cells.append("–" if t == "direct" else
+                             _cell(_agg(list(_added(rows, t, pct, **kw).values()), max), 3))
             cells.append(_cell(_agg(list(_by_round(rows, t, "cpu_us_per_req", **kw).values()), max), 1))
             cells.append(_cell(_agg(list(_by_round(rows, t, "rss_mib", **kw).values()), max), 1))
-            cells.append("–" if t == PAIRS[1] else
+            cells.append("–" if t != PAIRS[0] else
                          f"p50 {_x(_mtls_cost(rows, 'p50_ms', **kw))}, p99 {_x(_mtls_cost(rows, 'p99_ms', **kw))}")
             body.append(cells)
     if body:
@@ -419,7 +427,7 @@ def markdown(header, rows):
     )
     body = []
     for scen_proto, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"]):
-        if scen_proto in H3_PROTOS:
+        if scen_proto in H3_PROTOS or scen_proto == "grpc":
             continue
         kw = dict(scenario="saturation", proto=scen_proto, tool=tool, mode=mode)
         cells = [scen_proto, tool, mode]
@@ -433,7 +441,7 @@ def markdown(header, rows):
                       + [f"meshgate/{p}" for p in PEERS], body) + "\n")
     body = []
     for scen_proto, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"]):
-        if scen_proto in H3_PROTOS:
+        if scen_proto in H3_PROTOS or scen_proto == "grpc":
             continue
         kw = dict(scenario="saturation", proto=scen_proto, tool=tool, mode=mode)
         cells = [scen_proto, tool, mode]
@@ -456,10 +464,7 @@ def markdown(header, rows):
         "CPU per request at a fixed rate is higher than at saturation (less batching).\n"
     )
     body = []
-    for proto, mode in _combos(rows, "fixed-rate", ["proto", "mode"]):
-        if proto in H3_PROTOS:
-            continue
-        kw = dict(scenario="fixed-rate", proto=proto, mode=mode)
+    for proto, mode, kw in _fixed_rate_combos(rows):
         for t in SHOWN:
             cells = [proto, mode, t]
             for pct in ("p50_ms", "p90_ms", "p99_ms"):

@@ -75,6 +75,9 @@ def _load_row(ctx, target, base, load):
 # ------------------------------------------------------------ saturation
 
 # (proto, tool) pairs measured closed-loop at saturation.
+# The unary method the origin answers (targets.NginxOrigin).
+GRPC_PATH = "/bench.Echo/Unary"
+
 SATURATION = [("http1", "wrk"), ("http1", "h2load-h1"), ("http2", "h2load")]
 
 
@@ -111,6 +114,46 @@ def fixed_rate(ctx, target, rnd, pinning, proto, rate):
     def load():
         return generators.oha(ctx.oha, target.url(proto), rate, d, p.fixed_conns,
                               http2=proto == "http2", cpus=ctx.loadgen_cpus, host=target.host)
+
+    r = _load_row(ctx, target, base, load)
+    r["rate"] = rate
+    r["conns"] = p.fixed_conns
+    return r
+
+
+# ------------------------------------------------------------ gRPC
+
+def grpc_frame(message):
+    """One uncompressed gRPC message frame."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def grpc_saturation(ctx, target, rnd, pinning):
+    """Unary gRPC calls, closed loop: h2load with the request frame."""
+    p = ctx.plan
+    d = p.duration_s
+    url = target.url("grpc", GRPC_PATH)
+    load = lambda: generators.h2load(  # noqa: E731
+        url, p.conns, p.threads, d, streams=p.h2_streams, cpus=ctx.loadgen_cpus, host=target.host,
+        grpc=ctx.grpc_request)
+    base = dict(scenario="saturation", proto="grpc", mode=pinning, pinning=pinning,
+                target=target.name, round=rnd, duration_s=d, tool="h2load-grpc")
+    r = _load_row(ctx, target, base, load)
+    r["conns"] = p.conns
+    r["streams_per_conn"] = p.h2_streams
+    return r
+
+
+def grpc_fixed_rate(ctx, target, rnd, pinning, rate):
+    """Unary gRPC calls at a fixed rate: oha POSTing the request frame."""
+    p = ctx.plan
+    d = p.fixed_duration_s
+    base = dict(scenario="fixed-rate", proto="grpc", mode=f"fixed-{rate // 1000}k", pinning=pinning,
+                target=target.name, round=rnd, duration_s=d, tool="oha")
+
+    def load():
+        return generators.oha(ctx.oha, target.url("grpc", GRPC_PATH), rate, d, p.fixed_conns,
+                              cpus=ctx.loadgen_cpus, host=target.host, grpc=ctx.grpc_request)
 
     r = _load_row(ctx, target, base, load)
     r["rate"] = rate

@@ -32,7 +32,7 @@ import subprocess
 import textwrap
 import time
 
-from . import procs
+from . import procs, scenarios
 
 BODY = "ok"
 
@@ -77,6 +77,8 @@ class Target:
     # whether that is all it is measured on (Caddy, the HTTP/3 peer).
     h3 = False
     h3_only = False
+    # Whether it is measured only in the gRPC rows.
+    grpc_only = False
 
     def __init__(self):
         self.proc = None
@@ -130,13 +132,25 @@ def _nginx_common(workdir, name):
 
 
 class NginxOrigin(Target):
-    """The origin every target forwards to: nginx, one worker, `return 200 "ok"`."""
+    """The origin every target forwards to: nginx, one worker, `return 200 "ok"`.
+    On its HTTP/2 port it also answers the unary gRPC method
+    `scenarios.GRPC_PATH`: a static gRPC reply frame and `grpc-status: 0`
+    as a trailer (POST to a static file turns into the file's GET through
+    `error_page 405 =200`)."""
 
     name = "origin"
     role = "origin"
 
     def start(self, ctx):
         self.ports = {p: procs.free_port() for p in ("http1", "http2", "tls")}
+        self.ports["grpc"] = self.ports["http2"]
+        reply = os.path.join(ctx.workdir, "grpc-reply")
+        with open(reply, "wb") as f:
+            f.write(scenarios.grpc_frame(b"\n\x02ok"))
+        # nginx's worker (not root) reads the file: let it through the
+        # private work directory to it.
+        os.chmod(reply, 0o644)
+        os.chmod(ctx.workdir, 0o711)
         head, http = _nginx_common(ctx.workdir, "origin")
         certs = ctx.certs
         conf = head + "http {\n" + textwrap.indent(http, "    ") + textwrap.indent(
@@ -148,6 +162,13 @@ class NginxOrigin(Target):
                 listen 127.0.0.1:{self.ports['http2']} http2 backlog=4096;
                 listen 127.0.0.1:{self.ports['tls']} ssl http2 backlog=4096;
                 location / {{ return 200 "{BODY}"; }}
+                location = {scenarios.GRPC_PATH} {{
+                    alias {reply};
+                    types {{ }}
+                    default_type application/grpc;
+                    add_trailer grpc-status 0;
+                    error_page 405 =200 $uri;
+                }}
             }}
             """), "    ") + "}\n"
         self.conf = os.path.join(ctx.workdir, "origin.conf")
@@ -459,6 +480,13 @@ class SidecarPair(Target):
     def extra_services(self, server_inbound):
         return ""
 
+    def server_app(self, ctx):
+        """The server sidecar's application port and its flags for it."""
+        return ctx.origin.ports["http1"], []
+
+    def served(self, outbound):
+        return {"http1": outbound, "http2": outbound}
+
     def start(self, ctx):
         state = os.path.join(ctx.workdir, f"{self.name}-state")
         cp = procs.free_port()
@@ -506,20 +534,21 @@ class SidecarPair(Target):
             time.sleep(0.05)
         sidecar = os.path.join(os.path.dirname(ctx.meshgate), "meshgate-sidecar")
 
-        def start_sidecar(name, service, app, inbound):
+        def start_sidecar(name, service, app, inbound, flags=()):
             outbound = procs.free_port()
             p = procs.Proc(name, [
                 sidecar, "--control-plane", f"127.0.0.1:{cp}", "--trust-domain", "bench.meshgate.test",
                 "--ca-file", bundle, "--service", service, "--app", f"127.0.0.1:{app}",
                 "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
-                "--join-token-file", token, "--threads", "1",
+                "--join-token-file", token, "--threads", "1", *flags,
             ], ctx.workdir)
             procs.wait_port(outbound, p)
             return p, outbound
 
-        self.server, _ = start_sidecar(f"{self.name}-server", "origin", ctx.origin.ports["http1"], server_inbound)
+        app, flags = self.server_app(ctx)
+        self.server, _ = start_sidecar(f"{self.name}-server", "origin", app, server_inbound, flags)
         self.proc, out = start_sidecar(f"{self.name}-client", "bench-client", 1, procs.free_port())
-        self.ports = {"http1": out, "http2": out}
+        self.ports = self.served(out)
         # Ready when the client sidecar reaches the server sidecar.
         deadline = time.monotonic() + 15
         while True:
@@ -565,6 +594,22 @@ class SidecarPairPlain(SidecarPair):
             idle_timeout = "5m"
             max_idle_per_endpoint = 256
             """)
+
+
+class SidecarPairGrpc(SidecarPair):
+    """The mTLS pair carrying unary gRPC calls, measured only in the gRPC
+    rows: the server sidecar speaks HTTP/2 with prior knowledge to the
+    origin's HTTP/2 port (`--app-protocol h2c`; nginx 1.22 takes h2c only
+    on a port of its own, so the HTTP/1.1 pair cannot carry gRPC too)."""
+
+    name = "meshgate-sidecar-grpc"
+    grpc_only = True
+
+    def server_app(self, ctx):
+        return ctx.origin.ports["http2"], ["--app-protocol", "h2c"]
+
+    def served(self, outbound):
+        return {"grpc": outbound}
 
 
 def not_built_targets():

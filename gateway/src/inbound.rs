@@ -1,5 +1,6 @@
 //! A sidecar's inbound side: mTLS from mesh peers in, plain HTTP to the
-//! local application out.
+//! local application out: HTTP/1.1, or HTTP/2 with prior knowledge for
+//! gRPC calls (`--app-protocol`).
 //!
 //! The TLS layer (see `sidecar`) already required a client certificate
 //! that chains to the mesh trust bundle; this proxy reads the caller's
@@ -33,12 +34,38 @@ use crate::tls::ClientCert;
 /// The header the application reads the caller's identity from.
 pub(crate) const PEER_IDENTITY_HEADER: &str = "x-meshgate-peer-identity";
 
+/// What the sidecar speaks to its local application (`--app-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AppProtocol {
+    /// HTTP/2 with prior knowledge for gRPC calls (gRPC needs HTTP/2),
+    /// HTTP/1.1 for everything else.
+    Auto,
+    /// HTTP/1.1 for every request.
+    Http1,
+    /// HTTP/2 with prior knowledge for every request.
+    H2c,
+}
+
+impl AppProtocol {
+    fn http2_for(self, req: &RequestHeader) -> bool {
+        match self {
+            AppProtocol::Auto => crate::metrics::is_grpc(req),
+            AppProtocol::Http1 => false,
+            AppProtocol::H2c => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inbound {
     /// The service this sidecar fronts (its authorization rules apply).
     pub(crate) service: String,
     /// The local application.
     pub(crate) app: SocketAddr,
+    /// What is spoken to it.
+    pub(crate) app_protocol: AppProtocol,
+    /// Turns at getting an HTTP/2 connection to it.
+    pub(crate) app_h2_turns: crate::upstream::ConnectTurns,
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) connect_timeout: Duration,
     /// The `inbound` listener's `meshgate_requests_in_flight` gauge.
@@ -56,6 +83,8 @@ pub(crate) struct InboundCtx {
     reason: Option<&'static str>,
     /// When the request went to the application and it answered.
     upstream_times: crate::access_log::UpstreamTimes,
+    /// The turn at getting an HTTP/2 connection to the application.
+    connect_turn: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The request's trace and this hop's spans, from `request_filter` on.
     pub(crate) trace: Option<crate::trace::Hop>,
 }
@@ -106,6 +135,7 @@ impl ProxyHttp for Inbound {
             tls: false,
             reason: None,
             upstream_times: Default::default(),
+            connect_turn: None,
             trace: None,
         }
     }
@@ -152,7 +182,7 @@ impl ProxyHttp for Inbound {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut InboundCtx,
     ) -> Result<Box<HttpPeer>> {
         if let Some(t) = &mut ctx.trace {
@@ -160,7 +190,22 @@ impl ProxyHttp for Inbound {
         }
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
+        if self.app_protocol.http2_for(session.req_header()) {
+            crate::upstream::speak_http2(&mut peer);
+            ctx.connect_turn = self.app_h2_turns.wait(self.connect_timeout).await;
+        }
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut InboundCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.connect_turn = None;
+        e
     }
 
     async fn upstream_request_filter(
@@ -201,8 +246,9 @@ impl ProxyHttp for Inbound {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        _ctx: &mut InboundCtx,
+        ctx: &mut InboundCtx,
     ) -> Result<()> {
+        ctx.connect_turn = None;
         crate::metrics::upstream_connection(true, &self.service, reused);
         Ok(())
     }

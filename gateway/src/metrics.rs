@@ -452,16 +452,19 @@ pub(crate) struct Finished<'a> {
     pub(crate) bytes_out: usize,
 }
 
+/// Whether a request is a gRPC call (`application/grpc`, `+proto` and the
+/// other codecs).
+pub(crate) fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The `protocol` label of a downstream request: `grpc` for a gRPC call
 /// (whatever carries it), otherwise the HTTP version it arrived over;
 /// HTTP/3 requests reach the pipeline as pingora custom sessions.
 pub(crate) fn protocol_of(session: &pingora::proxy::Session) -> &'static str {
-    let grpc = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if is_grpc(session.req_header()) {
         "grpc"
     } else if session.downstream_session.is_custom() {
         "http3"

@@ -93,25 +93,14 @@ impl Flight {
     }
 
     /// For an HTTP/2 endpoint: waits for the current try's turn at getting
-    /// a connection, one try at a time per endpoint, until it has one
-    /// (`end_connect_turn`).
-    ///
-    /// pingora's pool finds an HTTP/2 connection only once its handshake
-    /// is done, so requests that arrive together would each open their own
-    /// connection: a burst of 640 concurrent requests opened about 260 TLS
-    /// connections to one sidecar, and pooled them afterwards. Taking turns,
-    /// the first opens a connection and the rest take streams on it (up to
-    /// its stream limit, then the next opens another). A turn not given
-    /// within `limit` (a connect that hangs) is not waited for.
+    /// a connection ([`ConnectTurns`](crate::upstream::ConnectTurns)),
+    /// held until `end_connect_turn`.
     pub(crate) async fn wait_connect_turn(&mut self, limit: Duration) {
         let Some(t) = &self.current else {
             return;
         };
         let turns = t.endpoint.h2_connect.clone();
-        self.connect_turn = tokio::time::timeout(limit, turns.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        self.connect_turn = turns.wait(limit).await;
     }
 
     /// The try has its connection, or failed to get one: the next may go.

@@ -24,9 +24,8 @@ pub(crate) struct Endpoint {
     pub(crate) key: String,
     pub(crate) load: Arc<EndpointLoad>,
     pub(crate) outlier: Arc<OutlierState>,
-    /// Turns at getting an HTTP/2 connection (one at a time); see
-    /// [`Flight::wait_connect_turn`](crate::resilience::Flight::wait_connect_turn).
-    pub(crate) h2_connect: Arc<tokio::sync::Semaphore>,
+    /// Turns at getting an HTTP/2 connection to it.
+    pub(crate) h2_connect: crate::upstream::ConnectTurns,
 }
 
 /// One service's live state.
@@ -215,10 +214,7 @@ fn build(spec: &ServiceSpec, previous: Option<&ServiceState>) -> ServiceState {
                     load: prev.map_or_else(|| Arc::new(EndpointLoad::new(now)), |p| p.load.clone()),
                     outlier: prev
                         .map_or_else(|| Arc::new(OutlierState::new(now)), |p| p.outlier.clone()),
-                    h2_connect: prev.map_or_else(
-                        || Arc::new(tokio::sync::Semaphore::new(1)),
-                        |p| p.h2_connect.clone(),
-                    ),
+                    h2_connect: prev.map(|p| p.h2_connect.clone()).unwrap_or_default(),
                     spec: e.clone(),
                 })
             })

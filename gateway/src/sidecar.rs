@@ -7,7 +7,8 @@
 //!   timeouts) and leaves over mTLS, HTTP/2 between sidecars.
 //! - **Inbound** (`--inbound`): mTLS; the caller's certificate must
 //!   chain to the mesh trust bundle and its SPIFFE ID must be allowed by
-//!   this service's authorization rules; then plain HTTP to `--app`. In
+//!   this service's authorization rules; then plaintext to `--app`
+//!   (HTTP/1.1, or h2c for gRPC: `--app-protocol`). In
 //!   permissive mesh mode plaintext callers too, without an identity.
 //! - **Control plane**: one TLS stream to the appliance. The sidecar joins
 //!   with its service name, labels and a key it generated (only a CSR
@@ -59,6 +60,11 @@ pub struct Cli {
     /// Address of the local application.
     #[arg(long, value_name = "ADDR")]
     app: SocketAddr,
+    /// What to speak to the application: `auto` is HTTP/2 with prior
+    /// knowledge (h2c) for gRPC calls and HTTP/1.1 for the rest; `http1`
+    /// and `h2c` use one for every request.
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value = "auto")]
+    app_protocol: crate::inbound::AppProtocol,
     /// Where mesh peers connect (mTLS).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
     inbound: SocketAddr,
@@ -260,6 +266,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let inbound = Inbound {
         service: cli.service.clone(),
         app: cli.app,
+        app_protocol: cli.app_protocol,
+        app_h2_turns: Default::default(),
         store: store.clone(),
         connect_timeout: Duration::from_secs(1),
         in_flight: crate::metrics::InFlight::gauge("inbound"),

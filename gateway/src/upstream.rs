@@ -6,9 +6,12 @@
 //! the route and service (set by the caller).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use meshgate_config::{ServiceSpec, UpstreamProtocol, UpstreamTls};
 use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::mesh::MeshTls;
 
@@ -43,12 +46,45 @@ pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec, mesh: &MeshTls) -> Optio
     };
     match svc.protocol {
         UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
-        UpstreamProtocol::Http2 => {
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
-        }
+        UpstreamProtocol::Http2 => speak_http2(&mut peer),
     }
     Some(peer)
+}
+
+/// HTTP/2 only to `peer` (prior knowledge without TLS), its streams
+/// sharing pooled connections.
+pub(crate) fn speak_http2(peer: &mut HttpPeer) {
+    peer.options.set_http_version(2, 2);
+    peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+}
+
+/// Turns at getting an HTTP/2 connection to one endpoint, one try at a
+/// time, held until the try has its connection (or failed to get one).
+///
+/// pingora's pool finds an HTTP/2 connection only once its handshake is
+/// done, so requests that arrive together would each open their own
+/// connection: a burst of 200 concurrent requests through the gateway to
+/// one sidecar opened 99 TLS connections, and pooled them afterwards.
+/// Taking turns, the first opens a connection and the rest take streams
+/// on it (up to its stream limit; then the next opens another).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectTurns(Arc<Semaphore>);
+
+impl Default for ConnectTurns {
+    fn default() -> Self {
+        ConnectTurns(Arc::new(Semaphore::new(1)))
+    }
+}
+
+impl ConnectTurns {
+    /// Waits for a turn; `None` when none came within `limit` (a connect
+    /// that hangs is not waited on for longer than a connect may take).
+    pub(crate) async fn wait(&self, limit: Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(limit, self.0.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-"""Calls meshgate.test.Echo (see grpc_echo_server.py) at TARGET over h2c and
+"""Calls meshgate.test.Echo (see grpc_echo_server.py) at TARGET over h2c
+(naming AUTHORITY in :authority with `--authority AUTHORITY`) and
 prints one JSON object describing what came back: messages, status codes,
 details and trailing metadata. The Rust test judges the result.
 """
@@ -25,7 +26,12 @@ def outcome(call_error=None, call=None):
 def main():
     target = sys.argv[1]
     # Never route loopback test traffic through an HTTP proxy from the environment.
-    channel = grpc.insecure_channel(target, options=(("grpc.enable_http_proxy", 0),))
+    options = [("grpc.enable_http_proxy", 0)]
+    if len(sys.argv) > 3 and sys.argv[2] == "--authority":
+        # The :authority to send, when it is not TARGET: a sidecar's
+        # outbound port routes by the service name in it.
+        options.append(("grpc.default_authority", sys.argv[3]))
+    channel = grpc.insecure_channel(target, options=options)
     unary = channel.unary_unary(SERVICE + "Unary")
     stream = channel.unary_stream(SERVICE + "ServerStream")
     bidi = channel.stream_stream(SERVICE + "Bidi")

@@ -655,3 +655,54 @@ pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Runs a Python client from `tests/py/` and parses the one JSON object it
+/// prints.
+pub fn py_client(script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = run(
+        Command::new("python3").arg(py_script(script)).args(args),
+        Duration::from_secs(60),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "{script} {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{script} printed no JSON: {:?}", out.stdout))
+}
+
+/// The outcome `tests/py/grpc_client.py` reports against the echo server,
+/// whatever sits between them.
+pub fn check_grpc_echo(out: &serde_json::Value, how: &str) {
+    let unary = &out["unary"];
+    assert_eq!(unary["code"], "OK", "{how}: {out}");
+    assert_eq!(unary["reply"], "echo:hello", "{how}: {out}");
+    assert_eq!(unary["trailers"]["x-echo-trailer"], "unary", "{how}: {out}");
+
+    let err = &out["unary_error"];
+    assert_eq!(err["code"], "NOT_FOUND", "{how}: {out}");
+    assert_eq!(err["details"], "no such item: widget-7", "{how}: {out}");
+
+    let stream = &out["server_stream"];
+    assert_eq!(stream["code"], "OK", "{how}: {out}");
+    let items: Vec<String> = (0..50).map(|i| format!("item {i}")).collect();
+    assert_eq!(stream["items"], serde_json::json!(items), "{how}: {out}");
+
+    let failing = &out["server_stream_error"];
+    assert_eq!(failing["code"], "RESOURCE_EXHAUSTED", "{how}: {out}");
+    assert_eq!(failing["details"], "stream quota used up", "{how}: {out}");
+    assert_eq!(
+        failing["items"],
+        serde_json::json!(["item 0", "item 1", "item 2"]),
+        "{how}: messages sent before the error status arrive too: {out}"
+    );
+
+    let bidi = &out["bidi"];
+    assert_eq!(bidi["code"], "OK", "{how}: {out}");
+    let replies: Vec<String> = (0..20).map(|i| format!("echo:m{i}")).collect();
+    assert_eq!(bidi["replies"], serde_json::json!(replies), "{how}: {out}");
+}

@@ -139,12 +139,9 @@ impl MeshLab {
     /// `calls`, the app calls that service through its sidecar. Waits
     /// until the sidecar's listeners accept. Returns its index.
     pub fn add(&mut self, service: &str, version: &str, calls: Option<&str>) -> Result<usize> {
-        let n = self.instances.len();
-        let id = format!("{service}-{n}");
+        let id = format!("{service}-{}", self.instances.len());
         let app_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(bin("meshgate"));
         cmd.args(["demo", "service", "--name", service, "--version", version])
             .args(["--instance", &id, "--listen", &app_addr.to_string()]);
@@ -158,6 +155,24 @@ impl MeshLab {
         }
         let app = Proc::spawn(cmd)?;
         wait_for_port(app_addr).with_context(|| format!("app {id}: {}", app.stderr()))?;
+        self.add_app(service, version, app, app_addr, outbound)
+    }
+
+    /// Starts a sidecar for `service` in front of `app`, already listening
+    /// at `app_addr`, with its outbound port at `outbound`. Returns its
+    /// index.
+    pub fn add_app(
+        &mut self,
+        service: &str,
+        version: &str,
+        app: Proc,
+        app_addr: SocketAddr,
+        outbound: SocketAddr,
+    ) -> Result<usize> {
+        let n = self.instances.len();
+        let id = format!("{service}-{n}");
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let sidecar = self.spawn_sidecar(service, version, app_addr, [inbound, outbound, admin])?;
         self.instances.push(Instance {
             service: service.to_owned(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use meshgate_tests::http1::Client;
 use meshgate_tests::mesh::{LabOptions, MeshLab, TRUST_DOMAIN, service_id};
-use meshgate_tests::{curl, tempdir, wait_for};
+use meshgate_tests::{PyServer, check_grpc_echo, curl, py_client, tempdir, wait_for};
 
 /// The seed layout: product-catalog v1 ×2 and v2, order-processing
 /// calling product-catalog, user-account.
@@ -523,6 +523,44 @@ fn a_burst_of_requests_shares_http2_connections_to_a_sidecar() -> Result<()> {
         (1.0..=3.0).contains(&opened),
         "200 concurrent streams need 2 connections (3 with a race), not one each: {opened}"
     );
+    Ok(())
+}
+
+#[test]
+fn grpc_services_in_the_mesh_keep_status_and_trailers() -> Result<()> {
+    // A gRPC service behind its sidecar, reached by the gateway and by
+    // another service's sidecar: HTTP/2 end to end, the last hop h2c to
+    // the app (gRPC needs HTTP/2), trailers and error statuses intact.
+    let extra = r#"
+[[route]]
+name = "echo"
+match = { path_prefix = "/meshgate.test.Echo/" }
+service = "echo"
+timeout = "10s"
+
+[[service]]
+name = "echo"
+discovery = "mesh"
+"#;
+    let mut lab = MeshLab::start_with(LabOptions::default(), extra)?;
+    let server = PyServer::start("grpc_echo_server.py", &[])?;
+    let outbound = std::net::SocketAddr::from(([127, 0, 0, 1], meshgate_tests::free_port()));
+    lab.add_app("echo", "v1", server.proc, server.addr, outbound)?;
+    let caller = lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/users/1", &["v1"])?;
+
+    let through_gateway = py_client("grpc_client.py", &[&lab.edge.to_string()])?;
+    check_grpc_echo(&through_gateway, "gateway -> mTLS -> sidecar -> app");
+
+    let outbound = lab.instances[caller].outbound.to_string();
+    let args = [outbound.as_str(), "--authority", "echo"];
+    wait_for(
+        Duration::from_secs(15),
+        "the caller's sidecar to know echo",
+        || py_client("grpc_client.py", &args).is_ok(),
+    )?;
+    let through_sidecars = py_client("grpc_client.py", &args)?;
+    check_grpc_echo(&through_sidecars, "sidecar -> mTLS -> sidecar -> app");
     Ok(())
 }
 

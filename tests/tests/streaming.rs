@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use meshgate_tests::{Gateway, Proc, PyServer, free_port, py_script, run, tempdir, wait_for};
+use meshgate_tests::{
+    Gateway, Proc, PyServer, check_grpc_echo, free_port, py_client, py_script, run, tempdir,
+    wait_for,
+};
 use serde_json::Value;
 
 /// Size of the large bodies.
@@ -48,25 +51,6 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn wait_for_log(gw: &Gateway, what: &str, cond: impl Fn(&[Value]) -> bool) {
     wait_for(Duration::from_secs(10), what, || cond(&gw.access_log()))
         .unwrap_or_else(|e| panic!("{e}: {:#?}", gw.access_log()));
-}
-
-/// Runs a Python client from `tests/py/` and parses the one JSON object it
-/// prints.
-fn py_client(script: &str, args: &[&str]) -> Result<Value> {
-    let out = run(
-        Command::new("python3").arg(py_script(script)).args(args),
-        Duration::from_secs(60),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "{script} {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{script} printed no JSON: {:?}", out.stdout))
 }
 
 /// A test CA and a server certificate for the IP address 127.0.0.1.
@@ -175,38 +159,6 @@ fn gateway_trusting(config: &Path, port: u16, ca: Option<&Path>) -> Gateway {
 
 // ---------------------------------------------------------------- gRPC
 
-/// The outcome `tests/py/grpc_client.py` reports against the echo server,
-/// whatever sits between them.
-fn check_grpc(out: &Value, how: &str) {
-    let unary = &out["unary"];
-    assert_eq!(unary["code"], "OK", "{how}: {out}");
-    assert_eq!(unary["reply"], "echo:hello", "{how}: {out}");
-    assert_eq!(unary["trailers"]["x-echo-trailer"], "unary", "{how}: {out}");
-
-    let err = &out["unary_error"];
-    assert_eq!(err["code"], "NOT_FOUND", "{how}: {out}");
-    assert_eq!(err["details"], "no such item: widget-7", "{how}: {out}");
-
-    let stream = &out["server_stream"];
-    assert_eq!(stream["code"], "OK", "{how}: {out}");
-    let items: Vec<String> = (0..50).map(|i| format!("item {i}")).collect();
-    assert_eq!(stream["items"], serde_json::json!(items), "{how}: {out}");
-
-    let failing = &out["server_stream_error"];
-    assert_eq!(failing["code"], "RESOURCE_EXHAUSTED", "{how}: {out}");
-    assert_eq!(failing["details"], "stream quota used up", "{how}: {out}");
-    assert_eq!(
-        failing["items"],
-        serde_json::json!(["item 0", "item 1", "item 2"]),
-        "{how}: messages sent before the error status arrive too: {out}"
-    );
-
-    let bidi = &out["bidi"];
-    assert_eq!(bidi["code"], "OK", "{how}: {out}");
-    let replies: Vec<String> = (0..20).map(|i| format!("echo:m{i}")).collect();
-    assert_eq!(bidi["replies"], serde_json::json!(replies), "{how}: {out}");
-}
-
 fn grpc_gateway_config(port: u16, upstream: SocketAddr, tls: &str) -> String {
     format!(
         r#"{admin}
@@ -238,7 +190,7 @@ access_log = {{ format = "json", path = "stdout" }}
 fn grpc_calls_keep_status_and_trailers_over_h2c() {
     let server = PyServer::start("grpc_echo_server.py", &[]).expect("grpc server");
     let direct = py_client("grpc_client.py", &[&server.addr.to_string()]).expect("direct");
-    check_grpc(&direct, "direct");
+    check_grpc_echo(&direct, "direct");
 
     let dir = tempdir().expect("tempdir");
     let port = free_port();
@@ -249,7 +201,7 @@ fn grpc_calls_keep_status_and_trailers_over_h2c() {
     );
     let gw = Gateway::start(&config, addr(port)).expect("gateway starts");
     let through = py_client("grpc_client.py", &[&addr(port).to_string()]).expect("via gateway");
-    check_grpc(&through, "through the gateway");
+    check_grpc_echo(&through, "through the gateway");
 
     // gRPC calls are logged (and counted) as `grpc`, whatever HTTP version
     // carries them.
@@ -278,7 +230,7 @@ fn grpc_reaches_a_tls_upstream_with_alpn_h2_and_a_verified_certificate() {
     );
     let _gw = gateway_trusting(&config, port, Some(&certs.ca));
     let through = py_client("grpc_client.py", &[&addr(port).to_string()]).expect("via gateway");
-    check_grpc(&through, "through the gateway to a TLS upstream");
+    check_grpc_echo(&through, "through the gateway to a TLS upstream");
 
     // The same gateway without our CA must refuse the upstream's certificate.
     let port = free_port();
