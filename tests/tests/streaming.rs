@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use meshgate_tests::{
-    Gateway, Proc, PyServer, check_grpc_echo, free_port, py_client, py_script, run, tempdir,
-    wait_for,
+    Gateway, Proc, PyServer, check_grpc_echo, free_port, py_client, run, tempdir, wait_for,
 };
 use serde_json::Value;
 
