@@ -215,6 +215,16 @@ impl ConfigStore {
     pub fn reload(&self) -> Result<ReloadOutcome, Diagnostics> {
         match &self.source {
             ConfigSource::File(p) => {
+                // A file truncated to be rewritten in place reads empty,
+                // which is a valid config without listeners or routes:
+                // never swap that in for the running one.
+                if std::fs::metadata(p).is_ok_and(|m| m.len() == 0) {
+                    return Err(crate::single(
+                        &p.display().to_string(),
+                        "the config file is empty".to_owned(),
+                        "write the whole config; the running one serves until then",
+                    ));
+                }
                 let candidate = crate::load_file(p)?;
                 Ok(self.install(candidate))
             }

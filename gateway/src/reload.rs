@@ -113,20 +113,31 @@ impl BackgroundService for Reloader {
             ConfigSource::File(p) => Some(p.clone()),
             ConfigSource::Embedded | ConfigSource::ControlPlane => None,
         };
+        // The file as last applied, and as seen at the previous tick. A
+        // change is applied once the file has stayed the same for a whole
+        // tick: a script or editor that rewrites it in place could
+        // otherwise be read half-written (and a prefix of a config can
+        // be a valid config with fewer routes).
         let mut last = path.as_ref().and_then(stamp);
+        let mut seen = last;
         let tick = self.watch.unwrap_or(Duration::from_secs(3600));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => {
                     last = path.as_ref().and_then(stamp);
+                    seen = last;
                     self.reload("SIGHUP");
                 }
                 _ = tokio::time::sleep(tick), if self.watch.is_some() && path.is_some() => {
                     let now = path.as_ref().and_then(stamp);
                     if now.is_some() && now != last {
-                        last = now;
-                        self.reload("file change");
+                        if now == seen {
+                            last = now;
+                            self.reload("file change");
+                        } else {
+                            seen = now;
+                        }
                     }
                 }
             }

@@ -195,3 +195,44 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     .expect("curl runs");
     assert!(!refused.status.success());
 }
+
+#[test]
+fn a_file_rewritten_in_place_is_applied_whole_and_an_empty_one_never() {
+    let s = Setup::new();
+    // Truncated to be rewritten (the first step of an in-place write):
+    // an empty file is a valid config without routes, and is refused.
+    std::fs::write(&s.file, "").expect("truncate");
+    wait_for(
+        Duration::from_secs(10),
+        "the empty file to be refused",
+        || s.gw.proc.stderr().contains("the config file is empty"),
+    )
+    .expect("refused");
+    let r = curl(&[&s.url("/svc")]).expect("curl");
+    assert_eq!(
+        r.header("x-origin"),
+        Some("a"),
+        "still the old config: {r:?}"
+    );
+
+    // Written in two steps a moment apart (well within the 100 ms watch
+    // interval), the first a valid config on its own (the listener, no
+    // route): only the whole file is applied.
+    let whole = config(s.port, s.admin, "b", s.a.addr, s.b.addr);
+    let cut = whole.find("[[route]]").expect("a route");
+    let before = s.gw.proc.stderr().matches("config reloaded").count();
+    std::fs::write(&s.file, &whole[..cut]).expect("first part");
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&s.file, &whole).expect("the rest");
+    wait_for(Duration::from_secs(10), "the whole file to apply", || {
+        curl(&[&s.url("/svc")]).is_ok_and(|r| r.header("x-origin") == Some("b"))
+    })
+    .expect("applied");
+    let applied = s.gw.proc.stderr().matches("config reloaded").count() - before;
+    assert_eq!(
+        applied,
+        1,
+        "one reload, of the whole file:\n{}",
+        s.gw.proc.stderr()
+    );
+}
