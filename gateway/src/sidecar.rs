@@ -504,7 +504,7 @@ fn handle(shared: &Shared, event: Event) {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             let was = p.store.as_ref().map(|s| s.current().mesh.mode);
-            say_mode(was, snap.mesh.mode);
+            let now = snap.mesh.mode;
             match &p.store {
                 Some(store) => match store.install(snap) {
                     ReloadOutcome::Applied {
@@ -522,6 +522,8 @@ fn handle(shared: &Shared, event: Event) {
                     shared.ready.notify_all();
                 }
             }
+            // Once installed: the line says what new connections get.
+            say_mode(was, now);
         }
     }
 }
