@@ -473,8 +473,7 @@ class SidecarPair(Target):
         self.appliance = None
         self.server = None
 
-    # The mesh's mode, and the service the client names: the mTLS pair
-    # calls the server sidecar as a mesh service.
+    # The mesh's mode: the mTLS pair's is strict.
     mode = "strict"
 
     def extra_services(self, server_inbound):

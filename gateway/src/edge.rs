@@ -598,19 +598,16 @@ impl ProxyHttp for Edge {
                 "no mesh identity to reach a mesh service with",
             ));
         };
-        peer.options.connection_timeout = Some(match try_timeout {
+        let connect_timeout = match try_timeout {
             Some(t) => t.min(svc.connect_timeout),
             None => svc.connect_timeout,
-        });
+        };
+        peer.options.connection_timeout = Some(connect_timeout);
         peer.options.idle_timeout = Some(svc.idle_timeout);
         peer.options.read_timeout = try_timeout;
         peer.options.write_timeout = try_timeout;
         if svc.protocol == UpstreamProtocol::Http2 {
-            let limit = peer
-                .options
-                .connection_timeout
-                .unwrap_or(svc.connect_timeout);
-            ctx.flight.wait_connect_turn(limit).await;
+            ctx.flight.wait_connect_turn(connect_timeout).await;
         }
         Ok(Box::new(peer))
     }

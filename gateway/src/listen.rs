@@ -143,15 +143,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
             let held = Held::new(open.clone());
             let app = self.app.clone();
             let tls = self.tls.clone();
-            // Asked now, so a mode change applies to the next connection.
+            // Asked now, so a mode change applies to the next connection;
+            // the name is for counting a plaintext one.
             let plaintext_too = self.plaintext_too.as_ref().is_some_and(|check| check());
             let name = plaintext_too.then(|| self.name.clone());
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _held = held;
-                // Boxed: the handshake's state (and the rest of
-                // `prepare`'s) is freed when it ends instead of sizing the
-                // task for the connection's life.
                 let tls = match (tls.as_deref(), name) {
                     (Some(tls), Some(name)) => match sniff(&tcp).await {
                         None => return,
@@ -163,6 +161,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
                     },
                     (tls, _) => tls,
                 };
+                // Boxed: the handshake's state (and the rest of
+                // `prepare`'s) is freed when it ends instead of sizing the
+                // task for the connection's life.
                 let Some(stream) = Box::pin(prepare(tcp, peer, tls)).await else {
                     return;
                 };

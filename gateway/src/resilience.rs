@@ -99,8 +99,7 @@ impl Flight {
         let Some(t) = &self.current else {
             return;
         };
-        let turns = t.endpoint.h2_connect.clone();
-        self.connect_turn = turns.wait(limit).await;
+        self.connect_turn = t.endpoint.h2_connect.wait(limit).await;
     }
 
     /// The try has its connection, or failed to get one: the next may go.

@@ -35,8 +35,8 @@ pub struct Instance {
     pub version: String,
     /// Instance id the app reports.
     pub id: String,
-    /// The app process.
-    pub app: Proc,
+    /// The app process (`None`: the test holds the application itself).
+    pub app: Option<Proc>,
     /// Where the app listens (plain HTTP, loopback).
     pub app_addr: SocketAddr,
     /// The sidecar process.
@@ -155,25 +155,32 @@ impl MeshLab {
         }
         let app = Proc::spawn(cmd)?;
         wait_for_port(app_addr).with_context(|| format!("app {id}: {}", app.stderr()))?;
-        self.add_app(service, version, app, app_addr, outbound)
+        self.add_app(service, version, Some(app), app_addr, outbound, &[])
     }
 
-    /// Starts a sidecar for `service` in front of `app`, already listening
-    /// at `app_addr`, with its outbound port at `outbound`. Returns its
-    /// index.
+    /// Starts a sidecar for `service` (with `sidecar_args` added to its
+    /// command line) in front of an application already listening at
+    /// `app_addr`, with its outbound port at `outbound`. Returns its index.
     pub fn add_app(
         &mut self,
         service: &str,
         version: &str,
-        app: Proc,
+        app: Option<Proc>,
         app_addr: SocketAddr,
         outbound: SocketAddr,
+        sidecar_args: &[&str],
     ) -> Result<usize> {
         let n = self.instances.len();
         let id = format!("{service}-{n}");
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let sidecar = self.spawn_sidecar(service, version, app_addr, [inbound, outbound, admin])?;
+        let sidecar = self.spawn_sidecar(
+            service,
+            version,
+            app_addr,
+            [inbound, outbound, admin],
+            sidecar_args,
+        )?;
         self.instances.push(Instance {
             service: service.to_owned(),
             version: version.to_owned(),
@@ -194,6 +201,7 @@ impl MeshLab {
         version: &str,
         app: SocketAddr,
         [inbound, outbound, admin]: [SocketAddr; 3],
+        extra_args: &[&str],
     ) -> Result<Proc> {
         let mut cmd = Command::new(bin("meshgate-sidecar"));
         cmd.args(["--control-plane", &self.control_plane.to_string()])
@@ -211,7 +219,8 @@ impl MeshLab {
             .args(["--outbound", &outbound.to_string()])
             .args(["--admin", &admin.to_string()])
             .arg("--join-token-file")
-            .arg(self.dir.join("join-token"));
+            .arg(self.dir.join("join-token"))
+            .args(extra_args);
         if let Some(token) = &self.sidecar_admin_token {
             let file = self.dir.join(format!("admin-token-{}", free_port()));
             std::fs::write(&file, token)?;

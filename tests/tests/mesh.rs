@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use meshgate_tests::http1::Client;
 use meshgate_tests::mesh::{LabOptions, MeshLab, TRUST_DOMAIN, service_id};
-use meshgate_tests::{PyServer, check_grpc_echo, curl, py_client, tempdir, wait_for};
+use meshgate_tests::{Gateway, PyServer, check_grpc_echo, curl, py_client, tempdir, wait_for};
 
 /// The seed layout: product-catalog v1 ×2 and v2, order-processing
 /// calling product-catalog, user-account.
@@ -201,7 +201,11 @@ fn a_flaky_instance_is_retried_around_and_a_killed_one_ejected() -> Result<()> {
 
     // Kill instance 1's app outright: its sidecar answers 502, the
     // callers retry elsewhere and eject it.
-    lab.instances[1].app.signal("KILL")?;
+    lab.instances[1]
+        .app
+        .as_ref()
+        .context("the demo app")?
+        .signal("KILL")?;
     let (failures, seen) = drive(&lab, "/catalog/items", 300)?;
     assert!(failures.is_empty(), "{failures:?}");
     assert!(seen.contains_key("product-catalog-0"), "{seen:?}");
@@ -545,7 +549,7 @@ discovery = "mesh"
     let mut lab = MeshLab::start_with(LabOptions::default(), extra)?;
     let server = PyServer::start("grpc_echo_server.py", &[])?;
     let outbound = std::net::SocketAddr::from(([127, 0, 0, 1], meshgate_tests::free_port()));
-    lab.add_app("echo", "v1", server.proc, server.addr, outbound)?;
+    lab.add_app("echo", "v1", Some(server.proc), server.addr, outbound, &[])?;
     let caller = lab.add("user-account", "v1", None)?;
     lab.wait_serving("/users/1", &["v1"])?;
 
@@ -561,6 +565,54 @@ discovery = "mesh"
     )?;
     let through_sidecars = py_client("grpc_client.py", &args)?;
     check_grpc_echo(&through_sidecars, "sidecar -> mTLS -> sidecar -> app");
+    Ok(())
+}
+
+#[test]
+fn app_protocol_h2c_speaks_http2_to_the_application_for_every_request() -> Result<()> {
+    // The application is a meshgate gateway answering by itself: its
+    // access log says which protocol each request reached it over. Two
+    // services front it: one with `--app-protocol h2c`, one with the
+    // default (`auto`: HTTP/1.1 unless the request is gRPC).
+    let (app, app_addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        "[[route]]\nname = \"hi\"\nmatch = { path_prefix = \"/\" }\n\
+         respond = { status = 200, body = \"hi\" }\n\n\
+         [observability]\naccess_log = { format = \"json\", path = \"stdout\" }\n",
+    )?;
+    let extra = "\n[[service]]\nname = \"h2c-app\"\ndiscovery = \"mesh\"\n\n\
+                 [[service]]\nname = \"auto-app\"\ndiscovery = \"mesh\"\n";
+    let mut lab = MeshLab::start_with(LabOptions::default(), extra)?;
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], meshgate_tests::free_port()));
+    let h2c = ["--app-protocol", "h2c"];
+    lab.add_app("h2c-app", "v1", None, app_addr, port(), &h2c)?;
+    lab.add_app("auto-app", "v1", None, app_addr, port(), &[])?;
+    let caller = lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/users/1", &["v1"])?;
+
+    let outbound = lab.instances[caller].outbound;
+    for (service, path) in [("h2c-app", "/via-h2c"), ("auto-app", "/via-auto")] {
+        let url = format!("http://{outbound}{path}");
+        let host = format!("host: {service}");
+        wait_for(
+            Duration::from_secs(15),
+            "the caller's sidecar to know it",
+            || curl(&["-H", &host, &url]).is_ok_and(|r| r.status == 200 && r.body == "hi"),
+        )?;
+    }
+    let proto = |path: &str| -> Option<String> {
+        app.access_log()
+            .iter()
+            .find(|l| l["path"] == path)
+            .and_then(|l| l["proto"].as_str().map(str::to_owned))
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the app's access-log lines",
+        || proto("/via-h2c").is_some() && proto("/via-auto").is_some(),
+    )?;
+    assert_eq!(proto("/via-h2c").as_deref(), Some("http2"));
+    assert_eq!(proto("/via-auto").as_deref(), Some("http1"));
     Ok(())
 }
 
