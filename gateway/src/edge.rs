@@ -287,6 +287,10 @@ impl Edge {
 impl ProxyHttp for Edge {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        crate::framing::Http10Framing::install(modules);
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
@@ -320,7 +324,11 @@ impl ProxyHttp for Edge {
         })?;
         // 0 would mean "forever" to pingora; a sub-second setting rounds up.
         // While draining, HTTP/1.1 connections close after this request.
-        if crate::server::DRAINING.load(Ordering::Relaxed) {
+        // pingora's setter keeps a connection open unless the client said
+        // `close`; an HTTP/1.0 client that did not ask for keep-alive
+        // (`get_keepalive` is then off) waits for the close to end its
+        // response.
+        if crate::server::DRAINING.load(Ordering::Relaxed) || session.get_keepalive().is_none() {
             session.set_keepalive(None);
         } else {
             session.set_keepalive(Some(self.idle_secs.max(1)));
@@ -802,6 +810,14 @@ impl ProxyHttp for Edge {
             }
         }
         apply_header_rules(&route.request_headers, upstream)?;
+        // HTTP/1.0 allows a request without a Host; HTTP/1.1 upstream
+        // requires one. Name the endpoint, as nginx does by default.
+        if upstream.uri.authority().is_none() && !upstream.headers.contains_key(http::header::HOST)
+        {
+            if let Some(addr) = ctx.upstream {
+                upstream.insert_header(http::header::HOST, addr.to_string())?;
+            }
+        }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
             let prev = upstream
                 .headers
@@ -854,6 +870,7 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
+        framing::close_unframed_for_http10(session, resp);
         self.advertise_http3(session, resp)?;
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());

@@ -17,9 +17,14 @@
 //! the connection is closed afterwards so no byte after the rejected head
 //! is ever parsed as a request. HTTP/2 frames messages itself and is not
 //! checked here.
+//!
+//! One response rule lives here too: an HTTP/1.0 client gets a body of
+//! unknown length delimited by the close, never chunked
+//! ([`close_unframed_for_http10`], [`Http10Framing`]).
 
 use http::Version;
 use meshgate_config::ListenerLimits;
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -123,6 +128,72 @@ pub(crate) fn enforce(session: &mut Session, limits: HeadLimits) -> Result<()> {
                     .into_down(),
             )
         }
+    }
+}
+
+/// An HTTP/1.0 client cannot read chunked encoding, and pingora sends a
+/// response without a length chunked. Such a response goes to an HTTP/1.0
+/// client delimited by the connection's close instead, as nginx sends it:
+/// this, from `response_filter`, closes the connection after it, and
+/// [`Http10Framing`] takes the chunked encoding off the final head.
+pub(crate) fn close_unframed_for_http10(session: &mut Session, resp: &ResponseHeader) {
+    if session.as_downstream().as_http1().is_some()
+        && session.req_header().version == Version::HTTP_10
+        && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        session.set_keepalive(None);
+    }
+}
+
+/// The downstream module that sends an HTTP/1.0 client a body of unknown
+/// length without chunked encoding (see [`close_unframed_for_http10`]). A
+/// module, because for an HTTP/2 upstream pingora adds the encoding after
+/// `response_filter` has run; modules see the head as it is written.
+pub(crate) struct Http10Framing;
+
+impl Http10Framing {
+    /// The module list of our proxies: this one alone (pingora's default
+    /// list holds only a compression module, and it is switched off).
+    pub(crate) fn install(modules: &mut HttpModules) {
+        modules.add_module(Box::new(Http10Framing));
+    }
+}
+
+impl HttpModuleBuilder for Http10Framing {
+    fn init(&self) -> Module {
+        Box::new(Http10Request { http10: false })
+    }
+}
+
+/// Per request: whether the client spoke HTTP/1.0.
+struct Http10Request {
+    http10: bool,
+}
+
+#[async_trait::async_trait]
+impl HttpModule for Http10Request {
+    async fn request_header_filter(&mut self, req: &mut RequestHeader) -> Result<()> {
+        self.http10 = req.version == Version::HTTP_10;
+        Ok(())
+    }
+
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        _end_of_stream: bool,
+    ) -> Result<()> {
+        if self.http10 {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

@@ -126,6 +126,10 @@ fn peer_identity(session: &Session) -> Option<String> {
 impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        crate::framing::Http10Framing::install(modules);
+    }
+
     fn new_ctx(&self) -> InboundCtx {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InboundCtx {
@@ -235,6 +239,17 @@ impl ProxyHttp for Inbound {
         if let Some(t) = &mut ctx.trace {
             t.try_status(resp.status.as_u16());
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        // A plaintext caller in permissive mode may speak HTTP/1.0.
+        crate::framing::close_unframed_for_http10(session, resp);
         Ok(())
     }
 

@@ -851,3 +851,36 @@ fn unusual_but_valid_heads_pass() {
         s.wait_origin(&[&want]);
     }
 }
+
+#[test]
+fn http_1_0_requests_close_unless_kept_alive_and_get_a_host_upstream() {
+    let s = setup();
+    // HTTP/1.0 without `Connection: keep-alive` and without a Host: the
+    // answer, then the close that ends it for the client.
+    let ex = exchange(s.addr, b"GET /ten HTTP/1.0\r\n\r\n");
+    assert_eq!(ex.replies.len(), 1, "{}", ex.raw);
+    assert_eq!(ex.replies[0].status, 200, "{}", ex.raw);
+    assert_eq!(
+        ex.replies[0].header("connection"),
+        Some("close"),
+        "{}",
+        ex.raw
+    );
+    assert!(ex.closed, "an HTTP/1.0 connection stayed open: {}", ex.raw);
+    // The origin speaks HTTP/1.1 with us and needs a Host: the endpoint's.
+    let origin = s.origin.addr.to_string();
+    assert_eq!(ex.replies[0].header("x-seen-host"), Some(origin.as_str()));
+
+    // Asked for, keep-alive holds for the next request, which does not ask.
+    let ex = exchange(
+        s.addr,
+        b"GET /ten-a HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n\
+          GET /ten-b HTTP/1.0\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(ex.replies.len(), 2, "{}", ex.raw);
+    assert_eq!(ex.replies[0].header("connection"), Some("keep-alive"));
+    assert_eq!(ex.replies[0].header("x-seen-host"), Some("t"));
+    assert_eq!(ex.replies[1].header("connection"), Some("close"));
+    assert!(ex.closed, "{}", ex.raw);
+    s.wait_origin(&["GET /ten 0", "GET /ten-a 0", "GET /ten-b 0"]);
+}

@@ -734,6 +734,36 @@ fn chunked_response_reaches_the_client_before_the_origin_finishes() {
     }
 }
 
+#[test]
+fn http_1_0_client_gets_a_chunked_answer_delimited_by_the_close() {
+    use std::io::Read;
+    let stack = Stack::start();
+    // `/h1`: the origin answers chunked; `/h2c`: an HTTP/2 answer without a
+    // length, which the gateway would send on as chunked.
+    for leg in ["/h1", "/h2c"] {
+        let id = format!("ten{}", leg.replace('/', "-"));
+        let release = format!("http://{}/release?id={id}", stack.origin.addr);
+        assert_eq!(
+            meshgate_tests::curl(&[&release]).expect("release").status,
+            200
+        );
+        let mut s = std::net::TcpStream::connect(addr(stack.a_port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {leg}/chunked?id={id} HTTP/1.0\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        // An error here is the read timeout: the connection stayed open.
+        s.read_to_end(&mut raw)
+            .unwrap_or_else(|e| panic!("{leg}: not closed: {e}: {raw:?}"));
+        let raw = String::from_utf8_lossy(&raw);
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{leg}: {raw}");
+        assert!(!head.contains("transfer-encoding"), "{leg}: {raw}");
+        assert!(head.contains("connection: close"), "{leg}: {raw}");
+        assert_eq!(body, "first part\nsecond part\nlast part\n", "{leg}: {raw}");
+    }
+}
+
 /// Totals from h2load's "requests:" line.
 fn h2load_requests(out: &str) -> Option<Vec<(String, u64)>> {
     let line = out.lines().find_map(|l| l.strip_prefix("requests:"))?;
