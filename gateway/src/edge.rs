@@ -812,11 +812,10 @@ impl ProxyHttp for Edge {
         apply_header_rules(&route.request_headers, upstream)?;
         // HTTP/1.0 allows a request without a Host; HTTP/1.1 upstream
         // requires one. Name the endpoint, as nginx does by default.
-        if upstream.uri.authority().is_none() && !upstream.headers.contains_key(http::header::HOST)
-        {
-            if let Some(addr) = ctx.upstream {
-                upstream.insert_header(http::header::HOST, addr.to_string())?;
-            }
+        if let Some(addr) = ctx.upstream.filter(|_| {
+            upstream.uri.authority().is_none() && !upstream.headers.contains_key(http::header::HOST)
+        }) {
+            upstream.insert_header(http::header::HOST, addr.to_string())?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
             let prev = upstream

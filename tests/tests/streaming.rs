@@ -748,8 +748,9 @@ fn http_1_0_client_gets_a_chunked_answer_delimited_by_the_close() {
             200
         );
         let mut s = std::net::TcpStream::connect(addr(stack.a_port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {leg}/chunked?id={id} HTTP/1.0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        write!(s, "GET {leg}/chunked?id={id} HTTP/1.0\r\n\r\n").expect("send");
         let mut raw = Vec::new();
         // An error here is the read timeout: the connection stayed open.
         s.read_to_end(&mut raw)
