@@ -350,6 +350,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             for proto, tool in plan.saturation:
                 each(scenarios.saturation, pinning, proto, tool)
             each(scenarios.tls_handshake, pinning, tls=True)
+            each(scenarios.tls_handshake, pinning, True, tls=True)
             if pinning in plan.fixed_pinnings:
                 for proto, rate in plan.fixed:
                     each(scenarios.fixed_rate, pinning, proto, rate)

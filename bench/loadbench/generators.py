@@ -76,6 +76,41 @@ def wrk(url, conns, threads, duration_s, cpus=None, close=False, host=None):
     }
 
 
+def s_time(port, clients, duration_s, cpus=None):
+    """Full TLS handshakes: `clients` copies of `openssl s_time -new`, each
+    connecting over and over for `duration_s`, with a new session every
+    time (no resumption; wrk resumes TLS sessions), sending
+    `GET / HTTP/1.0` and reading the answer until the server closes."""
+    argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-www", "/",
+            "-time", str(duration_s)]
+    running = [procs.Client(argv, cpus=cpus) for _ in range(clients)]
+    requests, per_conn = 0, []
+    failure = None
+    for c in running:
+        rc, out, err = c.finish(duration_s + 30)
+        m = re.search(r"(\d+) connections in [\d.]+ real seconds, (\d+) bytes read per connection", out)
+        if rc != 0 or not m:
+            failure = failure or f"openssl s_time failed (rc {rc}): {(out + err)[-800:]}"
+            continue
+        requests += int(m.group(1))
+        per_conn.append(int(m.group(2)))
+    if failure:
+        raise LoadError(failure)
+    # A connection that ended before its answer reads nothing.
+    if not requests or min(per_conn) == 0:
+        raise LoadError(f"openssl s_time read no answers ({requests} connections)")
+    return {
+        "tool": "openssl-s_time",
+        "requests": requests,
+        "rps": requests / duration_s,
+        "errors": 0,
+        "bytes_per_conn": min(per_conn),
+        "p50_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+    }
+
+
 def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=None, grpc=None):
     """h2load closed loop; with `grpc` (a file holding one gRPC request
     frame) every request is a unary gRPC call: POST of that frame with the

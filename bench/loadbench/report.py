@@ -482,26 +482,31 @@ def markdown(header, rows):
     out += _sidecar_section(rows)
 
     # TLS
-    out.append("## TLS 1.3 full handshakes (one request per connection)\n")
+    out.append("## TLS 1.3 handshakes (one request per connection)\n")
     out.append(
-        "wrk with `Connection: close`: every request is a new TCP connection and a full TLS 1.3 "
-        "handshake (ECDSA P-256 certificate, wrk does not resume sessions). `per core` is "
-        "1e6 / CPU µs per handshake: handshakes one core could do at that cost.\n"
+        "Every request is a new TCP connection and a TLS 1.3 handshake (ECDSA P-256 certificate). "
+        "**Full**: four `openssl s_time -new` clients, which never resume a session, each sending "
+        "`GET / HTTP/1.0`. **Resumed**: wrk with `Connection: close`, which resumes the session of "
+        "its previous connection (a PSK handshake with a fresh key exchange; no certificate, no "
+        "signature). `per core` is 1e6 / CPU µs per handshake: handshakes one core could do at "
+        "that cost.\n"
     )
     body = []
-    for (mode,) in _combos(rows, "tls-handshake", ["mode"]):
-        kw = dict(scenario="tls-handshake", mode=mode)
-        for t in SHOWN:
-            sel = _select(rows, target=t, **kw)
-            ver = sel[0].get("tls_version") if sel else None
-            body.append([mode, t,
-                         _cell(_agg(list(_by_round(rows, t, "rps", **kw).values()), min), 0),
-                         _cell(_agg(list(_by_round(rows, t, "cpu_us_per_req", **kw).values()), max), 0),
-                         _cell(_agg(list(_by_round(rows, t, "handshakes_per_core_s", **kw).values()), min), 0),
-                         "–" if t == "meshgate" else
-                         _x(_ratio(rows, "handshakes_per_core_s", "meshgate", t, min, **kw)),
-                         ver or "–"])
-    out.append(_table(["mode", "target", "handshakes/s", "CPU µs each", "per core /s",
+    for scenario, kind in (("tls-handshake", "full"), ("tls-resumption", "resumed")):
+        for (mode,) in _combos(rows, scenario, ["mode"]):
+            kw = dict(scenario=scenario, mode=mode)
+            for t in SHOWN:
+                sel = _select(rows, target=t, **kw)
+                ver = sel[0].get("tls_version") if sel else None
+                body.append([kind, mode, t,
+                             _cell(_agg(list(_by_round(rows, t, "rps", **kw).values()), min), 0),
+                             _cell(_agg(list(_by_round(rows, t, "cpu_us_per_req", **kw).values()), max), 0),
+                             _cell(_agg(list(_by_round(rows, t, "handshakes_per_core_s", **kw).values()),
+                                        min), 0),
+                             "–" if t == "meshgate" else
+                             _x(_ratio(rows, "handshakes_per_core_s", "meshgate", t, min, **kw)),
+                             ver or "–"])
+    out.append(_table(["handshake", "mode", "target", "handshakes/s", "CPU µs each", "per core /s",
                        "meshgate per core / this", "version"], body) + "\n")
 
     # Memory

@@ -66,7 +66,7 @@ def _load_row(ctx, target, base, load):
     )
     if target.name != "direct":
         r["origin_cpu_us_per_req"] = _cpu_us_per_req(ocpu, res["requests"])
-    for extra in ("socket_errors", "error_kinds"):
+    for extra in ("socket_errors", "error_kinds", "bytes_per_conn"):
         if res.get(extra):
             r[extra] = res[extra]
     return r
@@ -174,16 +174,27 @@ def tls_version(port):
             return t.version(), t.cipher()[0]
 
 
-def tls_handshake(ctx, target, rnd, pinning):
-    """Full TLS handshakes: wrk sends `Connection: close`, so every request
-    opens a new connection, and wrk does not resume sessions."""
+# Concurrent `openssl s_time` clients: each is one connection at a time.
+S_TIME_CLIENTS = 4
+
+
+def tls_handshake(ctx, target, rnd, pinning, resume=False):
+    """One request per connection, so one TLS 1.3 handshake per request.
+    Full handshakes by default: `openssl s_time -new` never resumes a
+    session. With `resume`, wrk with `Connection: close`: wrk keeps the
+    session of its previous connection and resumes it (a PSK handshake,
+    still with a fresh key exchange), as browsers and most clients do."""
     p = ctx.plan
     d = p.duration_s
-    base = dict(scenario="tls-handshake", proto="tls-handshake", mode=pinning, pinning=pinning,
+    scenario = "tls-resumption" if resume else "tls-handshake"
+    base = dict(scenario=scenario, proto="tls-handshake", mode=pinning, pinning=pinning,
                 target=target.name, round=rnd, duration_s=d)
 
     def load():
-        return generators.wrk(target.url("tls"), p.conns, p.threads, d, cpus=ctx.loadgen_cpus, close=True)
+        if resume:
+            return generators.wrk(target.url("tls"), p.conns, p.threads, d, cpus=ctx.loadgen_cpus,
+                                  close=True)
+        return generators.s_time(target.ports["tls"], S_TIME_CLIENTS, d, cpus=ctx.loadgen_cpus)
 
     r = _load_row(ctx, target, base, load)
     try:
