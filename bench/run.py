@@ -55,6 +55,8 @@ class Plan:
     idle_conns: int = 1000
     # One second of load on each target before the first timed run of a round.
     warm_up: bool = True
+    # Resumed TLS handshakes (wrk) beside the full ones (openssl s_time).
+    tls_resumption: bool = True
 
 
 FULL = Plan(
@@ -89,6 +91,7 @@ QUICK = Plan(
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
     warm_up=False,
+    tls_resumption=False,
 )
 
 
@@ -350,7 +353,8 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             for proto, tool in plan.saturation:
                 each(scenarios.saturation, pinning, proto, tool)
             each(scenarios.tls_handshake, pinning, tls=True)
-            each(scenarios.tls_handshake, pinning, True, tls=True)
+            if plan.tls_resumption:
+                each(scenarios.tls_handshake, pinning, True, tls=True)
             if pinning in plan.fixed_pinnings:
                 for proto, rate in plan.fixed:
                     each(scenarios.fixed_rate, pinning, proto, rate)

@@ -513,7 +513,9 @@ def markdown(header, rows):
     out.append("## Memory (VmRSS of the whole process tree)\n")
     out.append(
         f"Idle right after start; then with {p['idle_conns']} idle keep-alive connections (one request "
-        "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count. "
+        "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count, "
+        "the baseline taken after 10 connections were opened and closed (the first ones fault in code "
+        "and set up libraries once per process). "
         "The proxies are restarted between the plain and the TLS connections, so the TLS figure does not "
         "reuse memory the allocator kept from the plain ones. "
         "Under load: the peak during the first HTTP/1.1 wrk run; it comes after the idle-connection "
