@@ -367,10 +367,14 @@ def reload_under_load(ctx, target, rnd, pinning):
 def warm_up(ctx, target):
     """One second of load before the first timed run of a round (pools, caches).
     A target with only a TLS port (Caddy) gets it over HTTP/2 with oha; not
-    over HTTP/3, whose oha can linger for Caddy's QUIC idle timeout."""
+    over HTTP/3, whose oha can linger for Caddy's QUIC idle timeout. The
+    gRPC pair gets unary calls."""
     try:
         if "http1" in target.ports:
             generators.wrk(target.url("http1"), ctx.plan.conns, ctx.plan.threads, 1, host=target.host)
+        elif "grpc" in target.ports:
+            generators.h2load(target.url("grpc", GRPC_PATH), ctx.plan.conns, ctx.plan.threads, 1,
+                              streams=ctx.plan.h2_streams, host=target.host, grpc=ctx.grpc_request)
         else:
             generators.oha(ctx.oha, target.url("tls"), None, 1, ctx.plan.conns, http2=True)
     except generators.LoadError:
