@@ -2,7 +2,7 @@
 """Load benchmark of meshgate against direct, nginx and HAProxy, and against
 Caddy over HTTP/3 (issue 4).
 
-    make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (about 50 min)
+    make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (about 57 min)
     make bench-quick    # 1 round, 2 s runs, pinned only (about 80-95 s)
     python3 bench/run.py --help
 
