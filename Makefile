@@ -61,7 +61,7 @@ bench:
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench" python3 bench/run.py $(BENCH_ARGS)
 
-# The same in about 80-95 s: one round, 2 s runs, pinned mode only.
+# The same in about 80-110 s: one round, 2 s runs, pinned mode only.
 bench-quick:
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench-quick" python3 bench/run.py --quick $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 Caddy over HTTP/3 (issue 4).
 
     make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (about 57 min)
-    make bench-quick    # 1 round, 2 s runs, pinned only (about 80-95 s)
+    make bench-quick    # 1 round, 2 s runs, pinned only (about 80-110 s)
     python3 bench/run.py --help
 
 Installs what it needs (Debian packages with apt-get when root, oha with
@@ -112,7 +112,7 @@ class Ctx:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-95 s (make bench-quick)")
+    ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-110 s (make bench-quick)")
     ap.add_argument("--rounds", type=int, help="override the plan's number of rounds (1-10)")
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
     ap.add_argument("--targets",

@@ -733,7 +733,7 @@ mod tests {
             assert_eq!(aws_lc, ours.name() == G::X25519, "{:?}", ours.name());
             assert_eq!(from_ring, ours.name() != G::X25519, "{:?}", ours.name());
         }
-        // A client of another implementation agrees on each of them.
+        // A ring client agrees with the server on each of them.
         for group in [G::X25519, G::secp256r1, G::secp384r1] {
             assert_eq!(handshake_with(edge_provider(), group), group);
         }

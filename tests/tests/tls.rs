@@ -315,23 +315,23 @@ fn sni_picks_the_certificate_and_falls_back_to_the_first() {
     assert_eq!(r.status, 200);
 }
 
+/// What `openssl s_client -tls1_3 ARGS` prints of a handshake with the
+/// listener on `port`.
+fn s_client_tls13(port: u16, args: &[&str]) -> String {
+    let connect = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &connect, "-tls1_3"]);
+    cmd.args(args);
+    cmd.stdin(std::process::Stdio::null());
+    let out = run(&mut cmd, Duration::from_secs(15)).expect("openssl s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_server_picks_the_cipher_suite() {
     let s = start(r#"["http1", "http2"]"#, "");
     let negotiated = |suites: &str| {
-        let connect = format!("127.0.0.1:{}", s.port);
-        let mut cmd = Command::new("openssl");
-        cmd.args([
-            "s_client",
-            "-connect",
-            &connect,
-            "-tls1_3",
-            "-ciphersuites",
-            suites,
-        ]);
-        cmd.stdin(std::process::Stdio::null());
-        let out = run(&mut cmd, Duration::from_secs(15)).expect("openssl s_client");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = s_client_tls13(s.port, &["-ciphersuites", suites]);
         text.lines()
             .find_map(|l| l.trim().strip_prefix("Cipher    : "))
             .or_else(|| {
@@ -355,6 +355,26 @@ fn the_server_picks_the_cipher_suite() {
         negotiated("TLS_CHACHA20_POLY1305_SHA256"),
         "TLS_CHACHA20_POLY1305_SHA256"
     );
+}
+
+/// Edge listeners do X25519 with aws-lc and the NIST curves with ring
+/// (`tls::edge_provider`): a client offering only one of them completes
+/// the handshake on it.
+#[test]
+fn each_key_exchange_group_completes_a_handshake() {
+    let s = start(r#"["http1", "http2"]"#, "");
+    for (group, temp_key) in [
+        ("X25519", "X25519, 253 bits"),
+        ("P-256", "ECDH, prime256v1, 256 bits"),
+        ("P-384", "ECDH, secp384r1, 384 bits"),
+    ] {
+        let text = s_client_tls13(s.port, &["-groups", group]);
+        let got = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Server Temp Key: "))
+            .unwrap_or_else(|| panic!("no key exchange with {group}:\n{text}"));
+        assert_eq!(got, temp_key, "{group}");
+    }
 }
 
 #[test]
