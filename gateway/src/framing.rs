@@ -200,6 +200,11 @@ impl HttpModule for Http10Request {
 /// Checks the raw bytes of one request head, from the request line through
 /// the blank line that ends it. `version` is the version pingora parsed
 /// from the request line.
+///
+/// It runs on every HTTP/1 request, so it reads each byte about twice: once
+/// to find the line's end (checking the CRLF), once through a table of
+/// byte classes for the header's name or value. A head with several faults
+/// gets the first one met, line by line.
 pub(crate) fn check_head(
     head: &[u8],
     version: Version,
@@ -211,21 +216,19 @@ pub(crate) fn check_head(
             max: limits.max_bytes,
         });
     }
-    check_line_endings(head)?;
-
-    // Every LF now follows a CR, so splitting on LF and dropping the CR
-    // yields the lines. The head ends with an empty line.
-    let lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let mut request_line_seen = false;
     let mut headers = 0usize;
     let mut length: Option<&[u8]> = None;
     let mut lengths = 0usize;
     let mut encoding: Option<&[u8]> = None;
     let mut encodings = 0usize;
-    for (i, line) in lines.enumerate() {
-        let number = i + 1;
+    let mut at = 0;
+    let mut number = 0;
+    while at < head.len() {
+        number += 1;
+        let (end, next) = line_end(head, at)?;
+        let line = &head[at..end];
+        at = next;
         if !request_line_seen {
             // RFC 9112 section 2.2: empty lines before the request line are
             // ignored (a client may send a CRLF after a request body).
@@ -233,6 +236,11 @@ pub(crate) fn check_head(
             continue;
         }
         let Some(&first) = line.first() else {
+            // The blank line ends the head; whatever follows must still
+            // end its lines with CRLF.
+            while at < head.len() {
+                at = line_end(head, at)?.1;
+            }
             break;
         };
         if first == b' ' || first == b'\t' {
@@ -244,17 +252,15 @@ pub(crate) fn check_head(
                 max: limits.max_headers,
             });
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err(Violation::MissingColon { line: number });
-        };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
-            return Err(Violation::SpaceBeforeColon { line: number });
+        let name_len = line
+            .iter()
+            .position(|&b| BYTE_CLASS[usize::from(b)] != TCHAR)
+            .unwrap_or(line.len());
+        if line.get(name_len) != Some(&b':') || name_len == 0 {
+            return Err(bad_name(line, number));
         }
-        if name.is_empty() || !name.iter().copied().all(is_tchar) {
-            return Err(Violation::InvalidName { line: number });
-        }
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        let (name, value) = (&line[..name_len], &line[name_len + 1..]);
+        if value.iter().any(|&b| BYTE_CLASS[usize::from(b)] == CONTROL) {
             return Err(Violation::ControlInValue { line: number });
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -289,23 +295,69 @@ pub(crate) fn check_head(
     Ok(())
 }
 
+/// The line starting at `from`: where its CRLF starts and where the next
+/// line starts (both the head's length for a last line without one).
 /// Every CR must start a CRLF and every LF must end one.
-fn check_line_endings(head: &[u8]) -> Result<(), Violation> {
-    let mut prev = 0u8;
-    for (at, &b) in head.iter().enumerate() {
-        if prev == b'\r' && b != b'\n' {
-            return Err(Violation::BareCr { at: at - 1 });
+fn line_end(head: &[u8], from: usize) -> Result<(usize, usize), Violation> {
+    for (at, &b) in head.iter().enumerate().skip(from) {
+        // Most bytes are above both: one comparison each.
+        if b > b'\r' {
+            continue;
         }
-        if b == b'\n' && prev != b'\r' {
+        if b == b'\n' {
             return Err(Violation::BareLf { at });
         }
-        prev = b;
+        if b == b'\r' {
+            return match head.get(at + 1) {
+                Some(b'\n') => Ok((at, at + 2)),
+                _ => Err(Violation::BareCr { at }),
+            };
+        }
     }
-    if prev == b'\r' {
-        return Err(Violation::BareCr { at: head.len() - 1 });
-    }
-    Ok(())
+    Ok((head.len(), head.len()))
 }
+
+/// Why a header line's name is refused (the slow path: only for a head
+/// that is refused anyway).
+fn bad_name(line: &[u8], number: usize) -> Violation {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return Violation::MissingColon { line: number };
+    };
+    let name = &line[..colon];
+    if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+        Violation::SpaceBeforeColon { line: number }
+    } else {
+        Violation::InvalidName { line: number }
+    }
+}
+
+/// A `tchar` (RFC 9110 section 5.6.2): allowed in a header name.
+const TCHAR: u8 = 1;
+/// A control character other than HTAB, or DEL: never allowed in a header
+/// value.
+const CONTROL: u8 = 2;
+
+/// The class of every byte: [`TCHAR`], [`CONTROL`] or 0 (anything else).
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if (c < 0x20 && c != b'\t') || c == 0x7f {
+            CONTROL
+        } else if c.is_ascii_alphanumeric() {
+            TCHAR
+        } else {
+            match c {
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'
+                | b'_' | b'`' | b'|' | b'~' => TCHAR,
+                _ => 0,
+            }
+        };
+        b += 1;
+    }
+    t
+};
 
 /// The value of a framing header as we accept it: after the colon, at most
 /// one space, then the value with nothing around it. The RFC allows any
@@ -330,28 +382,6 @@ fn content_length(v: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     (n <= MAX_CONTENT_LENGTH).then_some(n)
-}
-
-/// RFC 9110 section 5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 #[cfg(test)]
@@ -537,7 +567,65 @@ mod tests {
         assert_eq!(Violation::LengthAndEncoding.status(), 400);
     }
 
+    /// What the head check accepts, written the plain way (one rule per
+    /// pass over the whole head), for heads without framing headers.
+    fn accepted_by_plain_rules(head: &[u8]) -> bool {
+        let endings_ok = head.iter().enumerate().all(|(i, &b)| match b {
+            b'\r' => head.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            _ => true,
+        });
+        if head.len() > LIMITS.max_bytes || !endings_ok {
+            return false;
+        }
+        let text: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
+        let mut lines = text
+            .iter()
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .skip_while(|l| l.is_empty());
+        lines.next();
+        let fields: Vec<&[u8]> = lines.take_while(|l| !l.is_empty()).collect();
+        fields.len() <= LIMITS.max_headers
+            && fields.iter().all(|l| {
+                let Some(colon) = l.iter().position(|&b| b == b':') else {
+                    return false;
+                };
+                let (name, value) = (&l[..colon], &l[colon + 1..]);
+                !name.is_empty()
+                    && name
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                    && value
+                        .iter()
+                        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            })
+    }
+
     proptest! {
+        #[test]
+        fn accepts_what_the_plain_rules_accept(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![
+                        12 => proptest::sample::select(b"aZ9-: \t\0\x7f(".to_vec()),
+                        1 => proptest::sample::select(b"\r\n".to_vec()),
+                    ],
+                    0..10,
+                ),
+                0..6,
+            ),
+            ending in proptest::sample::select(vec!["", "\r\n", "\r\n\r\n"]),
+        ) {
+            let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+            head.extend_from_slice(&lines.join(&b"\r\n"[..]));
+            head.extend_from_slice(ending.as_bytes());
+            prop_assert_eq!(
+                check_head(&head, Version::HTTP_11, LIMITS).is_ok(),
+                accepted_by_plain_rules(&head),
+                "{:?}", String::from_utf8_lossy(&head)
+            );
+        }
+
         #[test]
         fn never_panics(head in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = check_head(&head, Version::HTTP_11, LIMITS);
