@@ -144,19 +144,24 @@ pub(crate) struct ListenerTls {
 }
 
 impl ListenerTls {
-    /// The rest of a `ServerConfig` (ALPN, the server's cipher order) on
-    /// `builder`, and the handshake's two forms.
+    /// The rest of a `ServerConfig` (ALPN, the server's cipher order,
+    /// session tickets when `tickets` is given) on `builder`, and the
+    /// handshake's two forms.
     fn finish(
         listener: &str,
         builder: rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
         resolver: Arc<dyn ResolvesServerCert>,
         alpn_protocols: Vec<Vec<u8>>,
         client_certs: bool,
+        tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
     ) -> ListenerTls {
         let resolver = crate::metrics::CountingResolver::new(listener, resolver);
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = alpn_protocols;
         config.ignore_client_order = true;
+        if let Some(t) = tickets {
+            config.ticketer = t;
+        }
         let config = Arc::new(config);
         ListenerTls {
             acceptor: pingora::listeners::tls::Acceptor::from_server_config(config.clone()),
@@ -182,7 +187,9 @@ pub(crate) fn mesh_listener_tls(
         .map_err(|source| TlsError::Provider { source })?
         .with_client_cert_verifier(Arc::new(verifier));
     let alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(ListenerTls::finish(listener, builder, resolver, alpn, true))
+    Ok(ListenerTls::finish(
+        listener, builder, resolver, alpn, true, None,
+    ))
 }
 
 /// Builds the TLS settings of one listener's TCP side (handshakes counted
@@ -224,12 +231,22 @@ pub(crate) fn listener_tls(
         None => builder.with_no_client_auth(),
     };
     let resolver: Arc<dyn ResolvesServerCert> = live.clone();
+    // Resumption by stateless tickets, as nginx, HAProxy and Envoy do by
+    // default: rustls's own default is a cache of 256 sessions shared by
+    // the listener's clients, which at a thousand handshakes a second
+    // forgets a session within a second. The ticket key is random, made
+    // at start-up and replaced every 6 hours; tickets are accepted for
+    // 12 hours (the current key and the one before). A restart starts
+    // with a new key.
+    let tickets =
+        rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Provider { source })?;
     let t = ListenerTls::finish(
         listener,
         builder,
         resolver,
         alpn(protocols),
         optional.is_some(),
+        Some(tickets),
     );
     Ok((t, live))
 }

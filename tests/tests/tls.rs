@@ -377,6 +377,79 @@ fn each_key_exchange_group_completes_a_handshake() {
     }
 }
 
+/// Sessions resume from stateless tickets (`tls::listener_tls`): a session
+/// a client saved still resumes after hundreds of other clients' full
+/// handshakes, each given two tickets, which would have pushed it out of
+/// rustls's default cache of 256 sessions.
+#[test]
+fn a_session_resumes_after_many_other_handshakes() {
+    let s = start(r#"["http1", "http2"]"#, "");
+    let dir = tempdir().expect("tempdir");
+    let session = dir.join("session.pem");
+    let connect = format!("127.0.0.1:{}", s.port);
+    // One request and the server's close, so that s_client reads the
+    // tickets that follow the handshake before it quits.
+    let handshake = |sess_arg: &str| {
+        let script = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect {connect} \
+             -tls1_3 -ign_eof {sess_arg} {}",
+            session.display()
+        );
+        let out = run(
+            Command::new("sh").args(["-c", &script]),
+            Duration::from_secs(15),
+        )
+        .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = handshake("-sess_out");
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let saved = run(
+        Command::new("openssl")
+            .args(["sess_id", "-noout", "-text", "-in"])
+            .arg(&session),
+        Duration::from_secs(15),
+    )
+    .expect("openssl sess_id");
+    let saved = String::from_utf8_lossy(&saved.stdout);
+    // A stateless ticket: rustls's rotating key lasts 6 hours and its
+    // tickets twice that (a cached session's ticket says 24 hours).
+    assert!(
+        saved.contains("TLS session ticket lifetime hint: 43200"),
+        "{saved}"
+    );
+
+    // Each s_time connection is a full handshake that gets two tickets:
+    // 150 of them make 300 sessions, more than the default cache holds.
+    let (mut others, deadline) = (0u64, std::time::Instant::now() + Duration::from_secs(90));
+    while others < 150 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {others} other handshakes in 90 s"
+        );
+        let out = run(
+            Command::new("openssl").args([
+                "s_time", "-connect", &connect, "-new", "-www", "/", "-time", "2",
+            ]),
+            Duration::from_secs(30),
+        )
+        .expect("openssl s_time");
+        let text = String::from_utf8_lossy(&out.stdout);
+        others += text
+            .lines()
+            .find_map(|l| {
+                l.split_once(" connections in ")
+                    .map(|(n, _)| n.trim().parse::<u64>().ok())
+            })
+            .flatten()
+            .unwrap_or_else(|| panic!("no connection count from s_time:\n{text}"));
+    }
+
+    let again = handshake("-sess_in");
+    assert!(again.contains("Reused, TLSv1.3"), "{again}");
+    assert!(again.contains("HTTP/1.1 200"), "{again}");
+}
+
 #[test]
 fn min_version_13_refuses_tls12() {
     let strict = start(r#"["http1", "http2"]"#, r#"min_version = "1.3""#);
