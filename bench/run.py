@@ -110,6 +110,14 @@ class Ctx:
         self.loadgen_cpus = None
 
 
+def build_kind(meshgate):
+    """Which build the meshgate binary is: scripts/pgo-build.sh leaves the
+    profile-guided one in target/pgo/release/."""
+    parts = os.path.normpath(meshgate).split(os.sep)
+    return "profile-guided release build (scripts/pgo-build.sh)" if parts[-3:-1] == ["pgo", "release"] \
+        else "release build"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-110 s (make bench-quick)")
@@ -197,7 +205,7 @@ def main():
         "pinned_layout": {"origin_and_proxy_cpu": cpu_a, "load_generator_cpu": cpu_b},
         "settings": {
             "origin": "nginx, 1 worker, return 200 \"ok\", keep-alive",
-            "meshgate": "release build, run --threads 1 --watch-interval-ms 0, access_log off, "
+            "meshgate": f"{build_kind(meshgate)}, run --threads 1 --watch-interval-ms 0, access_log off, "
                         "max_idle_per_endpoint 256, TLS listener min_version 1.3, "
                         "protocols http1 http2 http3 (Alt-Svc off)",
             "caddy": "GOMAXPROCS=1, admin off, no access log, servers protocols h1 h2 h3, TLS 1.3 only, "

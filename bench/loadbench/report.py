@@ -413,6 +413,8 @@ def markdown(header, rows):
     )
     tv = header["versions"]
     out.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in tv.items() if v) + ".\n")
+    build = header.get("settings", {}).get("meshgate", "release build").split(",")[0]
+    out.append(f"meshgate: {build}.\n")
 
     out.append("## Issue 4 targets\n")
     out.append(_table(["target", "required", "measured", "verdict"], targets_check(rows)) + "\n")

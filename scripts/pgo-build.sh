@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Profile-guided release build of meshgate and meshgate-sidecar (what
+# `make release-pgo` runs; `make deb-pgo` packages the result).
+#
+#   scripts/pgo-build.sh        binaries in target/pgo/release/
+#
+# 1. builds both binaries instrumented (target/pgo-gen);
+# 2. trains them: the quick load benchmark (bench/run.py --quick) with only
+#    meshgate's targets, which sends HTTP/1.1, h2c, HTTP/2 and HTTP/3 over
+#    TLS, full TLS handshakes, the mTLS sidecar pair (HTTP/1.1, HTTP/2,
+#    gRPC) and a config reload through them; each process writes its
+#    counts when it exits;
+# 3. merges the counts with llvm-profdata (rustup's llvm-tools component,
+#    added if missing);
+# 4. builds again with the profile (target/pgo).
+#
+# The training needs what the bench needs (nginx, wrk, h2load, oha; the
+# bench installs them) and takes about 3 minutes; each build is a full
+# release build in its own target directory, so the usual target/release
+# and its cache stay as they are. bench/README.md has the gain.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+cargo="${CARGO:-cargo}"
+base="${CARGO_TARGET_DIR:-$root/target}"
+gen="$base/pgo-gen"
+out="$base/pgo"
+profiles="$gen/profiles"
+host="$(rustc -vV | sed -n 's/^host: //p')"
+
+profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+if [[ ! -x "$profdata" ]]; then
+    echo "pgo: adding rustup's llvm-tools component (llvm-profdata)" >&2
+    rustup component add llvm-tools >&2
+fi
+
+# --target keeps the flags off build scripts and proc macros, which run on
+# the build machine and are not what we profile.
+build() {
+    local dir=$1 flags=$2
+    CARGO_TARGET_DIR="$dir" RUSTFLAGS="$flags" "$cargo" build --release --locked \
+        --target "$host" --bin meshgate --bin meshgate-sidecar >&2
+}
+
+echo "pgo: 1/4 instrumented build ($gen)" >&2
+rm -rf "$profiles"
+build "$gen" "-Cprofile-generate=$profiles"
+
+echo "pgo: 2/4 training (bench/run.py --quick, meshgate's targets)" >&2
+python3 bench/run.py --quick \
+    --targets meshgate,meshgate-sidecar,meshgate-sidecar-grpc \
+    --meshgate "$gen/$host/release/meshgate" --out "$gen/training" >&2
+if ! compgen -G "$profiles/*.profraw" >/dev/null; then
+    echo "pgo: the training wrote no profiles to $profiles" >&2
+    exit 1
+fi
+
+echo "pgo: 3/4 merging $(find "$profiles" -name '*.profraw' | wc -l) profiles" >&2
+"$profdata" merge -o "$gen/merged.profdata" "$profiles"
+# Named by its content: cargo sees RUSTFLAGS, not the file they name, so a
+# new profile must change the flags for every crate to be built with it.
+merged="$gen/meshgate-$(sha256sum "$gen/merged.profdata" | cut -c1-16).profdata"
+mv "$gen/merged.profdata" "$merged"
+
+echo "pgo: 4/4 optimized build ($out)" >&2
+build "$out" "-Cprofile-use=$merged"
+mkdir -p "$out/release"
+for bin in meshgate meshgate-sidecar; do
+    cp "$out/$host/release/$bin" "$out/release/$bin"
+done
+echo "$out/release/meshgate"
