@@ -15,9 +15,10 @@
 # 4. builds again with the profile (target/pgo).
 #
 # The training needs what the bench needs (nginx, wrk, h2load, oha; the
-# bench installs them) and takes about 3 minutes; each build is a full
-# release build in its own target directory, so the usual target/release
-# and its cache stay as they are. bench/README.md has the gain.
+# bench installs them, a few minutes the first time) and takes under a
+# minute; each build is a full release build in its own target directory
+# (about 15 minutes in all on two cores), so the usual target/release and
+# its cache stay as they are. bench/README.md has the gain.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
