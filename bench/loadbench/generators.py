@@ -28,13 +28,15 @@ def _ms(value, unit):
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 
 
-def _host_args(tool, host, http2=False):
+def _host_args(tool, host):
     """Arguments that make wrk or h2load name `host` as the request's
     authority instead of the URL's (the sidecar routes by it): a Host
-    header for HTTP/1.1, the :authority pseudo-header for HTTP/2."""
+    header for wrk, the :authority pseudo-header for h2load. h2load makes
+    its HTTP/1.1 Host header from :authority; given a `Host` header it
+    sends two, and a request with two Host headers gets a 400."""
     if host is None:
         return []
-    if http2:
+    if tool == "h2load":
         return ["-H", f":authority: {host}"]
     return ["-H", f"Host: {host}"]
 
@@ -116,7 +118,7 @@ def h2load(url, conns, threads, duration_s, streams, h1=False, cpus=None, host=N
     frame) every request is a unary gRPC call: POST of that frame with the
     gRPC headers."""
     argv = ["h2load", f"-t{threads}", f"-c{conns}", f"-m{streams}", "-D", str(duration_s)]
-    argv += _host_args("h2load", host, http2=not h1)
+    argv += _host_args("h2load", host)
     if grpc:
         argv += ["-d", grpc] + [a for h in GRPC_HEADERS for a in ("-H", h)]
     if h1:
