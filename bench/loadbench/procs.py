@@ -280,12 +280,15 @@ def set_affinity(pids, cpus):
 
 class PeakRss:
     """Samples the RSS of a process tree in the background; `peak` is the
-    largest sum seen. Used for the memory under load."""
+    largest sum seen, `end` the sum when the load stopped. Used for the
+    memory under load: the peak includes what earlier runs left in the
+    allocator, the end is closer to what this load itself holds."""
 
     def __init__(self, tree_fn, interval=0.25):
         self.tree_fn = tree_fn
         self.interval = interval
         self.peak = 0
+        self.end = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -301,3 +304,5 @@ class PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(2)
+        self.end = rss_kib(self.tree_fn())
+        self.peak = max(self.peak, self.end)

@@ -39,13 +39,13 @@ def _cpu_us_per_req(cpu_s, requests):
 
 def _measure(ctx, target, load):
     """Run `load()` and return (result, cpu seconds of the target, cpu seconds
-    of the origin, peak RSS KiB of the target)."""
+    of the origin, the target's RSS: its `peak` and `end` in KiB)."""
     origin = ctx.origin
     t0, o0 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
     with procs.PeakRss(target.tree) as peak:
         res = load()
     t1, o1 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
-    return res, t1 - t0, o1 - o0, peak.peak
+    return res, t1 - t0, o1 - o0, peak
 
 
 def _load_row(ctx, target, base, load):
@@ -62,7 +62,8 @@ def _load_row(ctx, target, base, load):
         p50_ms=res["p50_ms"],
         p90_ms=res["p90_ms"],
         p99_ms=res["p99_ms"],
-        rss_mib=_mib(peak),
+        rss_mib=_mib(peak.peak),
+        rss_end_mib=_mib(peak.end),
     )
     if target.name != "direct":
         r["origin_cpu_us_per_req"] = _cpu_us_per_req(ocpu, res["requests"])
@@ -453,7 +454,7 @@ def quic_load(ctx, target, rnd, scenario, proto, pinning, rate=None):
         while time.monotonic() < end and client.popen.poll() is None:
             time.sleep(0.05)
     t1, o1 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(ctx.origin.tree())
-    extra = {"conns": conns, "http_version": version}
+    extra = {"conns": conns, "http_version": version, "rss_end_mib": _mib(peak.end)}
     if rate is not None:
         extra["rate"] = rate
     deadline = time.monotonic() + generators.OHA_IDLE_WAIT_S
