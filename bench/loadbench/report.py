@@ -143,14 +143,12 @@ def targets_check(rows):
     # The pair's rows cover two sidecars; the target is per sidecar.
     idle = _agg([r["rss_mib"] / 2 for r in _select(rows, scenario="rss-idle", target="meshgate-sidecar")
                  if r.get("rss_mib") is not None], max)
-    busy = _agg([r["rss_mib"] / 2 for r in _select(rows, scenario="fixed-rate", mode="fixed-1k", proto="http1",
-                                                    target="meshgate-sidecar") if r.get("rss_mib") is not None], max)
+    at_1k = _select(rows, scenario="fixed-rate", mode="fixed-1k", proto="http1", target="meshgate-sidecar")
+    busy = _agg([r["rss_mib"] / 2 for r in at_1k if r.get("rss_mib") is not None], max)
     # The verdict takes the peak; the RSS when the 1k run stopped is shown
     # beside it, as the peak includes what the round's saturation runs left
     # in the allocator.
-    end = _agg([r["rss_end_mib"] / 2 for r in _select(rows, scenario="fixed-rate", mode="fixed-1k", proto="http1",
-                                                       target="meshgate-sidecar") if r.get("rss_end_mib") is not None],
-               max)
+    end = _agg([r["rss_end_mib"] / 2 for r in at_1k if r.get("rss_end_mib") is not None], max)
     at_end = f" (peak; {_cell(end, 1, ' MiB')} when the run stopped)" if end[0] is not None else ""
     have = idle[0] is not None and busy[0] is not None
     out.append(("Sidecar RSS idle / at 1k rps with mTLS (per sidecar)", "≤ 10 MiB / ≤ 15 MiB",
