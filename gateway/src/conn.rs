@@ -19,11 +19,14 @@
 //! HAProxy's `timeout http-request` does.
 //!
 //! HTTP/2 (ALPN or h2c prior knowledge) and anything else goes to pingora
-//! unchanged.
+//! unchanged, with a shutdown signal that a drain turns too
+//! ([`closing_signal`](crate::server::closing_signal)): pingora answers it
+//! with GOAWAY, so HTTP/2 clients move to other instances on `POST /drain`
+//! as they would on SIGTERM.
 
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,6 +79,8 @@ pub(crate) struct Listener<SV> {
     proxy: Arc<HttpProxy<SV>>,
     limits: ConnLimits,
     labels: Labels,
+    /// Shutdown or drain, for the HTTP/2 connections; made on the first.
+    closing: OnceLock<ShutdownWatch>,
 }
 
 impl<SV> Listener<SV> {
@@ -84,6 +89,7 @@ impl<SV> Listener<SV> {
             proxy,
             limits,
             labels,
+            closing: OnceLock::new(),
         }
     }
 }
@@ -112,7 +118,10 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if !self.is_http1(&mut stream, shutdown).await? {
-            return self.proxy.process_new(stream, shutdown).await;
+            let closing = self
+                .closing
+                .get_or_init(|| crate::server::closing_signal(shutdown));
+            return self.proxy.process_new(stream, closing).await;
         }
         let mut shutdown = shutdown.clone();
         let mut drain = crate::server::drain_signal();

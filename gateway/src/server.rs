@@ -303,6 +303,32 @@ pub(crate) fn drain_signal() -> tokio::sync::watch::Receiver<bool> {
     DRAIN_SIGNAL.subscribe()
 }
 
+/// The server's shutdown or the drain, whichever starts first, as one
+/// signal: what tells HTTP/2 and HTTP/3 connections to send GOAWAY, so
+/// that their clients (a load balancer, a client sidecar's pool) open new
+/// connections elsewhere while the requests already sent finish here. It
+/// starts out `false` and turns `true` from a task of the calling runtime,
+/// also when the drain has already started: a connection made later sees
+/// the change and gets its GOAWAY at once. Create it once per listener;
+/// the task ends when every receiver is gone.
+pub(crate) fn closing_signal(
+    shutdown: &pingora::server::ShutdownWatch,
+) -> pingora::server::ShutdownWatch {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = shutdown.clone();
+    let mut drain = drain_signal();
+    tokio::spawn(async move {
+        // A watch whose sender is gone ends too: the server is stopping.
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+            _ = drain.wait_for(|draining| *draining) => {}
+            () = tx.closed() => return,
+        }
+        tx.send_replace(true);
+    });
+    rx
+}
+
 /// On SIGTERM pingora stops accepting and waits out its grace period;
 /// this watcher ends the process as soon as no request is in flight (or
 /// the drain deadline passes), so an idle gateway stops at once and a busy

@@ -15,7 +15,14 @@ JSON object on stdout:
 --count sends N requests over one connection, --concurrency at a time.
 --out writes the body of the last response to a file. --zero-rtt makes a
 first connection to collect a session ticket, then sends the requests as
-0-RTT early data on a second one.
+0-RTT early data on a second one. --hold S keeps the connection open for
+up to S seconds after the responses (saying "holding" on stderr) until the
+server sends GOAWAY or closes it; the JSON then also has "goaway" (the
+stream ID of the server's GOAWAY, or null) and "closed" (how the server
+closed the connection, or null).
+
+aioquic reads the server's control stream but reports no GOAWAY, so this
+client reads the frames on that stream too (RFC 9114 section 7).
 """
 
 import argparse
@@ -27,13 +34,16 @@ import sys
 import urllib.parse
 
 from aioquic.asyncio.client import connect
+from aioquic.buffer import Buffer, BufferReadError
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, StreamReset
+from aioquic.quic.events import ConnectionTerminated, StreamDataReceived, StreamReset
 
 PIECE = 64 * 1024
+CONTROL_STREAM = 0x00
+GOAWAY = 0x07
 
 
 class Exchange:
@@ -52,13 +62,44 @@ class Client(QuicConnectionProtocol):
         super().__init__(*a, **kw)
         self.h3 = H3Connection(self._quic)
         self.exchanges = {}
+        # The server's unidirectional streams, as read so far, and what
+        # its control stream said.
+        self.uni = {}
+        self.goaway = None
+        self.closed = None
+        self.changed = asyncio.Event()
+
+    def read_control(self, event):
+        """Keeps the bytes of server-initiated unidirectional streams and
+        records the last GOAWAY on the control stream among them."""
+        if event.stream_id % 4 != 3:
+            return
+        data = self.uni.setdefault(event.stream_id, bytearray())
+        data += event.data
+        buf = Buffer(data=bytes(data))
+        try:
+            if buf.pull_uint_var() != CONTROL_STREAM:
+                return
+            while not buf.eof():
+                kind = buf.pull_uint_var()
+                length = buf.pull_uint_var()
+                payload = buf.pull_bytes(length)
+                if kind == GOAWAY:
+                    self.goaway = Buffer(data=payload).pull_uint_var()
+                    self.changed.set()
+        except BufferReadError:
+            pass  # a frame not complete yet; read again with more bytes
 
     def quic_event_received(self, event):
+        if isinstance(event, StreamDataReceived):
+            self.read_control(event)
         if isinstance(event, StreamReset) and event.stream_id in self.exchanges:
             ex = self.exchanges[event.stream_id]
             if not ex.done.done():
                 ex.done.set_exception(RuntimeError(f"stream reset, code {event.error_code}"))
         if isinstance(event, ConnectionTerminated):
+            self.closed = {"error_code": event.error_code, "reason": event.reason_phrase}
+            self.changed.set()
             for ex in self.exchanges.values():
                 if not ex.done.done():
                     ex.done.set_exception(
@@ -179,7 +220,15 @@ async def run(args):
                     return {"status": 0, "error": str(e)}
 
         responses = await asyncio.gather(*(one(i) for i in range(args.count)))
-    return {"responses": responses, "error": None}
+        if args.hold is None:
+            return {"responses": responses, "error": None}
+        sys.stderr.write("holding\n")
+        sys.stderr.flush()
+        try:
+            await asyncio.wait_for(c.changed.wait(), args.hold)
+        except asyncio.TimeoutError:
+            pass
+        return {"responses": responses, "error": None, "goaway": c.goaway, "closed": c.closed}
 
 
 def main():
@@ -195,6 +244,7 @@ def main():
     p.add_argument("--out")
     p.add_argument("--zero-rtt", action="store_true")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--hold", type=float)
     args = p.parse_args()
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.timeout))

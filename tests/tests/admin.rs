@@ -5,11 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meshgate_tests::mesh::{LabOptions, MeshLab, service_id};
-use meshgate_tests::{CurlResponse, Gateway, Origin, curl, free_port, metric, tempdir, wait_for};
+use meshgate_tests::{
+    CurlResponse, Gateway, Origin, Proc, PyServer, curl, free_port, metric, tempdir, wait_for,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
@@ -953,6 +956,84 @@ fn drain_closes_keep_alive_connections_and_keeps_serving() -> Result<()> {
         send(s.admin, "POST", "/drain", "", Some(TOKEN))?.status,
         200
     );
+    Ok(())
+}
+
+/// A drain tells HTTP/2 clients to go elsewhere with a GOAWAY, as SIGTERM
+/// does, and the request in flight on the connection still completes.
+/// nghttp (nghttp2) is the client: `-v` prints every frame it receives.
+#[test]
+fn drain_sends_http2_clients_goaway_and_finishes_their_requests() -> Result<()> {
+    let origin = PyServer::start("stream_origin.py", &[])?;
+    let port = free_port();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = tempdir()?.join("meshgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[admin]
+address = "{admin}"
+token = "{TOKEN}"
+
+[[listener]]
+name = "web"
+address = "{edge}"
+protocols = ["http1", "h2c"]
+
+[[route]]
+name = "all"
+service = "stream"
+
+[[service]]
+name = "stream"
+endpoints = [{{ address = "{origin}" }}]
+"#,
+            origin = origin.addr
+        ),
+    )?;
+    let _gw = Gateway::start(&config, edge)?;
+    meshgate_tests::wait_for_port(admin)?;
+
+    // h2c with prior knowledge; the origin sends the first part of the
+    // body and holds the rest until released.
+    let mut cmd = Command::new("nghttp");
+    cmd.args(["-v", &format!("http://{edge}/chunked?id=drain")]);
+    let mut client = Proc::spawn(cmd)?;
+    wait_for(Duration::from_secs(10), "the first part", || {
+        client.stdout().contains("first part")
+    })?;
+    assert!(
+        !client.stdout().contains("recv GOAWAY"),
+        "no GOAWAY before the drain: {}",
+        client.stdout()
+    );
+
+    let r = send(admin, "POST", "/drain", "", Some(TOKEN))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(
+        Duration::from_secs(10),
+        "a GOAWAY on the connection",
+        || client.stdout().contains("recv GOAWAY frame"),
+    )
+    .with_context(|| client.stdout())?;
+    let release = format!("http://{}/release?id=drain", origin.addr);
+    assert_eq!(curl(&[&release])?.status, 200);
+    let code = client.wait_exit(Duration::from_secs(10))?;
+    let out = client.stdout();
+    assert_eq!(code, Some(0), "{out}{}", client.stderr());
+    assert!(out.contains(":status: 200"), "{out}");
+    // nghttp prints the body between its frame lines: the parts in
+    // order, the last two after the GOAWAY.
+    let at = |what: &str| {
+        out.find(what)
+            .with_context(|| format!("no {what:?}: {out}"))
+    };
+    let goaway = at("recv GOAWAY frame")?;
+    assert!(at("first part\n")? < goaway, "{out}");
+    assert!(goaway < at("second part\n")?, "{out}");
+    assert!(at("second part\n")? < at("last part\n")?, "{out}");
+    assert!(out.contains("error_code=NO_ERROR"), "{out}");
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use meshgate_tests::{
 use serde_json::{Value, json};
 
 const SECRET: &str = "an HTTP/3 test secret of at least thirty-two bytes";
+const ADMIN_TOKEN: &str = "http3-admin-token-0123456789";
 
 fn tls_dir() -> PathBuf {
     workspace().join("config").join("examples").join("tls")
@@ -65,6 +66,7 @@ fn config_text(
         r#"
 [admin]
 address = "127.0.0.1:{admin}"
+token = "{ADMIN_TOKEN}"
 
 [[listener]]
 name = "edge"
@@ -537,6 +539,50 @@ fn reload_during_a_download_and_graceful_shutdown_do_not_cut_it() {
     );
     let code = s.gw.proc.wait_exit(Duration::from_secs(20)).expect("exit");
     assert_eq!(code, Some(0), "{}", s.gw.proc.stderr());
+}
+
+/// A drain (`POST /drain`) sends a GOAWAY on open HTTP/3 connections, as
+/// SIGTERM does, and the listener goes on serving: a connection opened
+/// during the drain gets its request answered before its GOAWAY.
+#[test]
+fn drain_sends_goaway_on_open_connections_and_keeps_serving() {
+    let mut s = setup("");
+    let drain = || {
+        let admin = s.gw.admin_address().expect("admin address");
+        let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
+        let r =
+            curl(&["-X", "POST", "-H", &auth, &format!("http://{admin}/drain")]).expect("drain");
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    let hold = |path: &str| {
+        let held = Proc::spawn(h3_command(&s.url(path), &["--hold", "20"])).expect("client");
+        wait_for(Duration::from_secs(20), "the client to hold", || {
+            held.stderr().contains("holding")
+        })
+        .expect("the request answered, the connection held");
+        held
+    };
+    let report = |mut held: Proc| -> Value {
+        held.wait_exit(Duration::from_secs(25))
+            .expect("client ends");
+        let out: Value = serde_json::from_str(held.stdout().trim()).expect("json");
+        assert!(out["error"].is_null(), "{out}");
+        assert_eq!(out["responses"][0]["status"], 200, "{out}");
+        assert!(out["closed"].is_null(), "a GOAWAY, not a close: {out}");
+        out
+    };
+
+    // A connection open with one request answered (stream 0): the GOAWAY
+    // names stream 4, the first one it will not take.
+    let held = hold("/hello");
+    drain();
+    let out = report(held);
+    assert_eq!(out["goaway"], 4, "{out}");
+
+    // Opened while draining: answered, then the same GOAWAY.
+    let out = report(hold("/hello"));
+    assert_eq!(out["goaway"], 4, "{out}");
+    assert!(s.gw.proc.running(), "draining does not stop the process");
 }
 
 #[test]

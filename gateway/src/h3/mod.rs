@@ -7,7 +7,8 @@
 //!
 //! The endpoint runs as a pingora service, so it starts and stops with the
 //! server: on shutdown every connection gets a GOAWAY, requests in flight
-//! finish, and the process exits once nothing is in flight.
+//! finish, and the process exits once nothing is in flight. A drain
+//! (`POST /drain`) sends the same GOAWAY and keeps the endpoint open.
 
 mod session;
 
@@ -144,6 +145,10 @@ pub(crate) fn alt_svc(l: &ListenerSpec) -> Option<HeaderValue> {
 /// The HTTP/3 application error code for a clean close (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;
 
+/// How long a connection opened while the server is closing has to send
+/// its first request before it gets its GOAWAY without one.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// QUIC connections open on all HTTP/3 listeners of this process: the
 /// drain on shutdown waits for them as for requests in flight, so the last
 /// bytes of a response are not cut off by the exit.
@@ -187,7 +192,7 @@ impl Service for H3Listener {
         let counts = Arc::new(Counts::default());
         let conn = Conn {
             settings: self.conn.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: crate::server::closing_signal(&shutdown),
         };
         loop {
             let incoming = tokio::select! {
@@ -226,8 +231,9 @@ impl Service for H3Listener {
                 conn.serve(incoming, handshake).await;
             });
         }
-        // Stop taking new connections; those open get their GOAWAY from
-        // the same shutdown signal and finish what they started.
+        // Stop taking new connections; those open got their GOAWAY (the
+        // closing signal turns on shutdown too) and finish what they
+        // started.
         endpoint.set_server_config(None);
         endpoint.wait_idle().await;
     }
@@ -237,10 +243,13 @@ impl Service for H3Listener {
     }
 }
 
-/// A listener's connection settings and the server's shutdown signal.
+/// A listener's connection settings and the signal for GOAWAY.
 #[derive(Clone)]
 struct Conn {
     settings: Arc<ConnSettings>,
+    /// The server's shutdown or a drain
+    /// ([`closing_signal`](crate::server::closing_signal)); the listener
+    /// stops taking connections on the shutdown alone.
     shutdown: ShutdownWatch,
 }
 
@@ -302,10 +311,16 @@ impl Conn {
             }
         };
         let mut shutdown = self.shutdown.clone();
-        let mut closing = *shutdown.borrow();
-        if closing {
-            let _ = h3.shutdown(0).await;
-        }
+        let mut closing = *shutdown.borrow_and_update();
+        // GOAWAY: no new requests on this connection; those accepted carry
+        // on. Its stream ID is the first one refused: one past the last
+        // request accepted (`shutdown(1)`), 0 when there was none. A
+        // connection opened while closing gets it after the request it came
+        // with, which is answered as an HTTP/1.1 client's is during a
+        // drain, or after FIRST_REQUEST_GRACE without one.
+        let mut goaway_sent = false;
+        let grace = tokio::time::sleep(FIRST_REQUEST_GRACE);
+        tokio::pin!(grace);
         let mut requests = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -316,6 +331,10 @@ impl Conn {
                         requests.spawn(async move {
                             shared.request(resolver, peer, local, confirmed).await;
                         });
+                        if closing && !goaway_sent {
+                            goaway_sent = true;
+                            let _ = h3.shutdown(1).await;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -325,14 +344,17 @@ impl Conn {
                 },
                 _ = shutdown.changed(), if !closing => {
                     closing = true;
-                    // GOAWAY: no new requests on this connection; those
-                    // already accepted carry on.
-                    let _ = h3.shutdown(0).await;
+                    goaway_sent = true;
+                    let _ = h3.shutdown(1).await;
+                }
+                () = &mut grace, if closing && !goaway_sent => {
+                    goaway_sent = true;
+                    let _ = h3.shutdown(1).await;
                 }
                 // Reap finished requests as they end.
                 Some(_) = requests.join_next() => {}
             }
-            if closing && requests.is_empty() {
+            if goaway_sent && requests.is_empty() {
                 break;
             }
         }
