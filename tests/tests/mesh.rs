@@ -494,6 +494,51 @@ fn permissive_mode_takes_plaintext_without_identity_until_the_mesh_turns_strict(
     Ok(())
 }
 
+/// A sidecar's drain sends GOAWAY on the mTLS HTTP/2 connections pooled
+/// to it: the gateway stops reusing them and opens a new connection for
+/// its next request, which the draining sidecar still answers.
+#[test]
+fn a_draining_sidecar_sends_its_pooled_connections_away() -> Result<()> {
+    const TOKEN: &str = "sidecar-admin-token-0123456789";
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    lab.sidecar_admin_token = Some(TOKEN.to_owned());
+    let i = lab.add("user-account", "v1", None)?;
+    lab.wait_serving("/users/1", &["v1"])?;
+    let count = |lab: &MeshLab, reused: &str| -> Result<f64> {
+        let m = Client::new(lab.admin).get("/metrics", &[])?;
+        Ok(meshgate_tests::metric(
+            &m.body,
+            "meshgate_upstream_connections_total",
+            &["service=\"user-account\"", &format!("reused=\"{reused}\"")],
+        )
+        .unwrap_or(0.0))
+    };
+    let url = format!("http://{}/users/1", lab.edge);
+    assert_eq!(curl(&[&url])?.status, 200);
+    let (opened, reused) = (count(&lab, "false")?, count(&lab, "true")?);
+    assert_eq!(curl(&[&url])?.status, 200);
+    assert_eq!(count(&lab, "false")?, opened, "the pooled connection");
+    assert_eq!(count(&lab, "true")?, reused + 1.0);
+
+    let sidecar = lab.instances[i].admin;
+    let auth = format!("authorization: Bearer {TOKEN}");
+    let r = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &format!("http://{sidecar}/drain"),
+    ])?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The GOAWAY reaches the gateway's pool; its next request opens a
+    // new connection.
+    wait_for(Duration::from_secs(10), "a new connection", || {
+        curl(&[&url]).is_ok_and(|r| r.status == 200)
+            && count(&lab, "false").is_ok_and(|n| n > opened)
+    })?;
+    Ok(())
+}
+
 #[test]
 fn a_burst_of_requests_shares_http2_connections_to_a_sidecar() -> Result<()> {
     let mut lab = MeshLab::start(LabOptions::default())?;
