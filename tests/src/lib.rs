@@ -356,6 +356,13 @@ impl CurlResponse {
     }
 }
 
+/// `POST /drain` on the admin API at `admin` (a gateway's or a sidecar's),
+/// with the bearer `token`.
+pub fn post_drain(admin: SocketAddr, token: &str) -> Result<CurlResponse> {
+    let auth = format!("authorization: Bearer {token}");
+    curl(&["-X", "POST", "-H", &auth, &format!("http://{admin}/drain")])
+}
+
 /// Runs curl with `args` plus what is needed to capture status, headers
 /// and body.
 pub fn curl(args: &[&str]) -> Result<CurlResponse> {

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshgate_tests::scripted::{Scripted, scripted};
 use meshgate_tests::{
-    Gateway, Origin, Proc, PyServer, curl, free_port, metric, py_script, tempdir, wait_for,
-    workspace,
+    Gateway, Origin, Proc, PyServer, curl, free_port, metric, post_drain, py_script, tempdir,
+    wait_for, workspace,
 };
 use serde_json::{Value, json};
 
@@ -547,13 +547,6 @@ fn reload_during_a_download_and_graceful_shutdown_do_not_cut_it() {
 #[test]
 fn drain_sends_goaway_on_open_connections_and_keeps_serving() {
     let mut s = setup("");
-    let drain = || {
-        let admin = s.gw.admin_address().expect("admin address");
-        let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
-        let r =
-            curl(&["-X", "POST", "-H", &auth, &format!("http://{admin}/drain")]).expect("drain");
-        assert_eq!(r.status, 200, "{}", r.body);
-    };
     let hold = |path: &str| {
         let held = Proc::spawn(h3_command(&s.url(path), &["--hold", "20"])).expect("client");
         wait_for(Duration::from_secs(20), "the client to hold", || {
@@ -575,7 +568,9 @@ fn drain_sends_goaway_on_open_connections_and_keeps_serving() {
     // A connection open with one request answered (stream 0): the GOAWAY
     // names stream 4, the first one it will not take.
     let held = hold("/hello");
-    drain();
+    let admin = s.gw.admin_address().expect("admin address");
+    let r = post_drain(admin, ADMIN_TOKEN).expect("drain");
+    assert_eq!(r.status, 200, "{}", r.body);
     let out = report(held);
     assert_eq!(out["goaway"], 4, "{out}");
 

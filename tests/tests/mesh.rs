@@ -520,15 +520,7 @@ fn a_draining_sidecar_sends_its_pooled_connections_away() -> Result<()> {
     assert_eq!(count(&lab, "false")?, opened, "the pooled connection");
     assert_eq!(count(&lab, "true")?, reused + 1.0);
 
-    let sidecar = lab.instances[i].admin;
-    let auth = format!("authorization: Bearer {TOKEN}");
-    let r = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &auth,
-        &format!("http://{sidecar}/drain"),
-    ])?;
+    let r = meshgate_tests::post_drain(lab.instances[i].admin, TOKEN)?;
     assert_eq!(r.status, 200, "{}", r.body);
     // The GOAWAY reaches the gateway's pool; its next request opens a
     // new connection.
