@@ -12,7 +12,11 @@
 #    counts when it exits;
 # 3. merges the counts with llvm-profdata (rustup's llvm-tools component,
 #    added if missing);
-# 4. builds again with the profile (target/pgo).
+# 4. builds again with the profile (target/pgo);
+# 5. links each binary again with the functions its training ran placed
+#    side by side at the start of its code (scripts/pgo-order.py), so a
+#    process maps the code it runs and little else: a sidecar's resident
+#    code is a fraction of the binary's (bench/README.md has the figures).
 #
 # The training needs what the bench needs (nginx, wrk, h2load, oha; the
 # bench installs them, a few minutes the first time) and takes under a
@@ -44,11 +48,11 @@ build() {
         --target "$host" --bin meshgate --bin meshgate-sidecar >&2
 }
 
-echo "pgo: 1/4 instrumented build ($gen)" >&2
+echo "pgo: 1/5 instrumented build ($gen)" >&2
 rm -rf "$profiles"
 build "$gen" "-Cprofile-generate=$profiles"
 
-echo "pgo: 2/4 training (bench/run.py --quick, meshgate's targets)" >&2
+echo "pgo: 2/5 training (bench/run.py --quick, meshgate's targets)" >&2
 python3 bench/run.py --quick \
     --targets meshgate,meshgate-sidecar,meshgate-sidecar-grpc \
     --meshgate "$gen/$host/release/meshgate" --out "$gen/training" >&2
@@ -57,17 +61,29 @@ if ! compgen -G "$profiles/*.profraw" >/dev/null; then
     exit 1
 fi
 
-echo "pgo: 3/4 merging $(find "$profiles" -name '*.profraw' | wc -l) profiles" >&2
+echo "pgo: 3/5 merging $(find "$profiles" -name '*.profraw' | wc -l) profiles" >&2
 "$profdata" merge -o "$gen/merged.profdata" "$profiles"
 # Named by its content: cargo sees RUSTFLAGS, not the file they name, so a
 # new profile must change the flags for every crate to be built with it.
 merged="$gen/meshgate-$(sha256sum "$gen/merged.profdata" | cut -c1-16).profdata"
 mv "$gen/merged.profdata" "$merged"
 
-echo "pgo: 4/4 optimized build ($out)" >&2
-build "$out" "-Cprofile-use=$merged"
+echo "pgo: 4/5 optimized build ($out)" >&2
+flags="-Cprofile-use=$merged"
+build "$out" "$flags"
+
+# Only the binary's own crate is built again: the extra arguments of
+# `cargo rustc` go to it alone, and the same RUSTFLAGS keep every
+# dependency as step 4 built it, so the symbols the order names stay.
+echo "pgo: 5/5 linking with the trained functions first" >&2
 mkdir -p "$out/release"
-for bin in meshgate meshgate-sidecar; do
+for pkg_bin in meshgate:meshgate meshgate-sidecar:meshgate-sidecar; do
+    pkg=${pkg_bin%%:*} bin=${pkg_bin##*:}
+    order="$out/$bin.order"
+    python3 scripts/pgo-order.py "$profiles" "$gen/$host/release/$bin" "$out/$host/release/$bin" "$order"
+    CARGO_TARGET_DIR="$out" RUSTFLAGS="$flags" "$cargo" rustc --release --locked --target "$host" \
+        -p "$pkg" --bin "$bin" -- -Clink-arg=-Wl,--symbol-ordering-file="$order" >&2
+    python3 scripts/pgo-order.py --check "$order" "$out/$host/release/$bin"
     cp "$out/$host/release/$bin" "$out/release/$bin"
 done
 echo "$out/release/meshgate"
