@@ -32,8 +32,9 @@ build-release:
 
 # The profile-guided release build (scripts/pgo-build.sh): both binaries
 # built instrumented, trained on the quick load benchmark, built again with
-# the profile, into target/pgo/release/. About 15 minutes on two cores; the
-# training installs what the bench needs.
+# the profile and linked with the functions the training ran side by side,
+# into target/pgo/release/. About 15 minutes on two cores; the training
+# installs what the bench needs.
 release-pgo:
 	./scripts/pgo-build.sh
 
