@@ -10,8 +10,10 @@ starts them, pinned the same way (origin and sidecars on CPU 0, oha on CPU
 1), then oha over HTTP/1.1 at `--rate` requests/s with
 `--latency-correction` and 32 connections, alternating direct and each pair
 for `--rounds` rounds. Prints p50 and p99 per round and what each pair
-adds to direct's. Writes no results file: it is for profiling a change,
-not for the README's table. Needs what `make bench` installs.
+adds to direct's, and each sidecar's CPU time and context switches (all
+its threads, from /proc) per request. Writes no results file: it is for
+profiling a change, not for the README's table. Needs what `make bench`
+installs.
 """
 
 import argparse
@@ -68,19 +70,32 @@ def main():
             sys.exit("needs two CPUs: one for the servers, one for oha")
         procs.set_affinity([p for t in started for p in t.tree()], {cpus[0]})
 
-        def measure(url, host):
+        def measure(url, host, sidecars=()):
+            """p50 and p99, and per sidecar its CPU µs and context switches
+            (all its threads) per request while the run went."""
+            trees = [s.tree() for s in sidecars]
+            before = [(procs.cpu_seconds(t), procs.context_switches(t)) for t in trees]
             r = generators.oha(oha, url, args.rate, args.duration, CONNS, cpus={cpus[1]}, host=host)
-            return r["p50_ms"], r["p99_ms"]
+            n = max(r["requests"], 1)
+            per_req = [((procs.cpu_seconds(t) - c) * 1e6 / n, (procs.context_switches(t) - x) / n)
+                       for t, (c, x) in zip(trees, before)]
+            return r["p50_ms"], r["p99_ms"], per_req
 
         direct_url = f"http://127.0.0.1:{ctx.origin.ports['http1']}/"
         for n in range(1, args.rounds + 1):
-            d50, d99 = measure(direct_url, None)
+            d50, d99, _ = measure(direct_url, None)
             line = f"round {n}: direct p50 {d50:.3f} p99 {d99:.3f} ms"
+            costs = []
             for name, pair in pairs.items():
-                p50, p99 = measure(f"http://127.0.0.1:{pair.ports['http1']}/", pair.host)
+                p50, p99, per_req = measure(f"http://127.0.0.1:{pair.ports['http1']}/", pair.host,
+                                            (pair.proc, pair.server))
                 line += (f" | {name} p50 {p50:.3f} (+{p50 - d50:.3f})"
                          f" p99 {p99:.3f} (+{p99 - d99:.3f})")
+                costs.append(f"{name} " + ", ".join(
+                    f"{side} {us:.0f} µs {cs:.2f} switches"
+                    for side, (us, cs) in zip(("client", "server"), per_req)))
             print(line, flush=True)
+            print(f"  per request: {'; '.join(costs)}", flush=True)
     finally:
         for t in reversed(started):
             t.stop()

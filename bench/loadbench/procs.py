@@ -248,6 +248,26 @@ def cpu_seconds(pids):
     return ticks / CLK_TCK
 
 
+def context_switches(pids):
+    """Voluntary and involuntary context switches of every thread of the
+    processes so far (each thread counts its own in /proc/PID/task)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
+
+
 def rss_kib(pids):
     """Sum of VmRSS over the processes (shared pages of a master and its
     workers are counted in each, as `ps` would)."""
