@@ -248,23 +248,29 @@ def cpu_seconds(pids):
     return ticks / CLK_TCK
 
 
-def context_switches(pids):
-    """Voluntary and involuntary context switches of every thread of the
-    processes so far (each thread counts its own in /proc/PID/task)."""
-    total = 0
+def _threads(pids):
+    """(pid, tid) of every thread of the processes that still run."""
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                            total += int(line.split()[1])
-            except OSError:
-                continue
+            yield pid, tid
+
+
+def context_switches(pids):
+    """Voluntary and involuntary context switches of every thread of the
+    processes so far (each thread counts its own in /proc/PID/task)."""
+    total = 0
+    for pid, tid in _threads(pids):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
     return total
 
 
@@ -286,16 +292,11 @@ def rss_kib(pids):
 
 def set_affinity(pids, cpus):
     """Pin every thread of every process (new threads inherit the mask)."""
-    for pid in pids:
+    for _, tid in _threads(pids):
         try:
-            tids = os.listdir(f"/proc/{pid}/task")
+            os.sched_setaffinity(int(tid), cpus)
         except OSError:
-            continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except OSError:
-                pass
+            pass
 
 
 class PeakRss:
