@@ -122,6 +122,8 @@ fn exchange_in_parts(addr: SocketAddr, parts: &[&[u8]]) -> Exchange {
         match s.read(&mut chunk) {
             Ok(0) => break true,
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // A signal (a tracer's, say) cut the read short: read again.
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 break false;
             }
