@@ -25,7 +25,7 @@ mod setup;
 mod supervisor;
 mod tour;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -396,7 +396,11 @@ fn check_ports(appliance: Option<&Appliance>, listen: SocketAddr) -> Result<(), 
         wanted.push((i.inbound, format!("{}'s sidecar, inbound", i.id)));
     }
     for (addr, what) in wanted {
-        TcpListener::bind(addr).map_err(|source| DemoError::PortTaken { addr, what, source })?;
+        crate::listen::check_free(addr).map_err(|source| DemoError::PortTaken {
+            addr,
+            what,
+            source,
+        })?;
     }
     Ok(())
 }

@@ -50,6 +50,28 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Asked per connection on a TLS listener: whether plaintext is taken too.
 pub(crate) type PlaintextToo = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Whether `address` can be bound for listening, checked without
+/// listening on it: a socket that listened, even for a moment, would take
+/// connections into its queue, and closing it resets them. A client (a
+/// readiness probe, say) that connects while the check runs would see its
+/// first connection reset.
+pub(crate) fn check_free(address: SocketAddr) -> std::io::Result<()> {
+    bound(address).map(drop)
+}
+
+/// A socket bound to `address`, set up for listening but not listening.
+fn bound(address: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
 /// One listener's TCP side.
 pub(crate) struct TcpListener<A> {
     name: String,
@@ -69,15 +91,8 @@ impl<A> TcpListener<A> {
         app: Arc<A>,
         max_connections: usize,
     ) -> std::io::Result<Self> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
+        let socket = bound(address)?;
         socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
         socket.listen(BACKLOG)?;
         Ok(TcpListener {
             name: name.to_owned(),
@@ -268,5 +283,27 @@ impl<C: Deref<Target = AtomicUsize>> Held<C> {
 impl<C: Deref<Target = AtomicUsize>> Drop for Held<C> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_check_never_takes_a_connection() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = check_free(addr).expect_err("a listening port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(taken);
+
+        // While the check holds the port, a client is refused, not queued
+        // on a socket that is about to close (which would reset it).
+        let checking = bound(addr).expect("the port is free again");
+        let err = std::net::TcpStream::connect(addr).expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        drop(checking);
+        check_free(addr).expect("free after the check");
     }
 }

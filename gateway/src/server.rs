@@ -1,7 +1,7 @@
 //! `meshgate run`: build the pingora server from the config and run it.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -63,7 +63,7 @@ pub fn run(
     // Bind-test every listener first, so a taken port is one clear line
     // instead of a failure deep inside the server's start-up.
     for l in &snap.listeners {
-        if let Err(e) = TcpListener::bind(l.address) {
+        if let Err(e) = crate::listen::check_free(l.address) {
             eprintln!(
                 "error: listener \"{}\" cannot bind {}: {e}",
                 l.name, l.address

@@ -19,7 +19,7 @@
 //!   config and certificate and reconnects with backoff.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Condvar, Mutex};
@@ -187,7 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         own.push(("admin", a));
     }
     for (what, addr) in own {
-        TcpListener::bind(addr).map_err(|e| format!("{what} address {addr}: {e}"))?;
+        crate::listen::check_free(addr).map_err(|e| format!("{what} address {addr}: {e}"))?;
     }
     crate::server::init_logging_filter("info");
     crate::trace::set_sidecar(&cli.service);

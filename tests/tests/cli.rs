@@ -1,5 +1,5 @@
-//! `meshgate check`, `meshgate check --diff` and `--help`, through the real
-//! binary.
+//! `meshgate check`, `meshgate check --diff`, `--help` and a start-up
+//! error of `meshgate run`, through the real binary.
 
 use std::process::Command;
 use std::time::Duration;
@@ -217,4 +217,27 @@ fn demo_script_runs_the_appliance_and_fetches_the_status_page() {
     assert!(stdout.contains("over HTTP/1.1: 200 1.1"), "{stdout}");
     assert!(stdout.contains("over h2c:      200 2"), "{stdout}");
     assert!(stdout.contains("\"route\":\"status-page\""), "{stdout}");
+}
+
+#[test]
+fn a_taken_listener_port_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let config = tempdir().expect("tempdir").join("meshgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"web\"\naddress = \"{addr}\"\n\n\
+             [[route]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nservice = \"o\"\n\n\
+             [[service]]\nname = \"o\"\nendpoints = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ),
+    )
+    .expect("write config");
+    let (code, out, err) = meshgate(&["run", "--config", config.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("error: listener \"web\" cannot bind {addr}")),
+        "{err}"
+    );
+    drop(taken);
 }
