@@ -46,14 +46,21 @@ pub fn workspace() -> PathBuf {
 ///
 /// Chosen at random below the kernel's ephemeral range (32768 and up on
 /// Linux), so servers that bind port 0 themselves (the test origins) can
-/// never be handed the same port between our check and the gateway's bind;
-/// ports already handed out by this process are never repeated.
+/// never be handed the same port between our check and the gateway's bind.
+/// A port handed out is never handed out again while this process lives,
+/// by this process or by another test process running at the same time:
+/// each pick holds a lock on a file named after the port (released when
+/// the process exits). Without it, two test processes could both pick a
+/// port, one gateway would fail to bind it, and its test would talk to the
+/// other's gateway.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static HELD: Mutex<Vec<(u16, Option<std::fs::File>)>> = Mutex::new(Vec::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()).rotate_left(17);
+    let locks = std::env::temp_dir().join("meshgate-test-ports");
+    let _ = std::fs::create_dir_all(&locks);
     let mut x = seed | 1;
     for _ in 0..2000 {
         // xorshift: cheap, good enough to spread picks.
@@ -61,12 +68,19 @@ pub fn free_port() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let port = 20_000 + (x % 12_000) as u16;
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if given.contains(&port) {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if held.iter().any(|(p, _)| *p == port) {
             continue;
         }
+        let lock = match lock_port(&locks, port) {
+            PortLock::Held(file) => Some(file),
+            PortLock::Busy => continue,
+            // A temporary directory we cannot write: this process's own
+            // record still applies.
+            PortLock::Unavailable => None,
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
+            held.push((port, lock));
             return port;
         }
     }
@@ -74,6 +88,29 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+enum PortLock {
+    Held(std::fs::File),
+    Busy,
+    Unavailable,
+}
+
+/// An exclusive lock on `dir/<port>`, unless another process holds it.
+fn lock_port(dir: &Path, port: u16) -> PortLock {
+    let opened = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()));
+    let Ok(file) = opened else {
+        return PortLock::Unavailable;
+    };
+    match file.try_lock() {
+        Ok(()) => PortLock::Held(file),
+        Err(std::fs::TryLockError::WouldBlock) => PortLock::Busy,
+        Err(std::fs::TryLockError::Error(_)) => PortLock::Unavailable,
+    }
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
@@ -185,8 +222,26 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let exited = !self.running();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its processes said on stderr (cargo
+        // prints a failed test's output): the last 8 KiB. What the pumps
+        // have not collected yet is not waited for; a child's own child
+        // may hold the pipe open.
+        if std::thread::panicking() {
+            let err = self.stderr();
+            let mut from = err.len().saturating_sub(8192);
+            while !err.is_char_boundary(from) {
+                from += 1;
+            }
+            let tail = &err[from..];
+            eprintln!(
+                "--- pid {} ({}), the end of its stderr:\n{tail}---",
+                self.pid(),
+                if exited { "had exited" } else { "was running" },
+            );
+        }
     }
 }
 
@@ -305,6 +360,14 @@ impl Gateway {
         if let Err(e) = wait_for_port(ready) {
             let _ = proc.running();
             bail!("{e}\nstderr:\n{}", proc.stderr());
+        }
+        // Something else may be listening there: a gateway that could not
+        // bind has exited by the time its port answers.
+        if !proc.running() {
+            bail!(
+                "meshgate exited, yet {ready} accepts connections\nstderr:\n{}",
+                proc.stderr()
+            );
         }
         Ok(Gateway {
             proc,
