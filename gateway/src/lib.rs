@@ -21,6 +21,7 @@ mod framing;
 mod h3;
 mod inbound;
 mod listen;
+mod memory;
 mod mesh;
 mod metrics;
 mod notify;

@@ -11,25 +11,10 @@
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use pingora::server::{ExecutionPhase, Server};
-
-/// Tells systemd `READY=1` once pingora reports its services running (its
-/// listeners are started by then). Call it just before `run_forever`; it
-/// watches the server's phases on a thread of its own.
-pub(crate) fn on_phases(server: &Server) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
-    let mut phases = server.watch_execution_phase();
-    std::thread::spawn(move || {
-        loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::Running) => return notify("READY=1"),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            }
-        }
-    });
+/// Tells systemd `READY=1` (called once pingora reports its services
+/// running, see [`crate::server::when_running`]).
+pub(crate) fn ready() {
+    notify("READY=1");
 }
 
 /// Tells systemd `STOPPING=1`. Called by the drain on SIGTERM before it

@@ -127,8 +127,35 @@ pub fn run(
     }
     tracing::info!(origin = %snap.origin, version = snap.version, "meshgate started");
     drain_on_terminate(&server, drain_limit(&snap));
-    crate::notify::on_phases(&server);
+    when_running(&server);
     server.run_forever()
+}
+
+/// Once pingora reports its services running (its listeners are started
+/// by then): tells systemd `READY=1` when started by it, and lets go of
+/// the executable's start-up pages ([`crate::memory`]). On a thread of its
+/// own, which ends there. Call it just before `run_forever`.
+pub(crate) fn when_running(server: &Server) {
+    let mut phases = server.watch_execution_phase();
+    let watcher = std::thread::Builder::new()
+        .name("started".into())
+        .spawn(move || {
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::Running) => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+            crate::notify::ready();
+            match crate::memory::release_startup_pages() {
+                Ok(bytes) => tracing::debug!(bytes, "start-up pages released"),
+                Err(e) => tracing::debug!("start-up pages kept: {e}"),
+            }
+        });
+    if let Err(e) = watcher {
+        tracing::warn!("cannot watch the start-up: {e}");
+    }
 }
 
 /// Runs `task` on a thread of its own with a single-threaded tokio

@@ -323,6 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         "meshgate-sidecar started"
     );
     crate::server::drain_on_terminate(&server, crate::server::drain_limit(&snap));
+    crate::server::when_running(&server);
     server.run_forever()
 }
 
