@@ -5,7 +5,7 @@
 //! and the running version keeps serving.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,18 +24,24 @@ pub(crate) struct Reloader {
     watch: Option<Duration>,
     /// Live certificates of each TLS listener, by listener name.
     certs: HashMap<String, Arc<LiveCerts>>,
+    /// The config file's stamp from before it was loaded: a change made
+    /// after that, even before this task starts, is a change to apply.
+    loaded: Option<Stamp>,
 }
 
 impl Reloader {
+    /// `loaded` is the file's [`stamp`] taken before the store read it.
     pub(crate) fn new(
         store: Arc<ConfigStore>,
         watch_ms: u64,
         certs: HashMap<String, Arc<LiveCerts>>,
+        loaded: Option<Stamp>,
     ) -> Self {
         Self {
             store,
             watch: (watch_ms > 0).then(|| Duration::from_millis(watch_ms)),
             certs,
+            loaded,
         }
     }
 
@@ -74,6 +80,26 @@ impl Reloader {
     }
 }
 
+/// Keeps a SIGHUP from ending the process (its default action) from now
+/// on. Called first thing at start-up: a reload sent right after the
+/// listeners accept would otherwise kill a gateway whose reload task has
+/// not started listening yet. tokio's handler, once registered, stays for
+/// the life of the process; a SIGHUP that comes before the reload task
+/// listens is dropped, and the task then reloads if the file changed.
+pub(crate) fn ignore_sighup_until_listening() {
+    let registered = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async { signal(SignalKind::hangup()).map(drop) })
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = registered {
+        tracing::warn!("cannot register for SIGHUP yet: {e}");
+    }
+}
+
 /// Swaps in each TLS listener's certificates from the store's current
 /// snapshot (after a reload or `PUT /config`). A listener whose new
 /// certificates fail to load keeps its old ones.
@@ -93,8 +119,12 @@ pub(crate) fn reload_certificates(store: &ConfigStore, certs: &HashMap<String, A
     }
 }
 
-/// What we compare to notice a file change without reading it.
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+/// What we compare to notice a file change without reading it: the
+/// modification time and the length.
+pub(crate) type Stamp = (SystemTime, u64);
+
+/// The file's [`Stamp`], if it can be read.
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -118,19 +148,27 @@ impl BackgroundService for Reloader {
         // tick: a script or editor that rewrites it in place could
         // otherwise be read half-written (and a prefix of a config can
         // be a valid config with fewer routes).
-        let mut last = path.as_ref().and_then(stamp);
+        let mut last = self.loaded;
         let mut seen = last;
+        // A SIGHUP sent during start-up, before `hup` listened, was
+        // ignored (see `ignore_sighup_until_listening`); the file it was
+        // about has changed since it was loaded.
+        if path.as_deref().and_then(stamp) != last {
+            last = path.as_deref().and_then(stamp);
+            seen = last;
+            self.reload("changed during start-up");
+        }
         let tick = self.watch.unwrap_or(Duration::from_secs(3600));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => {
-                    last = path.as_ref().and_then(stamp);
+                    last = path.as_deref().and_then(stamp);
                     seen = last;
                     self.reload("SIGHUP");
                 }
                 _ = tokio::time::sleep(tick), if self.watch.is_some() && path.is_some() => {
-                    let now = path.as_ref().and_then(stamp);
+                    let now = path.as_deref().and_then(stamp);
                     if now.is_some() && now != last {
                         if now == seen {
                             last = now;

@@ -32,6 +32,10 @@ pub fn run(
     threads: Option<usize>,
     watch_ms: u64,
 ) -> ExitCode {
+    crate::reload::ignore_sighup_until_listening();
+    // Taken before the file is read: a rewrite from here on is one the
+    // watcher must apply, however soon it comes.
+    let loaded = config.as_deref().and_then(crate::reload::stamp);
     let store = match &config {
         Some(path) => match ConfigStore::from_file(path) {
             Ok(s) => s,
@@ -110,7 +114,7 @@ pub fn run(
     }
     server.add_service(background_service(
         "config reload",
-        Reloader::new(store.clone(), watch_ms, certs),
+        Reloader::new(store.clone(), watch_ms, certs, loaded),
     ));
     server.add_service(background_service(
         "jwks refresh",

@@ -222,7 +222,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let exited = !self.running();
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A failing test shows what its processes said on stderr (cargo
@@ -236,10 +236,10 @@ impl Drop for Proc {
                 from += 1;
             }
             let tail = &err[from..];
+            let state = exited.map_or("was running".to_owned(), |st| format!("had exited: {st}"));
             eprintln!(
-                "--- pid {} ({}), the end of its stderr:\n{tail}---",
-                self.pid(),
-                if exited { "had exited" } else { "was running" },
+                "--- pid {} ({state}), the end of its stderr:\n{tail}---",
+                self.pid()
             );
         }
     }

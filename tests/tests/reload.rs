@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshgate_tests::scripted::{Scripted, scripted};
-use meshgate_tests::{Gateway, Proc, curl, free_port, run, tempdir, wait_for};
+use meshgate_tests::{Gateway, Proc, bin, curl, free_port, run, tempdir, wait_for};
 
 fn config(port: u16, admin: u16, target: &str, a: SocketAddr, b: SocketAddr) -> String {
     format!(
@@ -235,4 +235,37 @@ fn a_file_rewritten_in_place_is_applied_whole_and_an_empty_one_never() {
         "one reload, of the whole file:\n{}",
         s.gw.proc.stderr()
     );
+}
+
+/// A reload sent the moment the listener accepts, before the gateway's
+/// reload task can have started: SIGHUP's default action would end the
+/// process, and a signal nobody listened for would be lost.
+#[test]
+fn a_sighup_as_soon_as_the_port_accepts_is_applied() {
+    let a = scripted("a");
+    let b = scripted("b");
+    let (port, admin) = (free_port(), free_port());
+    let file = tempdir().expect("tempdir").join("meshgate.toml");
+    std::fs::write(&file, config(port, admin, "a", a.addr, b.addr)).expect("write");
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.arg("run").arg("--config").arg(&file);
+    let mut gw = Proc::spawn(cmd).expect("meshgate");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // No pause between tries (wait_for's 20 ms would leave the gateway
+    // time to finish starting): the signal comes as early as it can.
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20) && gw.running(),
+            "no listener: {}",
+            gw.stderr()
+        );
+    }
+    std::fs::write(&file, config(port, admin, "b", a.addr, b.addr)).expect("rewrite");
+    gw.signal("HUP").expect("SIGHUP");
+    wait_for(Duration::from_secs(10), "the reload to apply", || {
+        curl(&[&format!("http://{addr}/svc")]).is_ok_and(|r| r.header("x-origin") == Some("b"))
+    })
+    .expect("the rewritten config serves");
+    assert!(gw.running(), "{}", gw.stderr());
 }
