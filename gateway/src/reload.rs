@@ -87,8 +87,9 @@ impl Reloader {
 /// the life of the process; a SIGHUP that comes before the reload task
 /// listens is dropped, and the task then reloads if the file changed.
 pub(crate) fn ignore_sighup_until_listening() {
+    // tokio's signal handling runs on its I/O driver.
     let registered = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
@@ -153,9 +154,10 @@ impl BackgroundService for Reloader {
         // A SIGHUP sent during start-up, before `hup` listened, was
         // ignored (see `ignore_sighup_until_listening`); the file it was
         // about has changed since it was loaded.
-        if path.as_deref().and_then(stamp) != last {
-            last = path.as_deref().and_then(stamp);
-            seen = last;
+        let now = path.as_deref().and_then(stamp);
+        if now != last {
+            last = now;
+            seen = now;
             self.reload("changed during start-up");
         }
         let tick = self.watch.unwrap_or(Duration::from_secs(3600));

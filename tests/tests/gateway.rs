@@ -126,6 +126,40 @@ fn embedded_default_serves_the_status_page() {
     }
 }
 
+/// Once running, the gateway drops its mappings of its start-up pages
+/// (gateway/src/memory.rs) and serves on, the code it needs faulting back
+/// in from the file.
+#[test]
+fn start_up_pages_are_released_and_requests_still_served() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()])
+        .env("RUST_LOG", "warn,meshgate=debug");
+    let proc = Proc::spawn(cmd).expect("spawn");
+    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    let released = || {
+        let err = proc.stderr();
+        err.lines()
+            .find(|l| l.contains("start-up pages"))
+            .map(str::to_owned)
+    };
+    wait_for(Duration::from_secs(10), "the start-up pages' fate", || {
+        released().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    let line = released().unwrap_or_default();
+    let bytes: u64 = line
+        .split_once("bytes=")
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not released: {line}"));
+    assert!(bytes > 0, "{line}");
+    for _ in 0..3 {
+        let r = curl(&[&format!("http://{addr}/anything")]).expect("curl");
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("meshgate is running"), "{}", r.body);
+    }
+}
+
 #[test]
 fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
     let s = setup("hello there");
