@@ -1,4 +1,4 @@
-//! Letting go of the executable's start-up pages once the server runs.
+//! Letting go of start-up pages of code and constants once the server runs.
 //!
 //! Start-up (config parsing and validation, TLS and certificate set-up,
 //! the loader's relocations, pingora's bootstrap) runs code and reads data
@@ -12,18 +12,21 @@
 //! page cache, shared and reclaimable: this lowers the process's resident
 //! set, not what the host has cached.
 //!
-//! Only segments the process cannot have written are dropped: the code,
-//! and the read-only segment before it (headers, symbol tables,
-//! relocations, `.rodata`, unwind tables); never the RELRO segment, which
-//! the loader wrote. A mapping holding any private (written) page, as a
-//! debugger's breakpoint makes, is left alone.
+//! The shared libraries' code and constants (the C library, the math
+//! library, the loader) are dropped the same way: start-up and the
+//! loader's symbol lookups touched much of them, a request little.
+//!
+//! Only mappings the process cannot have written are dropped: private
+//! file mappings that are not writable and hold no private page, that is
+//! the code and the read-only segments (headers, symbol tables,
+//! relocations, `.rodata`, unwind tables). Never a writable mapping, nor
+//! the RELRO segment, which the loader wrote before making it read-only
+//! (its pages are private), nor a mapping a debugger's breakpoint wrote.
 
 // The one `madvise` call below; nothing else in this module is unsafe.
 #![allow(unsafe_code)]
 
-use std::path::Path;
-
-/// One mapping of the executable, from `/proc/self/smaps`.
+/// One file mapping, from `/proc/self/smaps`.
 #[derive(Debug, PartialEq)]
 struct Mapping {
     start: usize,
@@ -33,22 +36,22 @@ struct Mapping {
     private_kib: u64,
 }
 
-/// Drops the resident pages of the executable's read-only segments and
-/// returns how many bytes of mappings were advised. Errors (no `/proc`,
-/// an unexpected format) leave everything as it was.
+/// Drops the resident pages of the read-only file mappings (the
+/// executable's and the shared libraries' code and constants) and returns
+/// how many bytes of mappings were advised. Errors (no `/proc`, an
+/// unexpected format) leave everything as it was.
 pub(crate) fn release_startup_pages() -> std::io::Result<usize> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
-    for m in droppable(&own_mappings(&smaps, &exe)) {
+    for m in droppable(&file_mappings(&smaps)) {
         let len = m.end - m.start;
         let Some(addr) = std::ptr::NonNull::new(m.start as *mut std::ffi::c_void) else {
             continue;
         };
-        // Safety: the range is a whole mapping of our own executable that
-        // is not writable and holds no private page, so its contents are
-        // the file's; MADV_DONTNEED on such a private file mapping only
-        // unmaps the pages, which fault back in from the file unchanged.
+        // Safety: the range is a whole private mapping of a file that is
+        // not writable and holds no private page, so its contents are the
+        // file's; MADV_DONTNEED on such a mapping only unmaps the pages,
+        // which fault back in from the file unchanged.
         unsafe { nix::sys::mman::madvise(addr, len, nix::sys::mman::MmapAdvise::MADV_DONTNEED) }
             .map_err(std::io::Error::from)?;
         released += len;
@@ -56,12 +59,11 @@ pub(crate) fn release_startup_pages() -> std::io::Result<usize> {
     Ok(released)
 }
 
-/// The mappings of `exe` in `smaps` text, in address order.
-fn own_mappings(smaps: &str, exe: &Path) -> Vec<Mapping> {
-    let exe = exe.to_string_lossy();
+/// The mappings of files in `smaps` text, in address order.
+fn file_mappings(smaps: &str) -> Vec<Mapping> {
     let mut out: Vec<Mapping> = Vec::new();
-    // Whether the mapping whose fields follow is one of ours.
-    let mut ours = false;
+    // Whether the mapping whose fields follow is a file's.
+    let mut file = false;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else {
@@ -76,8 +78,8 @@ fn own_mappings(smaps: &str, exe: &Path) -> Vec<Mapping> {
             // start-end perms offset dev inode [path]
             let perms = fields.next().unwrap_or("");
             let path = fields.nth(3).unwrap_or("");
-            ours = path == exe;
-            if ours {
+            file = path.starts_with('/');
+            if file {
                 out.push(Mapping {
                     start,
                     end,
@@ -85,7 +87,7 @@ fn own_mappings(smaps: &str, exe: &Path) -> Vec<Mapping> {
                     private_kib: 0,
                 });
             }
-        } else if ours
+        } else if file
             && first == "Anonymous:"
             && let Some(m) = out.last_mut()
         {
@@ -98,16 +100,12 @@ fn own_mappings(smaps: &str, exe: &Path) -> Vec<Mapping> {
     out
 }
 
-/// Of the executable's mappings: the code, and the read-only ones below
-/// it, holding no private page.
+/// The private, read-only (`r--p`) or code (`r-xp`) mappings holding no
+/// private page.
 fn droppable(mappings: &[Mapping]) -> Vec<&Mapping> {
-    let Some(code) = mappings.iter().find(|m| m.perms == "r-xp") else {
-        return Vec::new();
-    };
     mappings
         .iter()
-        .filter(|m| m.private_kib == 0)
-        .filter(|m| m.perms == "r-xp" || (m.perms == "r--p" && m.end <= code.start))
+        .filter(|m| m.private_kib == 0 && (m.perms == "r-xp" || m.perms == "r--p"))
         .collect()
 }
 
@@ -129,17 +127,32 @@ Anonymous:           700 kB
 Anonymous:            32 kB
 7f00000000-7f00100000 r-xp 00000000 08:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6
 Anonymous:             0 kB
+7f00100000-7f00110000 r--p 00100000 08:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
+7f00110000-7f00120000 r--s 00000000 08:01 9 /var/lib/shared.db
+Anonymous:             0 kB
 7f00200000-7f00300000 rw-p 00000000 00:00 0
 Anonymous:          1024 kB
 ";
 
     #[test]
-    fn only_the_code_and_the_read_only_data_below_it_are_dropped() {
-        let all = own_mappings(SMAPS, Path::new("/usr/bin/meshgate"));
-        assert_eq!(all.len(), 4);
+    fn the_read_only_file_mappings_are_dropped() {
+        let all = file_mappings(SMAPS);
+        assert_eq!(all.len(), 7, "{all:?}");
         assert_eq!(all[2].private_kib, 700);
         let starts: Vec<usize> = droppable(&all).iter().map(|m| m.start).collect();
-        assert_eq!(starts, [0x56_0000_0000, 0x56_0056_9000]);
+        // The executable's read-only data and code and the C library's
+        // code; not the RELRO segment (written by the loader), the
+        // writable data, a shared mapping, nor anonymous memory.
+        assert_eq!(
+            starts,
+            [
+                0x56_0000_0000,
+                0x56_0056_9000,
+                0x7f_0000_0000,
+                0x7f_0010_0000
+            ]
+        );
     }
 
     #[test]
@@ -149,20 +162,18 @@ Anonymous:          1024 kB
             "9800 kB\nAnonymous:             4 kB",
             1,
         );
-        let all = own_mappings(&smaps, Path::new("/usr/bin/meshgate"));
-        let starts: Vec<usize> = droppable(&all).iter().map(|m| m.start).collect();
-        assert_eq!(starts, [0x56_0000_0000]);
-    }
-
-    #[test]
-    fn another_binary_has_nothing_to_drop() {
-        assert!(own_mappings(SMAPS, Path::new("/usr/bin/other")).is_empty());
+        let starts: Vec<usize> = droppable(&file_mappings(&smaps))
+            .iter()
+            .map(|m| m.start)
+            .collect();
+        assert!(!starts.contains(&0x56_0056_9000), "{starts:x?}");
+        assert_eq!(starts.len(), 3);
     }
 
     #[test]
     fn this_process_drops_its_pages_and_keeps_running() {
         let released = release_startup_pages().expect("release");
-        assert!(released > 0, "no mapping of the test binary was dropped");
+        assert!(released > 0, "no file mapping was dropped");
         // Code and constants that were just dropped still work.
         assert_eq!(format!("{:?}", droppable(&[])), "[]");
     }
