@@ -131,6 +131,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
             }
         };
         let open = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(crate::memory::give_back_freed_memory(shutdown.clone()));
         loop {
             let (tcp, peer) = tokio::select! {
                 biased;

@@ -1,4 +1,5 @@
-//! Letting go of start-up pages of code and constants once the server runs.
+//! Giving memory back: the start-up pages of code and constants once the
+//! server runs, and what the allocator freed after a burst of load.
 //!
 //! Start-up (config parsing and validation, TLS and certificate set-up,
 //! the loader's relocations, pingora's bootstrap) runs code and reads data
@@ -22,9 +23,45 @@
 //! relocations, `.rodata`, unwind tables). Never a writable mapping, nor
 //! the RELRO segment, which the loader wrote before making it read-only
 //! (its pages are private), nor a mapping a debugger's breakpoint wrote.
+//!
+//! Memory freed after a burst of load is given back too, without waiting
+//! for the next request: the allocator (mimalloc) keeps a thread's
+//! emptied pages until that thread allocates again, so a sidecar that went
+//! quiet after a burst held the burst's peak (measured: 35 MiB against 14
+//! before it). Each listener's thread asks the allocator to give back what
+//! it freed once a second ([`give_back_freed_memory`]).
 
-// The one `madvise` call below; nothing else in this module is unsafe.
+// The `madvise` and `mi_collect` calls below; nothing else in this module
+// is unsafe.
 #![allow(unsafe_code)]
+
+use std::time::Duration;
+
+/// How often a listener's thread gives freed memory back.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Until `shutdown` turns true: once a second, the allocator frees this
+/// thread's emptied pages and returns the memory it freed more than its
+/// purge delay (1 s) ago to the system. Spawned beside each listener's
+/// accept loop (TCP and QUIC), so it runs on that listener's runtime; with one thread per
+/// listener (a sidecar's default) that is the thread that served the
+/// requests. A call when nothing was freed is a walk over the thread's
+/// partly used pages, microseconds.
+pub(crate) async fn give_back_freed_memory(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(COLLECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {
+                // Safety: `mi_collect` takes no pointer; it only walks the
+                // calling thread's own heap and the shared arenas under
+                // their locks, as any allocation may.
+                unsafe { libmimalloc_sys::mi_collect(false) }
+            }
+        }
+    }
+}
 
 /// One file mapping, from `/proc/self/smaps`.
 #[derive(Debug, PartialEq)]

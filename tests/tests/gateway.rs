@@ -160,6 +160,81 @@ fn start_up_pages_are_released_and_requests_still_served() {
     }
 }
 
+/// The anonymous memory (`RssAnon`, the allocator's) of a process, in KiB.
+fn anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// After a burst of load the gateway, left idle, gives the memory the
+/// burst took back to the system (gateway/src/memory.rs): the allocator
+/// alone keeps a thread's freed pages until that thread allocates again.
+#[test]
+fn memory_a_burst_took_is_given_back_while_idle() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()]);
+    let proc = Proc::spawn(cmd).expect("spawn");
+    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    let r = curl(&[&format!("http://{addr}/")]).expect("curl");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = anon_kib(proc.pid());
+
+    // 64 connections with 10 streams each (h2c), for 3 s, sampling the
+    // memory while it runs.
+    let mut load = Command::new("h2load")
+        .args([
+            "-c",
+            "64",
+            "-m",
+            "10",
+            "-D",
+            "3",
+            &format!("http://{addr}/"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("h2load (nghttp2-client)");
+    let mut peak = before;
+    while load.try_wait().expect("h2load").is_none() {
+        peak = peak.max(anon_kib(proc.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = load.wait_with_output().expect("h2load");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "h2load: {summary}");
+    assert!(
+        summary.contains(" 0 failed, 0 errored"),
+        "h2load: {summary}"
+    );
+    assert!(
+        peak >= before + 2048,
+        "the burst did not grow the gateway's memory enough to tell: {before} -> {peak} KiB"
+    );
+
+    // Idle from here: no request reaches the gateway.
+    let half_back = before + (peak - before) / 2;
+    let mut now = peak;
+    wait_for(
+        Duration::from_secs(10),
+        "the burst's memory given back",
+        || {
+            now = anon_kib(proc.pid());
+            now <= half_back
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!("{e}: anonymous memory {before} KiB before, {peak} at the peak, {now} now")
+    });
+}
+
 #[test]
 fn routes_respond_redirect_and_forward_over_h1_and_h2c() {
     let s = setup("hello there");

@@ -190,6 +190,7 @@ impl Service for H3Listener {
             }
         };
         let counts = Arc::new(Counts::default());
+        tokio::spawn(crate::memory::give_back_freed_memory(shutdown.clone()));
         let conn = Conn {
             settings: self.conn.clone(),
             shutdown: crate::server::closing_signal(&shutdown),
