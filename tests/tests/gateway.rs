@@ -109,6 +109,7 @@ fn setup(hello: &str) -> Setup {
 
 #[test]
 fn embedded_default_serves_the_status_page() {
+    let _turn = embedded_default_turn();
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = Command::new(bin("meshgate"));
@@ -126,11 +127,19 @@ fn embedded_default_serves_the_status_page() {
     }
 }
 
+/// The embedded default puts the admin API on 127.0.0.1:9901, so the
+/// tests that run it take turns.
+fn embedded_default_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// Once running, the gateway drops its mappings of its start-up pages
 /// (gateway/src/memory.rs) and serves on, the code it needs faulting back
 /// in from the file.
 #[test]
 fn start_up_pages_are_released_and_requests_still_served() {
+    let _turn = embedded_default_turn();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cmd = Command::new(bin("meshgate"));
     cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()])
@@ -177,13 +186,15 @@ fn anon_kib(pid: u32) -> u64 {
 /// alone keeps a thread's freed pages until that thread allocates again.
 #[test]
 fn memory_a_burst_took_is_given_back_while_idle() {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut cmd = Command::new(bin("meshgate"));
-    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()]);
-    let proc = Proc::spawn(cmd).expect("spawn");
-    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    let (gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        "[[route]]\nname = \"hi\"\nmatch = { path_prefix = \"/\" }\n\
+         respond = { status = 200, body = \"hi\" }\n",
+    )
+    .expect("gateway");
+    let proc = &gw.proc;
     let r = curl(&[&format!("http://{addr}/")]).expect("curl");
-    assert_eq!(r.status, 200);
+    assert_eq!((r.status, r.body.as_str()), (200, "hi"));
     std::thread::sleep(Duration::from_secs(2));
     let before = anon_kib(proc.pid());
 
