@@ -84,6 +84,10 @@ for pkg_bin in meshgate:meshgate meshgate-sidecar:meshgate-sidecar; do
     CARGO_TARGET_DIR="$out" RUSTFLAGS="$flags" "$cargo" rustc --release --locked --target "$host" \
         -p "$pkg" --bin "$bin" -- -Clink-arg=-Wl,--symbol-ordering-file="$order" >&2
     python3 scripts/pgo-order.py --check "$order" "$out/$host/release/$bin"
-    cp "$out/$host/release/$bin" "$out/release/$bin"
+    # Copied beside and renamed over: a running copy of the previous
+    # build keeps its file, where a copy over it would fail ("text file
+    # busy").
+    cp "$out/$host/release/$bin" "$out/release/$bin.new"
+    mv -f "$out/release/$bin.new" "$out/release/$bin"
 done
 echo "$out/release/meshgate"
