@@ -43,9 +43,10 @@ const COLLECT_EVERY: Duration = Duration::from_secs(1);
 /// Until `shutdown` turns true: once a second, the allocator frees this
 /// thread's emptied pages and returns the memory it freed more than its
 /// purge delay (1 s) ago to the system. Spawned beside each listener's
-/// accept loop (TCP and QUIC), so it runs on that listener's runtime; with one thread per
-/// listener (a sidecar's default) that is the thread that served the
-/// requests. A call when nothing was freed is a walk over the thread's
+/// accept loop (TCP and QUIC), so it runs on that listener's runtime;
+/// with one thread per listener (a sidecar's default) that is the thread
+/// that served the requests, with several it is whichever the runtime
+/// picks. A call when nothing was freed is a walk over the thread's
 /// partly used pages, microseconds.
 pub(crate) async fn give_back_freed_memory(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(COLLECT_EVERY);

@@ -137,8 +137,9 @@ pub fn run(
 
 /// Once pingora reports its services running (its listeners are started
 /// by then): tells systemd `READY=1` when started by it, and lets go of
-/// its start-up pages of code and constants ([`crate::memory`]). On a thread of its
-/// own, which ends there. Call it just before `run_forever`.
+/// its start-up pages of code and constants ([`crate::memory`]). On a
+/// thread of its own, which ends there. Call it just before
+/// `run_forever`.
 pub(crate) fn when_running(server: &Server) {
     let mut phases = server.watch_execution_phase();
     let watcher = std::thread::Builder::new()
