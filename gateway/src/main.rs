@@ -43,6 +43,10 @@ enum Command {
         /// address instead of 127.0.0.1:8080.
         #[arg(long, value_name = "ADDR", conflicts_with = "config")]
         listen: Option<std::net::SocketAddr>,
+        /// With the embedded default only: serve the admin API on this
+        /// address instead of 127.0.0.1:9901 (so two can run on one host).
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
         /// Worker threads per listener (default: number of CPUs).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
@@ -107,9 +111,15 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             listen,
+            admin,
             threads,
             watch_interval_ms,
-        } => server::run(config, listen, threads, watch_interval_ms),
+        } => server::run(
+            config,
+            server::Embedded { listen, admin },
+            threads,
+            watch_interval_ms,
+        ),
         Command::Demo(args) => demo::main(args),
         Command::Mesh(MeshCommand::RotateCa { config }) => {
             rotation::run(rotation::Step::Rotate, &config)

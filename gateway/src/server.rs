@@ -26,9 +26,19 @@ use crate::reload::Reloader;
 use crate::runtime::Runtimes;
 use crate::tls::LiveCerts;
 
+/// Where the embedded default (`run` without a config file) serves, when
+/// not on its own addresses.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Embedded {
+    /// The status page's listener (default 127.0.0.1:8080).
+    pub listen: Option<SocketAddr>,
+    /// The admin API (default 127.0.0.1:9901).
+    pub admin: Option<SocketAddr>,
+}
+
 pub fn run(
     config: Option<PathBuf>,
-    listen: Option<SocketAddr>,
+    embedded: Embedded,
     threads: Option<usize>,
     watch_ms: u64,
 ) -> ExitCode {
@@ -46,8 +56,21 @@ pub fn run(
         },
         None => match load_embedded() {
             Ok(mut s) => {
-                if let (Some(addr), Some(l)) = (listen, s.listeners.first_mut()) {
+                if let (Some(addr), Some(l)) = (embedded.listen, s.listeners.first_mut()) {
                     l.address = addr;
+                }
+                if let Some(addr) = embedded.admin {
+                    // The embedded default has no admin token, and the
+                    // admin API beyond loopback needs one.
+                    if !addr.ip().is_loopback() {
+                        eprintln!(
+                            "error: --admin {addr} is not a loopback address: the embedded \
+                             default has no admin token; write a config file with an \
+                             [admin] token to serve the admin API beyond loopback"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    s.admin.address = addr;
                 }
                 ConfigStore::new(s, ConfigSource::Embedded)
             }

@@ -107,31 +107,72 @@ fn setup(hello: &str) -> Setup {
     }
 }
 
+/// The embedded default on the addresses `--listen` and `--admin` name:
+/// two run side by side on one host, each serving its status page and
+/// admin API.
 #[test]
 fn embedded_default_serves_the_status_page() {
-    let _turn = embedded_default_turn();
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cmd = Command::new(bin("meshgate"));
-    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()]);
-    let proc = Proc::spawn(cmd).expect("spawn");
-    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
-    for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
-        let mut args = extra.to_vec();
-        let url = format!("http://{addr}/anything");
-        args.push(&url);
-        let r = curl(&args).expect("curl");
-        assert_eq!(r.status, 200);
-        assert!(r.body.contains("meshgate is running"), "{}", r.body);
-        assert!(r.body.contains("&lt;embedded default&gt;"), "{}", r.body);
+    let start = || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(bin("meshgate"));
+        cmd.args([
+            "run",
+            "--threads",
+            "1",
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ]);
+        let proc = Proc::spawn(cmd).expect("spawn");
+        wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+        wait_for_port(admin).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+        (proc, addr, admin)
+    };
+    let two = [start(), start()];
+    for (_proc, addr, admin) in &two {
+        for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
+            let mut args = extra.to_vec();
+            let url = format!("http://{addr}/anything");
+            args.push(&url);
+            let r = curl(&args).expect("curl");
+            assert_eq!(r.status, 200);
+            assert!(r.body.contains("meshgate is running"), "{}", r.body);
+            assert!(r.body.contains("&lt;embedded default&gt;"), "{}", r.body);
+        }
+        let r = curl(&[&format!("http://{admin}/readyz")]).expect("curl");
+        assert_eq!(r.status, 200, "{}", r.body);
     }
 }
 
-/// The embedded default puts the admin API on 127.0.0.1:9901, so the
-/// tests that run it take turns.
-fn embedded_default_turn() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|poison| poison.into_inner())
+/// The embedded default has no admin token, so `--admin` beyond loopback
+/// is refused with a clear error, and `--admin` with a config file is a
+/// usage error (the file's `[admin]` table decides).
+#[test]
+fn embedded_default_admin_beyond_loopback_is_refused() {
+    let out = Command::new(bin("meshgate"))
+        .args(["run", "--admin", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .expect("meshgate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = Command::new(bin("meshgate"))
+        .args([
+            "run",
+            "--config",
+            "/nonexistent.toml",
+            "--admin",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("meshgate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 /// Once running, the gateway drops its mappings of its start-up pages
@@ -139,11 +180,19 @@ fn embedded_default_turn() -> std::sync::MutexGuard<'static, ()> {
 /// in from the file.
 #[test]
 fn start_up_pages_are_released_and_requests_still_served() {
-    let _turn = embedded_default_turn();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cmd = Command::new(bin("meshgate"));
-    cmd.args(["run", "--threads", "1", "--listen", &addr.to_string()])
-        .env("RUST_LOG", "warn,meshgate=debug");
+    cmd.args([
+        "run",
+        "--threads",
+        "1",
+        "--listen",
+        &addr.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ])
+    .env("RUST_LOG", "warn,meshgate=debug");
     let proc = Proc::spawn(cmd).expect("spawn");
     wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
     let released = || {
