@@ -219,7 +219,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     });
     {
         let shared = shared.clone();
-        crate::server::spawn_runtime("control-plane", control_loop(opts, new_key, shared))?;
+        let mesh = shared.mesh.clone();
+        crate::server::spawn_runtime("control-plane", async move {
+            tokio::join!(control_loop(opts, new_key, shared), watch_expiry(mesh));
+        })?;
     }
     tracing::info!(
         control_plane = %cli.control_plane,
@@ -314,7 +317,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             config_writes: false,
         })?;
     }
-    watch_expiry(shared.mesh.clone());
     tracing::info!(
         service = %cli.service,
         outbound = %cli.outbound,
@@ -552,20 +554,26 @@ fn remaining(t: SystemTime) -> Duration {
 
 /// Warns while the certificate is close to expiry (the control plane
 /// should have renewed it at half its life) and errors once it expired.
-fn watch_expiry(mesh: Arc<MeshTls>) {
-    let _ = std::thread::Builder::new()
-        .name("cert-expiry".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(Duration::from_secs(10));
-                let Some(m) = mesh.material() else { continue };
-                let now = SystemTime::now();
-                let life = m.not_after.duration_since(m.not_before).unwrap_or_default();
-                match m.not_after.duration_since(now) {
-                    Err(_) => tracing::error!(identity = %m.id, "workload certificate has expired; mesh peers will refuse this instance"),
-                    Ok(left) if left < life / 4 => tracing::warn!(identity = %m.id, expires_in = ?left, "workload certificate not renewed and close to expiry"),
-                    Ok(_) => {}
-                }
+/// Runs beside the control-plane stream, on its thread: a thread of its
+/// own cost a sidecar a stack and allocator pages for a check every 10 s.
+async fn watch_expiry(mesh: Arc<MeshTls>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick completes at once; the first check is 10 s in.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(m) = mesh.material() else { continue };
+        let now = SystemTime::now();
+        let life = m.not_after.duration_since(m.not_before).unwrap_or_default();
+        match m.not_after.duration_since(now) {
+            Err(_) => {
+                tracing::error!(identity = %m.id, "workload certificate has expired; mesh peers will refuse this instance")
             }
-        });
+            Ok(left) if left < life / 4 => {
+                tracing::warn!(identity = %m.id, expires_in = ?left, "workload certificate not renewed and close to expiry")
+            }
+            Ok(_) => {}
+        }
+    }
 }
