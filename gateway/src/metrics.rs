@@ -414,6 +414,7 @@ impl InFlight {
 
     /// One more request in flight on the listener of `gauge`.
     pub(crate) fn start(gauge: Option<&prometheus::IntGauge>) -> Self {
+        crate::memory::request_started();
         let g = gauge.cloned();
         if let Some(g) = &g {
             g.inc();

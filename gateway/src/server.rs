@@ -160,8 +160,9 @@ pub fn run(
 
 /// Once pingora reports its services running (its listeners are started
 /// by then): tells systemd `READY=1` when started by it, and lets go of
-/// its start-up pages of code and constants ([`crate::memory`]). On a
-/// thread of its own, which ends there. Call it just before
+/// its start-up pages of code and constants ([`crate::memory`]), and once
+/// more when start-up has settled (after the first requests, at most 30 s
+/// later). On a thread of its own, which ends there. Call it just before
 /// `run_forever`.
 pub(crate) fn when_running(server: &Server) {
     let mut phases = server.watch_execution_phase();
@@ -179,6 +180,10 @@ pub(crate) fn when_running(server: &Server) {
             match crate::memory::release_startup_pages() {
                 Ok(bytes) => tracing::debug!(bytes, "start-up pages released"),
                 Err(e) => tracing::debug!("start-up pages kept: {e}"),
+            }
+            match crate::memory::release_once_settled() {
+                Ok(bytes) => tracing::debug!(bytes, "start-up settled, pages released again"),
+                Err(e) => tracing::debug!("start-up settled, pages kept: {e}"),
             }
         });
     if let Err(e) = watcher {

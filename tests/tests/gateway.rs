@@ -175,9 +175,35 @@ fn embedded_default_admin_beyond_loopback_is_refused() {
     assert!(err.contains("cannot be used with"), "{err}");
 }
 
+/// The resident pages of a process's own code (its executable's `r-xp`
+/// mappings), in KiB.
+fn code_kib(pid: u32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut code = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            code = fields.get(1) == Some(&"r-xp") && fields.get(5) == Some(&exe.as_ref());
+        } else if code && fields.first() == Some(&"Rss:") {
+            kib += fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
 /// Once running, the gateway drops its mappings of its start-up pages
 /// (gateway/src/memory.rs) and serves on, the code it needs faulting back
-/// in from the file.
+/// in from the file; after its first requests, once a second has passed
+/// without one, it drops them again.
 #[test]
 fn start_up_pages_are_released_and_requests_still_served() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -211,11 +237,33 @@ fn start_up_pages_are_released_and_requests_still_served() {
         .and_then(|(_, n)| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("not released: {line}"));
     assert!(bytes > 0, "{line}");
-    for _ in 0..3 {
+    let get = || {
         let r = curl(&[&format!("http://{addr}/anything")]).expect("curl");
         assert_eq!(r.status, 200);
         assert!(r.body.contains("meshgate is running"), "{}", r.body);
+    };
+    for _ in 0..3 {
+        get();
     }
+    let after_requests = code_kib(proc.pid());
+    let settled = || {
+        let err = proc.stderr();
+        err.lines()
+            .find(|l| l.contains("start-up settled"))
+            .map(str::to_owned)
+    };
+    wait_for(Duration::from_secs(10), "start-up settled", || {
+        settled().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    let line = settled().unwrap_or_default();
+    assert!(line.contains("released again"), "{line}");
+    let idle = code_kib(proc.pid());
+    assert!(
+        after_requests > 0 && idle < after_requests,
+        "code resident after the requests {after_requests} KiB, once settled {idle} KiB"
+    );
+    get();
 }
 
 /// The anonymous memory (`RssAnon`, the allocator's) of a process, in KiB.
