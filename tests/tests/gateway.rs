@@ -107,30 +107,35 @@ fn setup(hello: &str) -> Setup {
     }
 }
 
+/// `meshgate run` with the embedded default, its status page and admin API
+/// on free ports (`--listen`, `--admin`), `RUST_LOG` as given; returns once
+/// both ports take connections.
+fn run_embedded(rust_log: &str) -> (Proc, SocketAddr, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(bin("meshgate"));
+    cmd.args([
+        "run",
+        "--threads",
+        "1",
+        "--listen",
+        &addr.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ])
+    .env("RUST_LOG", rust_log);
+    let proc = Proc::spawn(cmd).expect("spawn");
+    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    wait_for_port(admin).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
+    (proc, addr, admin)
+}
+
 /// The embedded default on the addresses `--listen` and `--admin` name:
 /// two run side by side on one host, each serving its status page and
 /// admin API.
 #[test]
 fn embedded_default_serves_the_status_page() {
-    let start = || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(bin("meshgate"));
-        cmd.args([
-            "run",
-            "--threads",
-            "1",
-            "--listen",
-            &addr.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ]);
-        let proc = Proc::spawn(cmd).expect("spawn");
-        wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
-        wait_for_port(admin).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
-        (proc, addr, admin)
-    };
-    let two = [start(), start()];
+    let two = [run_embedded("warn"), run_embedded("warn")];
     for (_proc, addr, admin) in &two {
         for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
             let mut args = extra.to_vec();
@@ -206,27 +211,12 @@ fn code_kib(pid: u32) -> u64 {
 /// without one, it drops them again.
 #[test]
 fn start_up_pages_are_released_and_requests_still_served() {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut cmd = Command::new(bin("meshgate"));
-    cmd.args([
-        "run",
-        "--threads",
-        "1",
-        "--listen",
-        &addr.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ])
-    .env("RUST_LOG", "warn,meshgate=debug");
-    let proc = Proc::spawn(cmd).expect("spawn");
-    wait_for_port(addr).unwrap_or_else(|e| panic!("{e}\n{}", proc.stderr()));
-    let released = || {
+    let (proc, addr, _admin) = run_embedded("warn,meshgate=debug");
+    let logged = |what: &str| {
         let err = proc.stderr();
-        err.lines()
-            .find(|l| l.contains("start-up pages"))
-            .map(str::to_owned)
+        err.lines().find(|l| l.contains(what)).map(str::to_owned)
     };
+    let released = || logged("start-up pages");
     wait_for(Duration::from_secs(10), "the start-up pages' fate", || {
         released().is_some()
     })
@@ -246,12 +236,7 @@ fn start_up_pages_are_released_and_requests_still_served() {
         get();
     }
     let after_requests = code_kib(proc.pid());
-    let settled = || {
-        let err = proc.stderr();
-        err.lines()
-            .find(|l| l.contains("start-up settled"))
-            .map(str::to_owned)
-    };
+    let settled = || logged("start-up settled");
     wait_for(Duration::from_secs(10), "start-up settled", || {
         settled().is_some()
     })
