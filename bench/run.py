@@ -53,6 +53,11 @@ class Plan:
     h2_streams: int = 10
     fixed_conns: int = 32
     idle_conns: int = 1000
+    # Seconds every target sits without traffic before the idle rows: RSS
+    # at idle is a process's settled state, not the moment its start-up
+    # returned (meshgate lets go of its start-up pages a second or two
+    # after its first requests; gateway/src/memory.rs).
+    idle_wait_s: float = 5.0
     # One second of load on each target before the first timed run of a round.
     warm_up: bool = True
     # Resumed TLS handshakes (wrk) beside the full ones (openssl s_time).
@@ -90,6 +95,7 @@ QUICK = Plan(
     grpc_fixed=[1000],
     # Fewer idle connections: 1000 TLS handshakes from Python take seconds per target.
     idle_conns=200,
+    idle_wait_s=3.0,
     warm_up=False,
     tls_resumption=False,
 )
@@ -325,6 +331,8 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                 rows.append(r)
                 _log_row(log, r)
 
+        # Started, and then idle for a while: every target at once.
+        time.sleep(plan.idle_wait_s)
         for t in order:
             rows.append(scenarios.rss_idle(ctx, t, rnd))
             _log_row(log, rows[-1])
@@ -337,6 +345,7 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             if t.client_tls and t.name != "direct":
                 t.stop()
                 t.start(ctx)
+        time.sleep(plan.idle_wait_s)
         each(scenarios.idle_conns, True, tls=True)
         if plan.warm_up:
             for t in order:
