@@ -518,8 +518,11 @@ def markdown(header, rows):
 
     # Memory
     out.append("## Memory (VmRSS of the whole process tree)\n")
+    wait = p.get("idle_wait_s")
+    idle = (f"Idle: once every target had started and then sat without traffic for {wait:g} s"
+            if wait else "Idle right after start")
     out.append(
-        f"Idle right after start; then with {p['idle_conns']} idle keep-alive connections (one request "
+        f"{idle}; then with {p['idle_conns']} idle keep-alive connections (one request "
         "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count, "
         "the baseline taken after 10 connections were opened and closed (the first ones fault in code "
         "and set up libraries once per process). "
