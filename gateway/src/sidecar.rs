@@ -557,10 +557,9 @@ fn remaining(t: SystemTime) -> Duration {
 /// Runs beside the control-plane stream, on its thread: a thread of its
 /// own cost a sidecar a stack and allocator pages for a check every 10 s.
 async fn watch_expiry(mesh: Arc<MeshTls>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let every = Duration::from_secs(10);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick completes at once; the first check is 10 s in.
-    tick.tick().await;
     loop {
         tick.tick().await;
         let Some(m) = mesh.material() else { continue };

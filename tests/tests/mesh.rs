@@ -799,6 +799,33 @@ fn the_control_plane_restarting_under_load_fails_no_request() -> Result<()> {
     Ok(())
 }
 
+/// A sidecar whose certificate the control plane can no longer renew says
+/// so once it expired (the check runs every 10 s beside the control-plane
+/// stream), and keeps running.
+#[test]
+fn a_sidecar_reports_its_certificate_expired_when_the_control_plane_is_gone() -> Result<()> {
+    let mut lab = MeshLab::start(LabOptions {
+        cert_ttl: "10s",
+        ..LabOptions::default()
+    })?;
+    let i = lab.add("product-catalog", "v1", None)?;
+    lab.appliance.proc.signal("KILL")?;
+    lab.appliance.proc.wait_exit(Duration::from_secs(10))?;
+    let sidecar = &lab.instances[i].sidecar;
+    wait_for(Duration::from_secs(40), "the expiry reported", || {
+        sidecar
+            .stderr()
+            .contains("workload certificate has expired")
+    })
+    .with_context(|| sidecar.stderr())?;
+    assert!(
+        std::net::TcpStream::connect(lab.instances[i].outbound).is_ok(),
+        "the sidecar stopped serving: {}",
+        sidecar.stderr()
+    );
+    Ok(())
+}
+
 #[test]
 fn a_sidecar_with_a_wrong_join_token_gets_no_certificate() -> Result<()> {
     let lab = MeshLab::start(LabOptions::default())?;
