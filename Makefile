@@ -79,7 +79,7 @@ else
 	BENCH_COMMAND="make bench" python3 bench/run.py $(BENCH_ARGS)
 endif
 
-# The same in about 80-110 s: one round, 2 s runs, pinned mode only.
+# The same in about 80 s: one round, 2 s runs, pinned mode only, fewer rows.
 bench-quick:
 	$(CARGO) build --release --bin meshgate --bin meshgate-sidecar
 	BENCH_COMMAND="make bench-quick" python3 bench/run.py --quick $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 Caddy over HTTP/3 (issue 4).
 
     make bench          # full: 3 rounds, 10 s runs, pinned and unpinned (about 57 min)
-    make bench-quick    # 1 round, 2 s runs, pinned only (about 80-110 s)
+    make bench-quick    # 1 round, 2 s runs, pinned only, fewer rows (about 80 s)
     python3 bench/run.py --help
 
 Installs what it needs (Debian packages with apt-get when root, oha with
@@ -62,6 +62,13 @@ class Plan:
     warm_up: bool = True
     # Resumed TLS handshakes (wrk) beside the full ones (openssl s_time).
     tls_resumption: bool = True
+    # Idle plain keep-alive connections (beside the TLS ones, which are a
+    # target): they need every TLS target restarted afterwards.
+    plain_idle_conns: bool = True
+    # Rows measured on some targets only, by "<scenario> <proto> <rate>"
+    # ("fixed-rate http1 1000") or by scenario ("tls-handshake"); every
+    # target when a row is not named.
+    row_targets: dict = dataclasses.field(default_factory=dict)
 
 
 FULL = Plan(
@@ -83,7 +90,7 @@ QUICK = Plan(
     rounds=1,
     duration_s=2,
     fixed_duration_s=2,
-    reload_duration_s=4,
+    reload_duration_s=3,
     pinnings=["pinned"],
     fixed_pinnings=["pinned"],
     saturation=[("http1", "wrk"), ("http2", "h2load")],
@@ -98,6 +105,17 @@ QUICK = Plan(
     idle_wait_s=3.0,
     warm_up=False,
     tls_resumption=False,
+    plain_idle_conns=False,
+    # Within 90 s: the fixed-rate and handshake rows only on the targets
+    # the verdicts compare (the pair's added latency at 1k rps against
+    # direct; the gateway's added latency at 5k against nginx's; handshakes
+    # per core against nginx).
+    row_targets={
+        "fixed-rate http1 1000": ("direct", "meshgate-sidecar"),
+        "fixed-rate http1 5000": ("direct", "meshgate", "nginx"),
+        "fixed-rate http2 5000": ("direct", "meshgate", "nginx"),
+        "tls-handshake": ("meshgate", "nginx"),
+    },
 )
 
 
@@ -126,7 +144,7 @@ def build_kind(meshgate):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the quick plan, about 80-110 s (make bench-quick)")
+    ap.add_argument("--quick", action="store_true", help="the quick plan, about 80 s (make bench-quick)")
     ap.add_argument("--rounds", type=int, help="override the plan's number of rounds (1-10)")
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
     ap.add_argument("--targets",
@@ -304,8 +322,11 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
             k = rnd % len(h3_order)
             h3_order = h3_order[k:] + h3_order[:k]
 
-        def each(fn, *a, only_proxies=False, tls=False, h3=False, grpc=False):
+        def each(fn, *a, only_proxies=False, tls=False, h3=False, grpc=False, row=None):
+            only = plan.row_targets.get(row)
             for t in (h3_order if h3 else order):
+                if only is not None and t.name not in only:
+                    continue
                 if only_proxies and (t.name == "direct" or not t.reloadable):
                     continue
                 if tls and not t.client_tls:
@@ -336,16 +357,17 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
         for t in order:
             rows.append(scenarios.rss_idle(ctx, t, rnd))
             _log_row(log, rows[-1])
-        each(scenarios.idle_conns, False)
-        # The TLS connections are counted on a fresh process: an allocator
-        # that keeps what the plain connections used (mimalloc, glibc's
-        # arenas) would serve the TLS ones from it, and they would look
-        # nearly free.
-        for t in order:
-            if t.client_tls and t.name != "direct":
-                t.stop()
-                t.start(ctx)
-        time.sleep(plan.idle_wait_s)
+        if plan.plain_idle_conns:
+            each(scenarios.idle_conns, False)
+            # The TLS connections are counted on a fresh process: an
+            # allocator that keeps what the plain connections used
+            # (mimalloc, glibc's arenas) would serve the TLS ones from it,
+            # and they would look nearly free.
+            for t in order:
+                if t.client_tls and t.name != "direct":
+                    t.stop()
+                    t.start(ctx)
+            time.sleep(plan.idle_wait_s)
         each(scenarios.idle_conns, True, tls=True)
         if plan.warm_up:
             for t in order:
@@ -369,12 +391,12 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
                     each(scenarios.quic_load, "fixed-rate", "http2-tls", pinning, rate, h3=True)
             for proto, tool in plan.saturation:
                 each(scenarios.saturation, pinning, proto, tool)
-            each(scenarios.tls_handshake, pinning, tls=True)
+            each(scenarios.tls_handshake, pinning, tls=True, row="tls-handshake")
             if plan.tls_resumption:
                 each(scenarios.tls_handshake, pinning, True, tls=True)
             if pinning in plan.fixed_pinnings:
                 for proto, rate in plan.fixed:
-                    each(scenarios.fixed_rate, pinning, proto, rate)
+                    each(scenarios.fixed_rate, pinning, proto, rate, row=f"fixed-rate {proto} {rate}")
             each(scenarios.grpc_saturation, pinning, grpc=True)
             if pinning in plan.fixed_pinnings:
                 for rate in plan.grpc_fixed:

@@ -33,6 +33,12 @@ def _select(rows, **kw):
     return [r for r in _ok(rows) if all(r.get(k) == v for k, v in kw.items())]
 
 
+def _measured(rows, **kw):
+    """Whether the run measured this at all (any status): a plan may leave
+    some rows out for some targets, and a failed row still gets its line."""
+    return any(all(r.get(k) == v for k, v in kw.items()) for r in rows)
+
+
 def _by_round(rows, target, metric, **kw):
     return {r["round"]: r[metric] for r in _select(rows, target=target, **kw) if r.get(metric) is not None}
 
@@ -473,6 +479,8 @@ def markdown(header, rows):
     body = []
     for proto, mode, kw in _fixed_rate_combos(rows):
         for t in SHOWN:
+            if not _measured(rows, target=t, **kw):
+                continue
             cells = [proto, mode, t]
             for pct in ("p50_ms", "p90_ms", "p99_ms"):
                 cells.append(_cell(_agg(list(_by_round(rows, t, pct, **kw).values()), max), 3))
@@ -503,6 +511,8 @@ def markdown(header, rows):
         for (mode,) in _combos(rows, scenario, ["mode"]):
             kw = dict(scenario=scenario, mode=mode)
             for t in SHOWN:
+                if not _measured(rows, target=t, **kw):
+                    continue
                 sel = _select(rows, target=t, **kw)
                 ver = sel[0].get("tls_version") if sel else None
                 body.append([kind, mode, t,
@@ -521,13 +531,14 @@ def markdown(header, rows):
     wait = p.get("idle_wait_s")
     idle = (f"Idle: once every target had started and then sat without traffic for {wait:g} s"
             if wait else "Idle right after start")
+    both = p.get("plain_idle_conns", True)
     out.append(
         f"{idle}; then with {p['idle_conns']} idle keep-alive connections (one request "
-        "made on each), plain and TLS; per connection = (RSS with them - RSS just before) / count, "
+        f"made on each), {'plain and TLS' if both else 'TLS only in this plan'}; per connection = (RSS with them - RSS just before) / count, "
         "the baseline taken after 10 connections were opened and closed (the first ones fault in code "
         "and set up libraries once per process). "
-        "The proxies are restarted between the plain and the TLS connections, so the TLS figure does not "
-        "reuse memory the allocator kept from the plain ones. "
+        + ("The proxies are restarted between the plain and the TLS connections, so the TLS figure does not "
+           "reuse memory the allocator kept from the plain ones. " if both else "") +
         "Under load: the peak during the first HTTP/1.1 wrk run; it comes after the idle-connection "
         "checks, and memory freed after those is not necessarily returned to the system, so read it as "
         "the high-water mark of the round.\n"
