@@ -226,6 +226,13 @@ pub(crate) fn drain_limit(snap: &Snapshot) -> Duration {
 
 /// A bootstrapped pingora server sized for `snap`.
 pub(crate) fn new_server(snap: &Snapshot, threads: Option<usize>) -> Server {
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(snap, threads));
+    server.bootstrap();
+    server
+}
+
+/// pingora's settings for a server sized for `snap`.
+fn server_conf(snap: &Snapshot, threads: Option<usize>) -> ServerConf {
     let threads = threads
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
@@ -233,7 +240,7 @@ pub(crate) fn new_server(snap: &Snapshot, threads: Option<usize>) -> Server {
     let drain = drain_limit(snap).as_secs();
     let runtime_dir = std::env::temp_dir();
     let pid = std::process::id();
-    let conf = ServerConf {
+    ServerConf {
         threads,
         pid_file: runtime_dir
             .join(format!("meshgate-{pid}.pid"))
@@ -258,10 +265,33 @@ pub(crate) fn new_server(snap: &Snapshot, threads: Option<usize>) -> Server {
         grace_period_seconds: Some(drain),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    server
+    }
+}
+
+/// The path [`plaintext_upstream_conf`] names as the CA file: it reads as
+/// empty, which pingora turns into an empty root store.
+const NO_CA_FILE: &str = "/dev/null";
+
+/// pingora's settings for a proxy whose upstream connections are never
+/// TLS (a sidecar's inbound side, which speaks plaintext to its local
+/// application): those of a server sized for `snap` and `threads`,
+/// except that the proxy's upstream connectors load no CA certificates.
+/// pingora builds two connectors for every proxy, each with its own root
+/// store, from the system's certificates unless `ca_file` names a file
+/// (145 certificates on Debian: about 170 KiB of heap per connector).
+/// `None` when that empty file cannot be read: pingora would panic on it,
+/// and the caller keeps the server's settings instead.
+pub(crate) fn plaintext_upstream_conf(
+    snap: &Snapshot,
+    threads: Option<usize>,
+) -> Option<Arc<ServerConf>> {
+    match std::fs::read(NO_CA_FILE) {
+        Ok(bytes) if bytes.is_empty() => Some(Arc::new(ServerConf {
+            ca_file: Some(NO_CA_FILE.to_string()),
+            ..server_conf(snap, threads)
+        })),
+        _ => None,
+    }
 }
 
 /// Adds one proxy service per configured listener, all running the edge
@@ -481,4 +511,37 @@ pub(crate) fn set_log_filter(directives: &str) -> Result<(), String> {
         _ => log::LevelFilter::Trace,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::connectors::ConnectorOptions;
+
+    fn snapshot() -> Snapshot {
+        let text = "[[service]]\nname = \"app\"\n\
+                    endpoints = [{ address = \"127.0.0.1:9000\" }]\n\
+                    max_idle_per_endpoint = 300\n";
+        meshgate_config::load_str(text, "test.toml", std::path::Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    #[test]
+    fn a_plaintext_upstream_proxy_names_an_empty_ca_file_and_keeps_the_rest() {
+        let snap = snapshot();
+        let conf = plaintext_upstream_conf(&snap, Some(3)).expect("/dev/null reads as empty");
+        assert_eq!(conf.ca_file.as_deref(), Some(NO_CA_FILE));
+        let server = server_conf(&snap, Some(3));
+        assert_eq!(
+            server.ca_file, None,
+            "the server's own proxies keep the system roots"
+        );
+        assert_eq!(conf.threads, 3);
+        assert_eq!(conf.upstream_keepalive_pool_size, 300);
+        assert_eq!(conf.grace_period_seconds, server.grace_period_seconds);
+        // pingora reads the file when it builds a proxy's connectors and
+        // panics when it cannot: this builds them as the proxy does.
+        let options = ConnectorOptions::from_server_conf(&conf);
+        let _connector = pingora::connectors::http::Connector::new(Some(options));
+    }
 }

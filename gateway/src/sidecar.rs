@@ -282,7 +282,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         listener: "inbound".into(),
         inbound: true,
     };
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, inbound);
+    // The inbound side only ever speaks plaintext to the application: its
+    // proxy needs no CA certificates.
+    let inbound_conf = crate::server::plaintext_upstream_conf(&snap, Some(cli.threads))
+        .unwrap_or_else(|| server.configuration.clone());
+    let mut proxy = pingora::proxy::http_proxy(&inbound_conf, inbound);
     // Plaintext callers (permissive mode) may speak HTTP/2 with prior
     // knowledge; TLS callers pick by ALPN.
     let mut opts = pingora::apps::HttpServerOptions::default();
