@@ -80,6 +80,8 @@ pub(crate) struct TcpListener<A> {
     plaintext_too: Option<PlaintextToo>,
     app: Arc<A>,
     max_connections: usize,
+    /// The listener's HTTP/3 side, run on the same runtime.
+    http3: Option<crate::h3::H3Listener>,
 }
 
 impl<A> TcpListener<A> {
@@ -101,7 +103,14 @@ impl<A> TcpListener<A> {
             plaintext_too: None,
             app,
             max_connections,
+            http3: None,
         })
+    }
+
+    /// Serves the listener's HTTP/3 side too, on this side's runtime.
+    pub(crate) fn with_http3(mut self, http3: crate::h3::H3Listener) -> Self {
+        self.http3 = Some(http3);
+        self
     }
 
     /// A TLS listener also takes plaintext connections while `check` says
@@ -123,10 +132,17 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
         let Some(socket) = self.socket.take() else {
             return;
         };
+        let http3 = self
+            .http3
+            .take()
+            .map(|h3| tokio::spawn(h3.run(shutdown.clone())));
         let listener = match tokio::net::TcpListener::from_std(socket) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(listener = %self.name, error = %e, "listener failed to start");
+                if let Some(h3) = http3 {
+                    let _ = h3.await;
+                }
                 return;
             }
         };
@@ -193,6 +209,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TcpListener<A> {
         // open finish their requests, and idle ones are closed by `conn`.
         drop(listener);
         self.app.cleanup().await;
+        // The HTTP/3 side stops on the same signal and waits for its
+        // connections to finish.
+        if let Some(h3) = http3 {
+            let _ = h3.await;
+        }
     }
 
     fn name(&self) -> &str {

@@ -104,7 +104,8 @@ fn settled(before: u64, now: u64, since_running: Duration) -> bool {
 /// Until `shutdown` turns true: once a second, the allocator frees this
 /// thread's emptied pages and returns the memory it freed more than its
 /// purge delay (1 s) ago to the system. Spawned beside each listener's
-/// accept loop (TCP and QUIC), so it runs on that listener's runtime;
+/// accept loop (its HTTP/3 side runs on the same runtime), so it runs on
+/// that listener's runtime;
 /// with one thread per listener (a sidecar's default) that is the thread
 /// that served the requests, with several it is whichever the runtime
 /// picks. A call when nothing was freed is a walk over the thread's

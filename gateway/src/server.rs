@@ -337,6 +337,7 @@ pub(crate) fn add_edge_listeners(
             (&l.limits).into(),
             labels,
         ));
+        let mut http3 = None;
         let tls = match &l.tls {
             None => None,
             Some(tls) => {
@@ -344,9 +345,10 @@ pub(crate) fn add_edge_listeners(
                     .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
                 certs.insert(l.name.clone(), live.clone());
                 if l.protocols.http3 {
-                    let quic = crate::h3::H3Listener::bind(l, tls, live, proxy)
-                        .map_err(|e| format!("listener \"{}\": {e}", l.name))?;
-                    server.add_service(quic);
+                    http3 = Some(
+                        crate::h3::H3Listener::bind(l, tls, live, proxy)
+                            .map_err(|e| format!("listener \"{}\": {e}", l.name))?,
+                    );
                 }
                 Some(t)
             }
@@ -364,6 +366,10 @@ pub(crate) fn add_edge_listeners(
                 l.name, l.address
             )
         })?;
+        let tcp = match http3 {
+            Some(h3) => tcp.with_http3(h3),
+            None => tcp,
+        };
         server.add_service(tcp);
     }
     Ok(certs)

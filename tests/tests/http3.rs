@@ -369,6 +369,32 @@ fn large_bodies_stream_both_ways_and_tcp_advertises_http3() {
             .any(|l| l["proto"] == "http3" && l["path"] == "/sha256" && l["status"] == 200)
     })
     .expect("access log names http3");
+
+    // Both sides ran on the listener's one worker thread (`--threads 1`):
+    // the HTTP/3 side has no runtime of its own, whose thread would be
+    // woken for every read on an upstream connection the other side
+    // opened (they share the pool).
+    let names = thread_names(s.gw.proc.pid());
+    assert_eq!(
+        names.iter().filter(|n| n.as_str() == "edge").count(),
+        1,
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("listener edge")),
+        "{names:?}"
+    );
+}
+
+/// The names of a process's threads (at most 15 bytes each, as the
+/// kernel keeps them).
+fn thread_names(pid: u32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/task");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_string())
+        .collect()
 }
 
 #[test]

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use h3::error::Code;
 use http::{HeaderValue, Method, StatusCode};
@@ -26,8 +25,7 @@ use pingora::apps::HttpServerApp;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
-use pingora::server::{ListenFds, ShutdownWatch};
-use pingora::services::Service;
+use pingora::server::ShutdownWatch;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
@@ -166,14 +164,16 @@ struct Counts {
     connections: AtomicUsize,
 }
 
-#[async_trait]
-impl Service for H3Listener {
-    async fn start_service(
-        &mut self,
-        _fds: Option<ListenFds>,
-        mut shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-    ) {
+impl H3Listener {
+    /// Serves until `shutdown`, then lets the open connections finish.
+    /// Runs on the runtime of its listener's TCP side
+    /// ([`TcpListener::with_http3`](crate::listen::TcpListener::with_http3)):
+    /// the two share one proxy and so one pool of upstream connections,
+    /// and a pooled connection is registered with the runtime that opened
+    /// it. On runtimes of their own, a request on one side over a
+    /// connection the other opened had its socket's readiness come
+    /// through the other runtime's thread: two thread wake-ups more.
+    pub(crate) async fn run(mut self, mut shutdown: ShutdownWatch) {
         let Some(socket) = self.socket.take() else {
             return;
         };
@@ -190,7 +190,6 @@ impl Service for H3Listener {
             }
         };
         let counts = Arc::new(Counts::default());
-        tokio::spawn(crate::memory::give_back_freed_memory(shutdown.clone()));
         let conn = Conn {
             settings: self.conn.clone(),
             shutdown: crate::server::closing_signal(&shutdown),
@@ -237,10 +236,6 @@ impl Service for H3Listener {
         // started.
         endpoint.set_server_config(None);
         endpoint.wait_idle().await;
-    }
-
-    fn name(&self) -> &str {
-        &self.name
     }
 }
 
