@@ -324,9 +324,12 @@ impl Conn {
                     Ok(Some(resolver)) => {
                         let shared = self.clone();
                         let confirmed = confirmed.clone();
-                        requests.spawn(async move {
+                        // Boxed: the task is then a pointer, moved
+                        // cheaply on spawn, and a finished task waiting
+                        // to be reaped holds no request state.
+                        requests.spawn(Box::pin(async move {
                             shared.request(resolver, peer, local, confirmed).await;
-                        });
+                        }));
                         if closing && !goaway_sent {
                             goaway_sent = true;
                             let _ = h3.shutdown(1).await;
@@ -347,9 +350,15 @@ impl Conn {
                     goaway_sent = true;
                     let _ = h3.shutdown(1).await;
                 }
-                // Reap finished requests as they end.
-                Some(_) = requests.join_next() => {}
+                // After the GOAWAY, each finished request is a reason to
+                // look whether the connection is done.
+                Some(_) = requests.join_next(), if goaway_sent => {}
             }
+            // Finished requests are reaped whenever the loop wakes anyway
+            // (mostly for the next request) rather than waking it for each:
+            // one wake-up of this loop, and one poll of the connection,
+            // less per request.
+            while requests.try_join_next().is_some() {}
             if goaway_sent && requests.is_empty() {
                 break;
             }
