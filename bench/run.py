@@ -167,7 +167,7 @@ def main():
             with open(json_path) as f:
                 doc = json.load(f)
             with open(os.path.join(args.out, f"{base}.md"), "w") as f:
-                f.write(report.markdown(doc["header"], doc["rows"]))
+                f.write(report.markdown(doc["header"], doc["rows"], base))
         return
 
     plan = dataclasses.replace(QUICK if args.quick else FULL)
@@ -271,11 +271,10 @@ def main():
     header["elapsed_s"] = round(time.monotonic() - started, 1)
     # latest.* is what the README links; <plan>.* keeps the last run of each
     # plan side by side (quick.md next to full.md).
-    md = report.markdown(header, rows)
     for base in ("latest", plan.name):
         report.write_json(os.path.join(args.out, f"{base}.json"), header, rows)
         with open(os.path.join(args.out, f"{base}.md"), "w") as f:
-            f.write(md)
+            f.write(report.markdown(header, rows, base))
     try:
         os.remove(json_path + ".partial.tmp")
     except OSError:

@@ -401,15 +401,18 @@ def _combos(rows, scenario, keys):
     return seen
 
 
-def markdown(header, rows):
+def markdown(header, rows, base="latest"):
+    """The report of one run; `base` names the JSON file it sits beside
+    (latest.json, or quick.json / full.json: the last run of each plan)."""
     rounds = header["plan"]["rounds"]
     out = []
-    out.append("# meshgate load benchmark: latest results\n")
+    title = "latest results" if base == "latest" else f"the last {header['plan']['name']} run"
+    out.append(f"# meshgate load benchmark: {title}\n")
     out.append(
         f"Command: `{header['command']}` ({header['plan']['name']} plan: {rounds} round(s), "
         f"{header['plan']['duration_s']} s per closed-loop run, {header['plan']['fixed_duration_s']} s per "
         f"fixed-rate run). Started {header['started']}, took {header.get('elapsed_s', 0):.0f} s. "
-        f"Raw rows: [latest.json](latest.json); method: [../README.md](../README.md#load-benchmarks-make-bench).\n"
+        f"Raw rows: [{base}.json]({base}.json); method: [../README.md](../README.md#load-benchmarks-make-bench).\n"
     )
     m = header["machine"]
     out.append(
