@@ -29,14 +29,18 @@ def _ok(rows):
     return [r for r in rows if r.get("status") == "ok"]
 
 
+def _matches(r, kw):
+    return all(r.get(k) == v for k, v in kw.items())
+
+
 def _select(rows, **kw):
-    return [r for r in _ok(rows) if all(r.get(k) == v for k, v in kw.items())]
+    return [r for r in _ok(rows) if _matches(r, kw)]
 
 
 def _measured(rows, **kw):
     """Whether the run measured this at all (any status): a plan may leave
     some rows out for some targets, and a failed row still gets its line."""
-    return any(all(r.get(k) == v for k, v in kw.items()) for r in rows)
+    return any(_matches(r, kw) for r in rows)
 
 
 def _by_round(rows, target, metric, **kw):
@@ -537,7 +541,8 @@ def markdown(header, rows, base="latest"):
     both = p.get("plain_idle_conns", True)
     out.append(
         f"{idle}; then with {p['idle_conns']} idle keep-alive connections (one request "
-        f"made on each), {'plain and TLS' if both else 'TLS only in this plan'}; per connection = (RSS with them - RSS just before) / count, "
+        f"made on each), {'plain and TLS' if both else 'TLS only in this plan'}; "
+        "per connection = (RSS with them - RSS just before) / count, "
         "the baseline taken after 10 connections were opened and closed (the first ones fault in code "
         "and set up libraries once per process). "
         + ("The proxies are restarted between the plain and the TLS connections, so the TLS figure does not "

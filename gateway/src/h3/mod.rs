@@ -37,7 +37,7 @@ use session::{FirstRead, H3Session};
 /// The HTTP/3 side of one listener.
 pub(crate) struct H3Listener {
     name: String,
-    socket: Option<UdpSocket>,
+    socket: UdpSocket,
     config: quinn::ServerConfig,
     retry_threshold: usize,
     max_connections: usize,
@@ -114,7 +114,7 @@ impl H3Listener {
         config.max_incoming(l.limits.max_connections as usize);
         Ok(Self {
             name: format!("listener {} (http3)", l.name),
-            socket: Some(socket),
+            socket,
             config,
             retry_threshold: spec.retry_threshold as usize,
             max_connections: l.limits.max_connections as usize,
@@ -173,14 +173,11 @@ impl H3Listener {
     /// it. On runtimes of their own, a request on one side over a
     /// connection the other opened had its socket's readiness come
     /// through the other runtime's thread: two thread wake-ups more.
-    pub(crate) async fn run(mut self, mut shutdown: ShutdownWatch) {
-        let Some(socket) = self.socket.take() else {
-            return;
-        };
+    pub(crate) async fn run(self, mut shutdown: ShutdownWatch) {
         let endpoint = match Endpoint::new(
             EndpointConfig::default(),
-            Some(self.config.clone()),
-            socket,
+            Some(self.config),
+            self.socket,
             Arc::new(quinn::TokioRuntime),
         ) {
             Ok(e) => e,
