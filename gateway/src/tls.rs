@@ -312,6 +312,9 @@ pub(crate) fn quic_server_config(
         }
     };
     let mut config = builder.with_cert_resolver(live);
+    // The server's cipher suite order, as on the TCP side: QUIC protects
+    // every packet (and its header) with the suite chosen here.
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h3".to_vec()];
     config.max_early_data_size = if early_data { u32::MAX } else { 0 };
     Ok(config)
@@ -734,6 +737,81 @@ mod tests {
         s.negotiated_key_exchange_group()
             .expect("a key exchange group")
             .name()
+    }
+
+    #[test]
+    fn quic_picks_the_servers_cipher_suite_over_the_clients() {
+        use rustls::CipherSuite as C;
+        use rustls::quic::Version;
+        let dir = std::env::temp_dir().join(format!("meshgate-quic-suite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).expect("cert");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("key");
+        let spec = TlsSpec {
+            certificates: vec![CertSpec {
+                cert,
+                key,
+                server_names: Vec::new(),
+            }],
+            min_version: TlsVersion::Tls13,
+            client_auth: ClientAuth::None,
+        };
+        let protocols = Protocols {
+            http1: true,
+            http3: true,
+            ..Protocols::default()
+        };
+        let (_, live) = listener_tls("quic", &protocols, &spec).expect("listener TLS");
+        let server = quic_server_config(&spec, live, false).expect("QUIC config");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // A client that lists AES-256 first, as ring's and most others do.
+        let client_provider = rustls::crypto::ring::default_provider();
+        assert_eq!(
+            client_provider.cipher_suites[0].suite(),
+            C::TLS13_AES_256_GCM_SHA384
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).expect("root");
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h3".to_vec()];
+        let name = "localhost".try_into().expect("name");
+        let params = b"transport parameters".to_vec();
+        let mut c =
+            rustls::quic::ClientConnection::new(Arc::new(client), Version::V1, name, params)
+                .expect("client");
+        let mut s =
+            rustls::quic::ServerConnection::new(Arc::new(server), Version::V1, b"params".to_vec())
+                .expect("server");
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            // One read per write: each write ends where the keys change.
+            for _ in 0..4 {
+                let mut wire = Vec::new();
+                let more = c.write_hs(&mut wire).is_some();
+                s.read_hs(&wire).expect("server handshake");
+                let mut wire = Vec::new();
+                let more = s.write_hs(&mut wire).is_some() || more;
+                c.read_hs(&wire).expect("client handshake");
+                if !more {
+                    break;
+                }
+            }
+        }
+        assert!(!s.is_handshaking(), "the handshake completed");
+        assert_eq!(
+            s.negotiated_cipher_suite().map(|x| x.suite()),
+            Some(C::TLS13_AES_128_GCM_SHA256)
+        );
     }
 
     #[test]

@@ -64,10 +64,9 @@ const RECORD_OVERHEAD: usize = 5 + 1 + 16 + 8;
 pub(crate) struct TlsServerStream {
     tcp: TcpStream,
     conn: UnbufferedServerConnection,
-    /// TLS bytes read and not yet processed: `incoming[..in_len]`. Empty
-    /// (no allocation) while nothing is pending.
+    /// TLS bytes read and not yet processed; the socket reads into its
+    /// spare capacity. No allocation while nothing is pending.
     incoming: Vec<u8>,
-    in_len: usize,
     /// Decrypted bytes a reader has not taken yet: `plain[plain_pos..]`.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -119,7 +118,6 @@ impl TlsServerStream {
             tcp,
             conn,
             incoming: Vec::new(),
-            in_len: 0,
             plain: Vec::new(),
             plain_pos: 0,
             outgoing: Vec::new(),
@@ -195,13 +193,12 @@ impl TlsServerStream {
             let Self {
                 conn,
                 incoming,
-                in_len,
                 plain,
                 plain_pos,
                 outgoing,
                 ..
             } = self;
-            let status = conn.process_tls_records(&mut incoming[..*in_len]);
+            let status = conn.process_tls_records(incoming);
             let mut discard = status.discard;
             let step = match status.state.map_err(tls_error)? {
                 ConnectionState::ReadTraffic(mut records) => {
@@ -255,9 +252,8 @@ impl TlsServerStream {
                 _ => return Err(io::Error::other("unexpected TLS connection state")),
             };
             if discard > 0 {
-                incoming.copy_within(discard..*in_len, 0);
-                *in_len -= discard;
-                if *in_len == 0 {
+                incoming.drain(..discard);
+                if incoming.is_empty() {
                     // All processed (plaintext is copied out of rustls).
                     *incoming = Vec::new();
                 }
@@ -271,9 +267,7 @@ impl TlsServerStream {
     /// After a failed handshake: rustls's alert into `outgoing`.
     fn queue_alert(&mut self) {
         for _ in 0..4 {
-            let status = self
-                .conn
-                .process_tls_records(&mut self.incoming[..self.in_len]);
+            let status = self.conn.process_tls_records(&mut self.incoming);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut record)) => {
                     if append(&mut self.outgoing, 0, |out| record.encode(out)).is_err() {
@@ -288,40 +282,34 @@ impl TlsServerStream {
 
     /// Reads from the socket into `incoming`: the number of bytes read, 0
     /// when the peer closed. The buffer is taken only once the socket is
-    /// readable, and given back when a read finds nothing.
+    /// readable, and given back when a read finds nothing. The read goes
+    /// through tokio's `poll_read`, which takes a short read as proof that
+    /// the socket is drained: the next wait for data asks epoll rather than
+    /// trying a read that would find nothing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if self.incoming.is_empty() {
-                ready!(self.tcp.poll_read_ready(cx))?;
-                self.incoming = vec![0; READ_SIZE];
-            } else if self.in_len == self.incoming.len() {
-                // A record (or a handshake message) longer than the buffer.
-                if self.incoming.len() >= MAX_INCOMING {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "TLS message too large",
-                    )));
-                }
-                let grown = (self.incoming.len() * 2).min(MAX_INCOMING);
-                self.incoming.resize(grown, 0);
+        if self.incoming.capacity() == 0 {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            self.incoming.reserve_exact(READ_SIZE);
+        } else if self.incoming.len() == self.incoming.capacity() {
+            // A record (or a handshake message) longer than the buffer.
+            if self.incoming.len() >= MAX_INCOMING {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS message too large",
+                )));
             }
-            match self.tcp.try_read(&mut self.incoming[self.in_len..]) {
-                Ok(n) => {
-                    self.in_len += n;
-                    self.release_incoming();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.release_incoming();
-                    ready!(self.tcp.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            let grown = (self.incoming.len() * 2).min(MAX_INCOMING);
+            self.incoming.reserve_exact(grown - self.incoming.len());
         }
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);
+        if !matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            self.release_incoming();
+        }
+        read
     }
 
     fn release_incoming(&mut self) {
-        if self.in_len == 0 {
+        if self.incoming.is_empty() {
             self.incoming = Vec::new();
         }
     }
@@ -519,7 +507,7 @@ impl std::fmt::Debug for TlsServerStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsServerStream")
             .field("tcp", &self.tcp)
-            .field("incoming", &self.in_len)
+            .field("incoming", &self.incoming.len())
             .field("plain", &(self.plain.len() - self.plain_pos))
             .field("outgoing", &self.pending_out())
             .field("read_closed", &self.read_closed)
