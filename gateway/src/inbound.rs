@@ -29,7 +29,6 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::edge::{IN_FLIGHT, REASON_HEADER};
-use crate::tls::ClientCert;
 
 /// The header the application reads the caller's identity from.
 pub(crate) const PEER_IDENTITY_HEADER: &str = "x-meshgate-peer-identity";
@@ -117,8 +116,7 @@ impl Inbound {
 
 fn peer_identity(session: &Session) -> Option<String> {
     let digest = session.digest()?;
-    let ssl = digest.ssl_digest.as_ref()?;
-    let cert = ssl.extension.get::<ClientCert>()?;
+    let cert = crate::tls::client_cert(digest.ssl_digest.as_ref()?)?;
     cert.spiffe_id().map(str::to_owned)
 }
 

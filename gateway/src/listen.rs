@@ -30,7 +30,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
@@ -231,40 +230,18 @@ async fn prepare(
 ) -> Option<Stream> {
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
-    let l4 = |tcp, digest| {
+    let Some(tls) = tls else {
         let mut l4 = L4Stream::from(tcp);
         l4.set_socket_digest(digest);
-        l4
+        return Some(Box::new(l4));
     };
-    let Some(tls) = tls else {
-        return Some(Box::new(l4(tcp, digest)));
-    };
-    let handshaken: Result<Result<Stream, String>, _> = if tls.client_certs {
-        // pingora's handshake future is large (about 8.6 KB): boxed on its
-        // own, so `prepare` stays small for our own stream's handshake.
-        let handshake = Box::pin(handshake_with_callback(
-            &tls.acceptor,
-            l4(tcp, digest),
-            &tls.callbacks,
-        ));
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map(|r| r.map(|s| Box::new(s) as Stream).map_err(|e| e.to_string()))
-    } else {
-        let handshake = TlsServerStream::accept(tcp, tls.config.clone());
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map(|r| {
-                r.map(|mut s| {
-                    s.set_socket_digest(digest);
-                    tls.callbacks.completed();
-                    Box::new(s) as Stream
-                })
-                .map_err(|e| e.to_string())
-            })
-    };
-    match handshaken {
-        Ok(Ok(stream)) => Some(stream),
+    let handshake = TlsServerStream::accept(tcp, tls.config.clone());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(mut stream)) => {
+            stream.set_socket_digest(digest);
+            tls.handshakes.completed();
+            Some(Box::new(stream))
+        }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None

@@ -657,40 +657,23 @@ impl rustls::server::ResolvesServerCert for CountingResolver {
     }
 }
 
-/// Post-handshake callbacks that count completed handshakes, then run
-/// `inner`.
+/// Counts a listener's completed handshakes.
 #[derive(Debug)]
-pub(crate) struct CountingCallbacks<T> {
+pub(crate) struct HandshakeCount {
     completed: Option<prometheus::IntCounter>,
-    inner: T,
 }
 
-impl<T> CountingCallbacks<T> {
-    pub(crate) fn new(listener: &str, inner: T) -> Self {
-        CountingCallbacks {
+impl HandshakeCount {
+    pub(crate) fn new(listener: &str) -> Self {
+        HandshakeCount {
             completed: tls_counter(listener, "completed"),
-            inner,
         }
     }
 
-    /// Counts a handshake completed outside pingora (without `inner`).
     pub(crate) fn completed(&self) {
         if let Some(c) = &self.completed {
             c.inc();
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl<T: pingora::listeners::TlsAccept + Send + Sync> pingora::listeners::TlsAccept
-    for CountingCallbacks<T>
-{
-    async fn handshake_complete_callback(
-        &self,
-        tls: &pingora::protocols::tls::TlsRef,
-    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
-        self.completed();
-        self.inner.handshake_complete_callback(tls).await
     }
 }
 

@@ -22,11 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use meshgate_config::{CertSpec, ClientAuth, Protocols, TlsSpec, TlsVersion};
 use meshgate_policy::route::HostPattern;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -34,7 +31,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
 
-use crate::metrics::CountingCallbacks;
+use crate::metrics::HandshakeCount;
 
 /// Why a listener's TLS settings could not be built. Each message names
 /// the file at fault and fits on one line.
@@ -132,27 +129,18 @@ pub(crate) enum TlsError {
 pub(crate) struct ListenerTls {
     /// rustls settings, for our own handshake ([`crate::tls_stream`]).
     pub(crate) config: Arc<ServerConfig>,
-    /// Whether the listener asks for client certificates; if so, pingora
-    /// runs the handshake ([`Self::acceptor`]), so that the certificate
-    /// reaches the request through the TLS digest.
-    pub(crate) client_certs: bool,
-    /// The same settings, wrapped for pingora's handshake.
-    pub(crate) acceptor: pingora::listeners::tls::Acceptor,
-    /// Run after each handshake: counts it and records a client
-    /// certificate in the connection's TLS digest.
-    pub(crate) callbacks: CountingCallbacks<ClientCertCallback>,
+    /// Counts each completed handshake.
+    pub(crate) handshakes: HandshakeCount,
 }
 
 impl ListenerTls {
     /// The rest of a `ServerConfig` (ALPN, the server's cipher order,
-    /// session tickets when `tickets` is given) on `builder`, and the
-    /// handshake's two forms.
+    /// session tickets when `tickets` is given) on `builder`.
     fn finish(
         listener: &str,
         builder: rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
         resolver: Arc<dyn ResolvesServerCert>,
         alpn_protocols: Vec<Vec<u8>>,
-        client_certs: bool,
         tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
     ) -> ListenerTls {
         let resolver = crate::metrics::CountingResolver::new(listener, resolver);
@@ -162,12 +150,9 @@ impl ListenerTls {
         if let Some(t) = tickets {
             config.ticketer = t;
         }
-        let config = Arc::new(config);
         ListenerTls {
-            acceptor: pingora::listeners::tls::Acceptor::from_server_config(config.clone()),
-            config,
-            client_certs,
-            callbacks: CountingCallbacks::new(listener, ClientCertCallback),
+            config: Arc::new(config),
+            handshakes: HandshakeCount::new(listener),
         }
     }
 }
@@ -187,9 +172,7 @@ pub(crate) fn mesh_listener_tls(
         .map_err(|source| TlsError::Provider { source })?
         .with_client_cert_verifier(Arc::new(verifier));
     let alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(ListenerTls::finish(
-        listener, builder, resolver, alpn, true, None,
-    ))
+    Ok(ListenerTls::finish(listener, builder, resolver, alpn, None))
 }
 
 /// Builds the TLS settings of one listener's TCP side (handshakes counted
@@ -240,14 +223,7 @@ pub(crate) fn listener_tls(
     // with a new key.
     let tickets =
         rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Provider { source })?;
-    let t = ListenerTls::finish(
-        listener,
-        builder,
-        resolver,
-        alpn(protocols),
-        optional.is_some(),
-        Some(tickets),
-    );
+    let t = ListenerTls::finish(listener, builder, resolver, alpn(protocols), Some(tickets));
     Ok((t, live))
 }
 
@@ -526,11 +502,10 @@ impl SniResolver {
     }
 }
 
-/// A verified client certificate, as the request sees it: stored in the
-/// connection's `SslDigest` extension, so a request phase can read it with
-/// `session.digest()` → `ssl_digest` → `extension.get::<ClientCert>()`.
+/// A verified client certificate, as the request sees it: a request phase
+/// reads it with [`client_cert`] from `session.digest()` → `ssl_digest`.
 /// Present only on connections whose client sent a certificate that the
-/// listener's `client_auth.ca` verified.
+/// listener's `client_auth.ca` (or the mesh's trust bundle) verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientCert {
     /// The subject distinguished name, e.g. `CN=client-1, O=Example`.
@@ -587,26 +562,82 @@ pub(crate) fn uri_sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> 
     out
 }
 
-/// After the handshake, records the verified client certificate (if any)
-/// as a [`ClientCert`] in the connection's TLS digest.
-#[derive(Debug)]
-pub(crate) struct ClientCertCallback;
+/// The verified client certificates of open connections, by the SHA-256
+/// of the certificate's DER. Each connection holds its certificate
+/// ([`verified_client_cert`]) and the hash sits in its TLS digest as
+/// `cert_digest`, where a request finds the certificate again
+/// ([`client_cert`]): pingora offers no other way to hang our own data on
+/// the digest of a connection it did not handshake. An entry lives as long
+/// as a connection holds its certificate (a peer's next connections reuse
+/// the parsed certificate); dead entries are dropped when the table has
+/// doubled since it was last swept.
+struct ClientCerts {
+    by_hash: HashMap<[u8; 32], std::sync::Weak<ClientCert>>,
+    sweep_at: usize,
+}
 
-#[async_trait]
-impl TlsAccept for ClientCertCallback {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let cert = ClientCert::from_der(tls.peer_certificate_der()?)?;
-        tracing::debug!(
-            subject = %cert.subject,
-            dns_names = ?cert.dns_names,
-            uris = ?cert.uris,
-            "client certificate verified"
-        );
-        Some(Arc::new(cert))
+static CLIENT_CERTS: std::sync::Mutex<Option<ClientCerts>> = std::sync::Mutex::new(None);
+
+const CLIENT_CERTS_FIRST_SWEEP: usize = 64;
+
+fn client_certs() -> std::sync::MutexGuard<'static, Option<ClientCerts>> {
+    CLIENT_CERTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The client certificate `der` that a handshake just verified, parsed
+/// (or found parsed), and the hash its connection's TLS digest carries.
+/// The connection keeps the certificate for as long as it lives. `None`
+/// if the certificate does not parse (rustls has verified it, so that
+/// would be a parser gap).
+pub(crate) fn verified_client_cert(der: &[u8]) -> Option<(Arc<ClientCert>, [u8; 32])> {
+    let hash: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .try_into()
+        .ok()?;
+    if let Some(cert) = client_certs()
+        .as_ref()
+        .and_then(|c| c.by_hash.get(&hash))
+        .and_then(std::sync::Weak::upgrade)
+    {
+        return Some((cert, hash));
     }
+    let cert = Arc::new(ClientCert::from_der(der)?);
+    tracing::debug!(
+        subject = %cert.subject,
+        dns_names = ?cert.dns_names,
+        uris = ?cert.uris,
+        "client certificate verified"
+    );
+    let mut guard = client_certs();
+    let certs = guard.get_or_insert_with(|| ClientCerts {
+        by_hash: HashMap::new(),
+        sweep_at: CLIENT_CERTS_FIRST_SWEEP,
+    });
+    if certs.by_hash.len() >= certs.sweep_at {
+        certs.by_hash.retain(|_, c| c.strong_count() > 0);
+        certs.sweep_at = (certs.by_hash.len() * 2).max(CLIENT_CERTS_FIRST_SWEEP);
+    }
+    // A connection with the same certificate may have raced us here: keep
+    // the entry that is alive.
+    let entry = certs.by_hash.entry(hash).or_default();
+    match entry.upgrade() {
+        Some(theirs) => Some((theirs, hash)),
+        None => {
+            *entry = Arc::downgrade(&cert);
+            Some((cert, hash))
+        }
+    }
+}
+
+/// The verified client certificate of the connection whose TLS digest
+/// this is, if its client sent one.
+pub(crate) fn client_cert(ssl: &pingora::protocols::tls::SslDigest) -> Option<Arc<ClientCert>> {
+    let hash: &[u8; 32] = ssl.cert_digest.as_slice().try_into().ok()?;
+    client_certs()
+        .as_ref()?
+        .by_hash
+        .get(hash)
+        .and_then(std::sync::Weak::upgrade)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The server side of a TLS connection on rustls's unbuffered API, for
-//! listeners that do not ask for client certificates.
+//! every listener.
 //!
 //! pingora's TLS stream wraps rustls's buffered connection, whose 4 KiB
 //! receive buffer lives as long as the connection, inside a struct with
@@ -18,9 +18,9 @@
 //! An idle keep-alive connection then holds its socket and rustls's
 //! session state (keys and the handshake's outcome), nothing more.
 //!
-//! A listener with `client_auth` keeps pingora's stream: the request reads
-//! the verified certificate from the TLS digest's extension, which only
-//! pingora's own handshake can set.
+//! A verified client certificate (`client_auth`, the sidecar's inbound
+//! port) is kept by the stream and found by a request through its TLS
+//! digest ([`crate::tls::client_cert`]).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -77,6 +77,9 @@ pub(crate) struct TlsServerStream {
     read_closed: bool,
     close_queued: bool,
     digest: Option<Arc<SslDigest>>,
+    /// The client's verified certificate, held so that a request can find
+    /// it by the digest's `cert_digest`.
+    client_cert: Option<Arc<crate::tls::ClientCert>>,
     alpn: Option<ALPN>,
     socket_digest: Option<Arc<SocketDigest>>,
     established: SystemTime,
@@ -125,6 +128,7 @@ impl TlsServerStream {
             read_closed: false,
             close_queued: false,
             digest: None,
+            client_cert: None,
             alpn: None,
             socket_digest: None,
             established: SystemTime::now(),
@@ -145,12 +149,19 @@ impl TlsServerStream {
             .protocol_version()
             .and_then(|v| v.as_str())
             .unwrap_or_default();
+        let client_cert = s
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| crate::tls::verified_client_cert(leaf));
+        let cert_digest = client_cert.as_ref().map(|(_, hash)| hash.to_vec());
+        s.client_cert = client_cert.map(|(cert, _)| cert);
         s.digest = Some(Arc::new(SslDigest::new(
             cipher,
             version,
             None,
             None,
-            Vec::new(),
+            cert_digest.unwrap_or_default(),
         )));
         // Our listeners offer only these two (`crate::tls::alpn`).
         s.alpn = match s.conn.alpn_protocol() {
@@ -511,6 +522,10 @@ impl std::fmt::Debug for TlsServerStream {
             .field("plain", &(self.plain.len() - self.plain_pos))
             .field("outgoing", &self.pending_out())
             .field("read_closed", &self.read_closed)
+            .field(
+                "client",
+                &self.client_cert.as_ref().map(|c| c.subject.as_str()),
+            )
             .finish()
     }
 }
@@ -611,6 +626,14 @@ mod tests {
         script: impl FnOnce(&mut ClientTls) -> T + Send + 'static,
     ) -> (io::Result<TlsServerStream>, std::thread::JoinHandle<T>) {
         let (server, client_config) = configs(server_alpn);
+        connect_with(server, client_config, script).await
+    }
+
+    async fn connect_with<T: Send + 'static>(
+        server: Arc<ServerConfig>,
+        client_config: Arc<rustls::ClientConfig>,
+        script: impl FnOnce(&mut ClientTls) -> T + Send + 'static,
+    ) -> (io::Result<TlsServerStream>, std::thread::JoinHandle<T>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -706,6 +729,105 @@ mod tests {
         assert!(holds_no_buffer(&s), "{s:?}");
         AsyncWriteExt::shutdown(&mut s).await.expect("close");
         assert_eq!(peer.join().expect("client thread").expect("clean end"), 0);
+    }
+
+    /// A server that requires a certificate of `ca`'s mesh, and a client
+    /// that holds one issued to `id`.
+    fn mtls_configs(
+        ca: &meshgate_identity::Ca,
+        id: &str,
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let server_cert = made.cert.der().clone();
+        let server_key = PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        let mut mesh_roots = rustls::RootCertStore::empty();
+        mesh_roots
+            .add(CertificateDer::from(ca.root_der().to_vec()))
+            .expect("mesh root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(mesh_roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("verifier");
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.clone()], server_key)
+            .expect("server config");
+        let id = meshgate_identity::SpiffeId::parse(id).expect("id");
+        let (key, issued) = ca.issue(&id, Duration::from_secs(3600)).expect("issue");
+        let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("chain");
+        let key = PrivateKeyDer::from_pem_slice(key.key_pem().as_bytes()).expect("key");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_cert).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client config");
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_found_by_the_digest_while_a_connection_holds_it() {
+        let ca = meshgate_identity::Ca::generate("test.mesh").expect("CA");
+        let caller = "spiffe://test.mesh/service/caller";
+        let (server, client) = mtls_configs(&ca, caller);
+        // The client sends a byte, then waits for the server to close.
+        let script = |tls: &mut ClientTls| {
+            tls.write_all(b"x")
+                .and_then(|_| tls.flush())
+                .expect("write");
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest);
+        };
+        let (a, peer_a) = connect_with(server.clone(), client.clone(), script).await;
+        let (b, peer_b) = connect_with(server, client, script).await;
+        let (a, b) = (a.expect("handshake a"), b.expect("handshake b"));
+        let (digest_a, digest_b) = (
+            a.get_ssl_digest().expect("digest a"),
+            b.get_ssl_digest().expect("digest b"),
+        );
+        let cert_a = crate::tls::client_cert(&digest_a).expect("a's client certificate");
+        assert_eq!(cert_a.spiffe_id(), Some(caller));
+        let cert_b = crate::tls::client_cert(&digest_b).expect("b's client certificate");
+        assert!(Arc::ptr_eq(&cert_a, &cert_b), "parsed once for both");
+        drop((cert_a, cert_b));
+
+        // A connection without a client certificate has none to find.
+        let (plain, peer_plain) = connect(&[b"http/1.1"], |tls| {
+            tls.write_all(b"x").and_then(|_| tls.flush())
+        })
+        .await;
+        let plain = plain.expect("handshake");
+        assert!(crate::tls::client_cert(&plain.get_ssl_digest().expect("digest")).is_none());
+
+        drop(a);
+        assert!(
+            crate::tls::client_cert(&digest_a).is_some(),
+            "b still holds the same certificate"
+        );
+        drop(b);
+        assert!(
+            crate::tls::client_cert(&digest_b).is_none(),
+            "gone with the last connection that held it"
+        );
+        drop(plain);
+        peer_a.join().expect("client a");
+        peer_b.join().expect("client b");
+        peer_plain
+            .join()
+            .expect("plain client")
+            .expect("plain write");
     }
 
     #[tokio::test]
