@@ -576,12 +576,21 @@ struct ClientCerts {
     sweep_at: usize,
 }
 
-static CLIENT_CERTS: std::sync::Mutex<Option<ClientCerts>> = std::sync::Mutex::new(None);
-
 const CLIENT_CERTS_FIRST_SWEEP: usize = 64;
 
-fn client_certs() -> std::sync::MutexGuard<'static, Option<ClientCerts>> {
-    CLIENT_CERTS.lock().unwrap_or_else(|p| p.into_inner())
+/// Read on every request of a connection with a client certificate,
+/// written only when a connection brings a certificate not seen parsed.
+static CLIENT_CERTS: std::sync::LazyLock<std::sync::RwLock<ClientCerts>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::RwLock::new(ClientCerts {
+            by_hash: HashMap::new(),
+            sweep_at: CLIENT_CERTS_FIRST_SWEEP,
+        })
+    });
+
+fn find_client_cert(hash: &[u8; 32]) -> Option<Arc<ClientCert>> {
+    let certs = CLIENT_CERTS.read().unwrap_or_else(|p| p.into_inner());
+    certs.by_hash.get(hash).and_then(std::sync::Weak::upgrade)
 }
 
 /// The client certificate `der` that a handshake just verified, parsed
@@ -594,50 +603,37 @@ pub(crate) fn verified_client_cert(der: &[u8]) -> Option<(Arc<ClientCert>, [u8; 
         .as_ref()
         .try_into()
         .ok()?;
-    if let Some(cert) = client_certs()
-        .as_ref()
-        .and_then(|c| c.by_hash.get(&hash))
-        .and_then(std::sync::Weak::upgrade)
-    {
-        return Some((cert, hash));
-    }
-    let cert = Arc::new(ClientCert::from_der(der)?);
+    let cert = match find_client_cert(&hash) {
+        Some(cert) => cert,
+        None => {
+            let parsed = Arc::new(ClientCert::from_der(der)?);
+            let mut certs = CLIENT_CERTS.write().unwrap_or_else(|p| p.into_inner());
+            if certs.by_hash.len() >= certs.sweep_at {
+                certs.by_hash.retain(|_, c| c.strong_count() > 0);
+                certs.sweep_at = (certs.by_hash.len() * 2).max(CLIENT_CERTS_FIRST_SWEEP);
+            }
+            // A connection with the same certificate may have raced us
+            // here: keep the entry that is alive.
+            let entry = certs.by_hash.entry(hash).or_default();
+            entry.upgrade().unwrap_or_else(|| {
+                *entry = Arc::downgrade(&parsed);
+                parsed
+            })
+        }
+    };
     tracing::debug!(
         subject = %cert.subject,
         dns_names = ?cert.dns_names,
         uris = ?cert.uris,
         "client certificate verified"
     );
-    let mut guard = client_certs();
-    let certs = guard.get_or_insert_with(|| ClientCerts {
-        by_hash: HashMap::new(),
-        sweep_at: CLIENT_CERTS_FIRST_SWEEP,
-    });
-    if certs.by_hash.len() >= certs.sweep_at {
-        certs.by_hash.retain(|_, c| c.strong_count() > 0);
-        certs.sweep_at = (certs.by_hash.len() * 2).max(CLIENT_CERTS_FIRST_SWEEP);
-    }
-    // A connection with the same certificate may have raced us here: keep
-    // the entry that is alive.
-    let entry = certs.by_hash.entry(hash).or_default();
-    match entry.upgrade() {
-        Some(theirs) => Some((theirs, hash)),
-        None => {
-            *entry = Arc::downgrade(&cert);
-            Some((cert, hash))
-        }
-    }
+    Some((cert, hash))
 }
 
 /// The verified client certificate of the connection whose TLS digest
 /// this is, if its client sent one.
 pub(crate) fn client_cert(ssl: &pingora::protocols::tls::SslDigest) -> Option<Arc<ClientCert>> {
-    let hash: &[u8; 32] = ssl.cert_digest.as_slice().try_into().ok()?;
-    client_certs()
-        .as_ref()?
-        .by_hash
-        .get(hash)
-        .and_then(std::sync::Weak::upgrade)
+    find_client_cert(ssl.cert_digest.as_slice().try_into().ok()?)
 }
 
 #[cfg(test)]
