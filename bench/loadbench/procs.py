@@ -232,10 +232,25 @@ def process_tree(pid):
     return out
 
 
+def process_cpu_clock(pid):
+    """The kernel's CPU-time clock of a whole process, for
+    `time.clock_gettime`: the sum of every thread's time on a CPU, threads
+    that have exited included, in nanoseconds. Linux numbers it
+    `~pid << 3 | 2` (CPUCLOCK_SCHED on the process, not one thread); glibc's
+    clock_getcpuclockid computes the same."""
+    return ((~pid) << 3) | 2
+
+
 def cpu_seconds(pids):
-    """utime+stime of the processes, plus cutime+cstime of the children they
-    have already reaped (nginx and haproxy workers replaced by a reload)."""
-    ticks = 0
+    """CPU time of the processes, plus the utime+stime of the children they
+    have already reaped (nginx and haproxy workers replaced by a reload).
+
+    A process's own time comes from its CPU-time clock, which the kernel
+    keeps in nanoseconds. utime+stime in /proc/PID/stat count whole clock
+    ticks (10 ms): on a run of 2,000 requests at 100 us each that is 20
+    ticks, a 5% step, where the clock is exact. The ticks are the fallback
+    when the clock cannot be read (the process is going away)."""
+    total = 0.0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -244,8 +259,13 @@ def cpu_seconds(pids):
             continue
         fields = stat[stat.rfind(")") + 2:].split()
         # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-        ticks += sum(int(x) for x in fields[11:15])
-    return ticks / CLK_TCK
+        reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK
+        try:
+            own = time.clock_gettime(process_cpu_clock(pid))
+        except OSError:
+            own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        total += own + reaped
+    return total
 
 
 def _threads(pids):

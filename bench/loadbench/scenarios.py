@@ -2,7 +2,8 @@
 
 A row always has the keys of `ROW_KEYS` (None where a figure does not
 apply), plus scenario-specific extras. CPU per request is the CPU time
-(utime+stime, children included) the target's whole process tree used
+(each process's CPU-time clock, in nanoseconds, plus the utime+stime of
+children it reaped) the target's whole process tree used
 while the load ran, divided by the requests the load generator completed;
 for `direct` that is the origin's own tree.
 """
