@@ -12,9 +12,9 @@
 //!
 //! Plain connections are handed on as pingora's L4 stream with its socket
 //! digest. TLS runs on our own stream ([`crate::tls_stream`]), which holds
-//! no buffer while a connection is idle, except on a listener that asks
-//! for client certificates: that one keeps pingora's handshake and stream,
-//! the only way the certificate reaches the request (in the TLS digest).
+//! no buffer while a connection is idle; a verified client certificate
+//! reaches the request through the TLS digest
+//! ([`crate::tls::client_cert`]).
 //!
 //! A TLS listener can also take plaintext while a check says so (a
 //! sidecar's inbound port in permissive mesh mode): the first byte tells a
