@@ -9,7 +9,8 @@
 #    meshgate's targets, which sends HTTP/1.1, h2c, HTTP/2 and HTTP/3 over
 #    TLS, full TLS handshakes, the mTLS sidecar pair (HTTP/1.1, HTTP/2,
 #    gRPC) and a config reload through them; each process writes its
-#    counts when it exits;
+#    counts when it exits, counted from when its start-up settled (the
+#    binaries reset the counters then: gateway/src/memory.rs);
 # 3. merges the counts with llvm-profdata (rustup's llvm-tools component,
 #    added if missing);
 # 4. builds again with the profile (target/pgo);
@@ -44,16 +45,31 @@ fi
 # the build machine and are not what we profile.
 build() {
     local dir=$1 flags=$2
+    mkdir -p "$dir"
     CARGO_TARGET_DIR="$dir" RUSTFLAGS="$flags" "$cargo" build --release --locked \
-        --target "$host" --bin meshgate --bin meshgate-sidecar >&2
+        --target "$host" --bin meshgate --bin meshgate-sidecar 2>&1 | tee "$dir/pgo-build.log" >&2
 }
 
 echo "pgo: 1/5 instrumented build ($gen)" >&2
 rm -rf "$profiles"
 build "$gen" "-Cprofile-generate=$profiles"
+# The training counts from when start-up has settled: the binaries call the
+# profiling runtime's reset then, and in every other build a do-nothing
+# stand-in of ours (gateway/src/memory.rs). Here the runtime's must be the
+# one linked, or the order would mix start-up's code into the request path.
+for bin in meshgate meshgate-sidecar; do
+    if ! "$(dirname "$profdata")/llvm-nm" "$gen/$host/release/$bin" \
+            | grep -E ' [tT] __llvm_profile_reset_counters$' >/dev/null; then
+        echo "pgo: $bin does not link the profiling runtime's counter reset" >&2
+        exit 1
+    fi
+done
 
 echo "pgo: 2/5 training (bench/run.py --quick, meshgate's targets)" >&2
-python3 bench/run.py --quick \
+# One profile per process (%p), so the link order can tell which processes
+# ran a function; each process resets its counters once its start-up has
+# settled (MESHGATE_PGO_TRAINING; gateway/src/memory.rs).
+MESHGATE_PGO_TRAINING=1 LLVM_PROFILE_FILE="$profiles/%p.profraw" python3 bench/run.py --quick \
     --targets meshgate,meshgate-sidecar,meshgate-sidecar-grpc \
     --meshgate "$gen/$host/release/meshgate" --out "$gen/training" >&2
 if ! compgen -G "$profiles/*.profraw" >/dev/null; then
@@ -71,6 +87,13 @@ mv "$gen/merged.profdata" "$merged"
 echo "pgo: 4/5 optimized build ($out)" >&2
 flags="-Cprofile-use=$merged"
 build "$out" "$flags"
+# A function whose code differs from the instrumented build's loses its
+# profile; the two builds must compile the same code.
+lost=$(grep -c "function control flow change detected" "$out/pgo-build.log" || true)
+if [[ "$lost" != 0 ]]; then
+    echo "pgo: $lost functions lost their profile (hash mismatch); see $out/pgo-build.log" >&2
+    exit 1
+fi
 
 # Only the binary's own crate is built again: the extra arguments of
 # `cargo rustc` go to it alone, and the same RUSTFLAGS keep every

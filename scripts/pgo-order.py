@@ -12,13 +12,18 @@ every process's RSS. Listing the functions the training ran first, for
 lld's --symbol-ordering-file, puts them side by side at the start of
 `.text`, so what a process runs is what it maps.
 
-- PROFILES: the training's .profraw files. Each holds the build id of the
-  binary that wrote it; only INSTRUMENTED_BIN's are read (the gateway and
-  the sidecar run different code, so each gets its own order).
+- PROFILES: the training's .profraw files, one per process. Each holds
+  the build id of the binary that wrote it; only INSTRUMENTED_BIN's are
+  read (the gateway and the sidecar run different code, so each gets its
+  own order). The counts start when a process's start-up has settled
+  (gateway/src/memory.rs), so start-up's own loops do not rank among the
+  request path.
 - FINAL_BIN: the profile-guided binary, linked once. The order must name
   its symbols as that link wrote them: ThinLTO renames the local functions
   it promotes (`name.llvm.123`), which the profile knows without the suffix.
-- ORDER_FILE: one symbol per line, the most often run first.
+- ORDER_FILE: one symbol per line: what every process ran first, then
+  what fewer processes ran, one set of processes at a time, the most often
+  run first within each (`rank`).
 
 --check reads the binary linked with the order and fails unless it holds
 every listed symbol at ascending addresses: a renamed symbol is only a
@@ -107,29 +112,41 @@ def main():
     profiles, instrumented, final, order = sys.argv[1:]
     profdata = llvm_tool("llvm-profdata")
     want = build_id(instrumented)
-    counts = collections.Counter()
-    used = 0
+    runs = []
     for entry in sorted(os.listdir(profiles)):
         path = os.path.join(profiles, entry)
-        if not entry.endswith(".profraw"):
-            continue
-        if want not in run([profdata, "show", "--binary-ids", path]):
-            continue
-        used += 1
-        for name, n in profile_counts(profdata, path).items():
-            counts[name] = max(counts[name], n)
-    if not used:
+        if entry.endswith(".profraw") and want in run([profdata, "show", "--binary-ids", path]):
+            runs.append(profile_counts(profdata, path))
+    if not runs:
         sys.exit(f"pgo-order: no profile in {profiles} was written by {instrumented}")
+    ranked = rank(runs)
 
     # The final binary's function symbols, by their name in the profile.
     symbols = collections.defaultdict(list)
     for _, name in function_symbols(final):
         symbols[re.sub(r"\.llvm\.\d+$", "", name)].append(name)
-    listed = [s for name, _ in counts.most_common() for s in symbols.get(name, ())]
+    listed = [s for name in ranked for s in symbols.get(name, ())]
     with open(order, "w") as f:
         f.write("".join(s + "\n" for s in listed))
-    print(f"pgo-order: {len(counts)} functions ran in {os.path.basename(instrumented)}'s training; "
+    print(f"pgo-order: {len(ranked)} functions ran in {len(runs)} processes of "
+          f"{os.path.basename(instrumented)}'s training; "
           f"{len(listed)} symbols of {os.path.basename(final)} listed in {order}", file=sys.stderr)
+
+
+def rank(runs):
+    """The functions that ran, given {function: count} per process: those
+    every process ran first, then those fewer processes ran, each set of
+    processes together, and by count within it. A process's functions then
+    sit in fewer places than when all are ranked by count alone, which
+    interleaves what different processes run (a client sidecar's outbound
+    path and a server sidecar's inbound one)."""
+    counts = collections.Counter()
+    ran_in = collections.defaultdict(set)
+    for i, one in enumerate(runs):
+        for name, n in one.items():
+            counts[name] = max(counts[name], n)
+            ran_in[name].add(i)
+    return sorted(counts, key=lambda name: (-len(ran_in[name]), sorted(ran_in[name]), -counts[name], name))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@
 //! before it). Each listener's thread asks the allocator to give back what
 //! it freed once a second ([`give_back_freed_memory`]).
 
-// The `madvise` and `mi_collect` calls below; nothing else in this module
-// is unsafe.
+// The `madvise` and `mi_collect` calls below and the profiling runtime's
+// reset; nothing else in this module is unsafe.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,7 +91,50 @@ pub(crate) fn release_once_settled() -> std::io::Result<usize> {
         before = now;
     }
     SETTLED.store(true, Ordering::Relaxed);
+    forget_start_up_profile();
     release_startup_pages()
+}
+
+// A do-nothing `__llvm_profile_reset_counters`, weak: the LLVM profiling
+// runtime that a `-Cprofile-generate` build links defines the real one,
+// which then takes its place. Every other build calls this one.
+core::arch::global_asm!(
+    ".pushsection .text.__llvm_profile_reset_counters,\"ax\",@progbits",
+    ".weak __llvm_profile_reset_counters",
+    ".type __llvm_profile_reset_counters,@function",
+    "__llvm_profile_reset_counters:",
+    "ret",
+    ".size __llvm_profile_reset_counters, . - __llvm_profile_reset_counters",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    fn __llvm_profile_reset_counters();
+}
+
+/// In the instrumented build that trains the profile-guided one, run with
+/// `MESHGATE_PGO_TRAINING` set (scripts/pgo-build.sh), drops the counts
+/// start-up wrote, so the profile holds what the settled server runs;
+/// otherwise nothing.
+///
+/// The profile-guided link puts the profile's functions first, most often
+/// run first (scripts/pgo-order.py). Counted from the start, start-up's
+/// loops (PEM and base64 decoding, config parsing, certificate checks) sat
+/// among the request path's functions and spread it over more pages; the
+/// kernel maps whole cached folios around a fault, so each stray function
+/// cost a folio (bench/README.md has the figures). The call is compiled
+/// into every build alike: code that differed between the instrumented
+/// and the optimized build would lose its profile.
+fn forget_start_up_profile() {
+    // Only when the training asks: a coverage build (`-Cinstrument-coverage`)
+    // links the same runtime, and its counts must keep start-up's.
+    if std::env::var_os("MESHGATE_PGO_TRAINING").is_none() {
+        return;
+    }
+    // Safety: takes no argument; the runtime's version only zeroes its
+    // counters (one that another thread bumps meanwhile is off by one),
+    // ours returns at once.
+    unsafe { __llvm_profile_reset_counters() }
 }
 
 /// Whether start-up has settled, given the requests started at the last
@@ -284,6 +327,16 @@ Anonymous:          1024 kB
         assert!(settled(7, 7, second));
         // Busy all along: settled at the limit anyway.
         assert!(settled(100, 200, SETTLE_LIMIT));
+    }
+
+    #[test]
+    fn without_the_profiling_runtime_the_counter_reset_returns_at_once() {
+        // This test binary has no `-Cprofile-generate`: the weak stand-in
+        // is what runs, and a broken one would crash here. Called
+        // directly: the environment variable is not set in tests.
+        // Safety: as in `forget_start_up_profile`.
+        unsafe { __llvm_profile_reset_counters() };
+        forget_start_up_profile();
     }
 
     #[test]
