@@ -674,6 +674,15 @@ impl ProxyHttp for Edge {
             return e;
         };
         let now = Instant::now();
+        if e.esource() == &pingora::ErrorSource::Downstream {
+            // The client left (or broke its side): no one to answer, so
+            // nothing to send again, and nothing the endpoint did. Counted
+            // as a failure, clients that give up on a slow answer would
+            // eject a healthy endpoint.
+            ctx.flight.abandon(&svc, now);
+            e.set_retry(false);
+            return e;
+        }
         let replayable = !session.as_ref().retry_buffer_truncated();
         let idempotent = request_is_idempotent(session.req_header());
         let nothing_sent = session.response_written().is_none();
@@ -881,12 +890,15 @@ impl ProxyHttp for Edge {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        // A client that went away is not an error of ours; the access log
-        // records it (reason `downstream-closed`).
+        // A client that went away, or an HTTP/2 client that reset its
+        // stream, is not an error of ours; the access log records it.
         e.esource() == &pingora::ErrorSource::Downstream
             && matches!(
                 e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
             )
     }
 
@@ -1030,6 +1042,17 @@ pub(crate) fn authority(req: &RequestHeader) -> Option<&str> {
     })
 }
 
+/// Whether an HTTP/2 error on the client's side is the client going away
+/// (its connection broke, or it cancelled the stream, as a browser does
+/// when the user moves on) rather than a protocol violation.
+fn client_left(e: &Error) -> bool {
+    e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h| {
+        h.is_io()
+            || h.reason() == Some(h2::Reason::CANCEL)
+            || h.reason() == Some(h2::Reason::NO_ERROR)
+    })
+}
+
 /// The status and reason for an error pingora hands us.
 fn classify(e: &Error) -> (u16, &'static str) {
     use pingora::ErrorType as T;
@@ -1054,6 +1077,9 @@ fn classify(e: &Error) -> (u16, &'static str) {
         T::HTTPStatus(431) => (431, "header-too-large"),
         T::HTTPStatus(413) => (413, "body-too-large"),
         T::HTTPStatus(code) if *code >= 400 => (*code, "bad-request"),
+        T::H2Error if e.esource() == &pingora::ErrorSource::Downstream && client_left(e) => {
+            (0, "downstream-closed")
+        }
         T::InvalidHTTPHeader | T::H1Error | T::H2Error
             if e.esource() == &pingora::ErrorSource::Downstream =>
         {

@@ -107,6 +107,15 @@ impl Flight {
         self.connect_turn = None;
     }
 
+    /// Ends the current try without an outcome: the client went away (or
+    /// broke its side of the exchange) before the endpoint's answer was
+    /// seen, so neither its latency nor its health learns anything.
+    pub(crate) fn abandon(&mut self, svc: &ServiceSpec, now: Instant) {
+        if let Some(t) = self.current.take() {
+            t.endpoint.load.end(None, now, &svc.ewma);
+        }
+    }
+
     /// Ends the current try: records its latency and its outcome for
     /// outlier detection. Idempotent (a try is recorded once).
     pub(crate) fn finish(&mut self, svc: &ServiceSpec, failure: bool, now: Instant) {

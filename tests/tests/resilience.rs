@@ -321,3 +321,76 @@ state_dir = "{}"
         "nothing sent in plaintext"
     );
 }
+
+#[test]
+fn a_client_that_leaves_is_not_retried_nor_held_against_the_endpoint() {
+    let o = scripted("only");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s", max_ejection = "60s", max_ejected_percent = 100 }}
+"#,
+        o.addr
+    ));
+    // Three clients give up while the endpoint is still answering (curl's
+    // own --max-time: it closes the connection and exits with 28), over
+    // HTTP/1.1 and over HTTP/2 (h2c).
+    for how in ["--http1.1", "--http2-prior-knowledge", "--http1.1"] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "0.5", how])
+            .arg(format!("{base}/slow/1500"))
+            .output()
+            .expect("curl runs");
+        assert_eq!(out.status.code(), Some(28), "curl timed out");
+    }
+    // Each reached the endpoint once: nothing was sent again on behalf of
+    // a client that had gone (the slow answers end 1.5 s after arriving).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        get(&format!("http://{}/count/slow-started", o.addr)).body,
+        "3"
+    );
+    // Nor was the endpoint's health charged for them: three failures would
+    // have ejected it (two in a row eject) and left no endpoint to serve.
+    for _ in 0..3 {
+        let r = get(&format!("{base}/svc"));
+        assert_eq!((r.status, r.header("x-origin")), (200, Some("only")));
+    }
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    // The access log says who left.
+    let log = gw.access_log();
+    let left = log
+        .iter()
+        .filter(|l| l["path"] == "/slow/1500")
+        .collect::<Vec<_>>();
+    assert_eq!(left.len(), 3, "{log:?}");
+    for l in left {
+        // No answer reached them: status 0, as for any client that left,
+        // whichever protocol it spoke (an HTTP/2 one was logged as a 400
+        // bad request before).
+        assert_eq!(
+            (&l["status"], &l["reason"]),
+            (
+                &serde_json::json!(0),
+                &serde_json::json!("downstream-closed")
+            ),
+            "{l}"
+        );
+    }
+    assert!(
+        !gw.proc.stderr().contains("Fail to proxy"),
+        "a client that left is not an error of the gateway's: {}",
+        gw.proc.stderr()
+    );
+}
