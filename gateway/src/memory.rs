@@ -99,9 +99,9 @@ pub(crate) fn release_once_settled() -> std::io::Result<usize> {
 // runtime that a `-Cprofile-generate` build links defines the real one,
 // which then takes its place. Every other build calls this one.
 core::arch::global_asm!(
-    ".pushsection .text.__llvm_profile_reset_counters,\"ax\",@progbits",
+    ".pushsection .text.__llvm_profile_reset_counters,\"ax\",%progbits",
     ".weak __llvm_profile_reset_counters",
-    ".type __llvm_profile_reset_counters,@function",
+    ".type __llvm_profile_reset_counters,%function",
     "__llvm_profile_reset_counters:",
     "ret",
     ".size __llvm_profile_reset_counters, . - __llvm_profile_reset_counters",
