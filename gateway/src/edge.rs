@@ -699,8 +699,7 @@ impl ProxyHttp for Edge {
             )
         {
             ctx.flight.stale_retry_used = true;
-            if let Some(t) = ctx.flight.current.take() {
-                t.endpoint.load.end(None, now, &svc.ewma);
+            if let Some(t) = ctx.flight.abandon(&svc, now) {
                 ctx.flight.next = Some((t.endpoint, t.probe));
             }
             e.set_retry(true);
@@ -890,16 +889,15 @@ impl ProxyHttp for Edge {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        // A client that went away, or an HTTP/2 client that reset its
-        // stream, is not an error of ours; the access log records it.
+        // A client that went away (an HTTP/2 one also by cancelling its
+        // stream) is not an error of ours; the access log records it
+        // (reason `downstream-closed`).
         e.esource() == &pingora::ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed
-                    | ErrorType::ReadError
-                    | ErrorType::WriteError
-                    | ErrorType::H2Error
-            )
+            && match e.etype() {
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => true,
+                ErrorType::H2Error => client_left(e),
+                _ => false,
+            }
     }
 
     async fn fail_to_proxy(

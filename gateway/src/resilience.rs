@@ -107,13 +107,14 @@ impl Flight {
         self.connect_turn = None;
     }
 
-    /// Ends the current try without an outcome: the client went away (or
-    /// broke its side of the exchange) before the endpoint's answer was
-    /// seen, so neither its latency nor its health learns anything.
-    pub(crate) fn abandon(&mut self, svc: &ServiceSpec, now: Instant) {
-        if let Some(t) = self.current.take() {
-            t.endpoint.load.end(None, now, &svc.ewma);
-        }
+    /// Ends the current try without an outcome (the endpoint's answer was
+    /// never seen: the client went away, or a pooled connection turned out
+    /// stale), so neither its latency nor its health learns anything.
+    /// Returns the try, for a caller that tries the same endpoint again.
+    pub(crate) fn abandon(&mut self, svc: &ServiceSpec, now: Instant) -> Option<Try> {
+        let t = self.current.take()?;
+        t.endpoint.load.end(None, now, &svc.ewma);
+        Some(t)
     }
 
     /// Ends the current try: records its latency and its outcome for
