@@ -12,6 +12,10 @@ JSON object on stdout:
                [--count N] [--concurrency C] [--out F]
                [--zero-rtt] [--timeout S]
 
+A --header naming a pseudo-header (":path: http://other.example/x")
+replaces the client's own value of that field, so a test can send a
+malformed request; all the pseudo-headers go before the other fields.
+
 --count sends N requests over one connection, --concurrency at a time.
 --out writes the body of the last response to a file. --zero-rtt makes a
 first connection to collect a session ticket, then sends the requests as
@@ -131,12 +135,12 @@ class Client(QuicConnectionProtocol):
         sid = self._quic.get_next_available_stream_id()
         ex = Exchange()
         self.exchanges[sid] = ex
-        fields = [
-            (b":method", method.encode()),
-            (b":scheme", b"https"),
-            (b":authority", u.netloc.encode()),
-            (b":path", path.encode()),
-        ] + [(k.lower().encode(), v.encode()) for k, v in headers]
+        ours = {":method": method, ":scheme": "https", ":authority": u.netloc, ":path": path}
+        given = [(k.lower(), v) for k, v in headers]
+        replaced = {k for k, _ in given if k.startswith(":")}
+        fields = [(k, v) for k, v in ours.items() if k not in replaced]
+        fields += sorted(given, key=lambda f: not f[0].startswith(":"))
+        fields = [(k.encode(), v.encode()) for k, v in fields]
         self.h3.send_headers(sid, fields, end_stream=body_path is None)
         self.transmit()
         if body_path is not None:
@@ -186,8 +190,10 @@ async def run(args):
         port = int(p)
     headers = []
     for h in args.header:
-        k, _, v = h.partition(":")
-        headers.append((k.strip(), v.strip()))
+        # A pseudo-header's name keeps its leading colon.
+        lead = ":" if h.startswith(":") else ""
+        k, _, v = h[len(lead):].partition(":")
+        headers.append((lead + k.strip(), v.strip()))
     tickets = {}
 
     def keep_ticket(t):

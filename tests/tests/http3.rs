@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 const SECRET: &str = "an HTTP/3 test secret of at least thirty-two bytes";
 const ADMIN_TOKEN: &str = "http3-admin-token-0123456789";
+/// The stream error for a malformed message (RFC 9114 §8.1).
+const H3_MESSAGE_ERROR: u64 = 0x10e;
 
 fn tls_dir() -> PathBuf {
     workspace().join("config").join("examples").join("tls")
@@ -108,6 +110,13 @@ rewrite = {{ path_prefix = "/" }}
 [[route]]
 name = "shop"
 match = {{ path_prefix = "/products" }}
+service = "shop"
+
+# Any path on this host, so that no malformed target is refused for
+# want of a route.
+[[route]]
+name = "shop-host"
+match = {{ hosts = ["shop.meshgate.test"] }}
 service = "shop"
 
 [[route]]
@@ -604,6 +613,70 @@ fn drain_sends_goaway_on_open_connections_and_keeps_serving() {
     let out = report(hold("/hello"));
     assert_eq!(out["goaway"], 4, "{out}");
     assert!(s.gw.proc.running(), "draining does not stop the process");
+}
+
+/// The request heads RFC 9114 calls malformed (sections 4.2 and 4.3.1)
+/// are refused as h3 refuses those it checks itself, with a stream reset
+/// (H3_MESSAGE_ERROR), and never reach the origin: routing goes by
+/// `:authority`, while an HTTP/1 origin would take its target or its
+/// framing from the fields below.
+#[test]
+fn malformed_request_heads_are_refused_before_the_origin() {
+    let s = setup("");
+    let host = ["--header", ":authority: shop.meshgate.test"];
+    let refused: [(&str, &[&str]); 6] = [
+        (
+            "absolute-form :path",
+            &["--header", ":path: http://admin.example.com/x"],
+        ),
+        ("query-only :path", &["--header", ":path: ?admin=1"]),
+        ("connection", &["--header", "connection: close"]),
+        (
+            "transfer-encoding",
+            &["--header", "transfer-encoding: chunked"],
+        ),
+        ("te other than trailers", &["--header", "te: gzip"]),
+        (
+            "a second host",
+            &[
+                "--header",
+                "host: shop.meshgate.test",
+                "--header",
+                "host: admin.example.com",
+            ],
+        ),
+    ];
+    for (case, extra) in refused {
+        let r = &s.h3("/refused", &[&host[..], extra].concat())["responses"][0];
+        assert_eq!(r["status"], 0, "{case}: {r}");
+        assert_eq!(
+            r["error"],
+            format!("stream reset, code {H3_MESSAGE_ERROR}"),
+            "{case}: {r}"
+        );
+    }
+    let r = s.h3_one(
+        "/trailers",
+        &[&host[..], &["--header", "te: trailers"]].concat(),
+    );
+    assert_eq!(r["status"], 200, "{r}");
+    let r = s.h3_one("/plain", &host);
+    assert_eq!(r["status"], 200, "{r}");
+
+    // The origins saw the two good requests and nothing else: each request
+    // is logged there before it is answered, and the refused ones came
+    // first.
+    let seen = || {
+        let mut all = s.up.v1.requests();
+        all.extend(s.up.v2.requests());
+        all.sort();
+        all
+    };
+    wait_for(Duration::from_secs(10), "the origins to log", || {
+        seen().len() >= 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", seen()));
+    assert_eq!(seen(), ["GET /plain 0", "GET /trailers 0"]);
 }
 
 #[test]

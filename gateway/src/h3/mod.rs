@@ -10,6 +10,7 @@
 //! finish, and the process exits once nothing is in flight. A drain
 //! (`POST /drain`) sends the same GOAWAY and keeps the endpoint open.
 
+mod head;
 mod session;
 
 use std::net::UdpSocket;
@@ -381,7 +382,7 @@ impl Conn {
         local: Option<std::net::SocketAddr>,
         mut confirmed: tokio::sync::watch::Receiver<bool>,
     ) {
-        let (req, stream) = match resolver.resolve_request().await {
+        let (req, mut stream) = match resolver.resolve_request().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
@@ -389,6 +390,14 @@ impl Conn {
             }
         };
         let (parts, ()) = req.into_parts();
+        if let Err(e) = head::check(&parts) {
+            // As h3 refuses the malformed requests it finds (RFC 9114
+            // §4.1.2).
+            tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
+            stream.stop_stream(Code::H3_MESSAGE_ERROR);
+            stream.stop_sending(Code::H3_MESSAGE_ERROR);
+            return;
+        }
         let (mut send, mut recv) = stream.split();
         if !is_safe(&parts.method)
             && !matches!(

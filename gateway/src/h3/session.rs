@@ -18,6 +18,8 @@ use pingora::protocols::http::custom::server::Session as CustomSession;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::head::CONNECTION_HEADERS;
+
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
 type MessageReader =
@@ -26,16 +28,6 @@ type MessageReader =
 /// How much request body is kept for replaying a request on a retry, as
 /// pingora does for HTTP/1 and HTTP/2 downstreams.
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// Headers that describe an HTTP/1 connection and must not appear in an
-/// HTTP/3 message (RFC 9114 §4.2).
-const CONNECTION_HEADERS: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// The body of a request, as far as it is known.
 #[derive(Debug)]
