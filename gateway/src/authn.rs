@@ -2,14 +2,15 @@
 //!
 //! `request_filter` calls [`Authn::check`] right after the route is found:
 //! it finds the token (the provider's header as `Bearer <token>`, or its
-//! cookie), pins the algorithm to the provider's list, picks the key by
+//! cookie), pins the algorithm to the provider's list, picks the keys by
 //! `kid` and algorithm family, verifies the signature and `exp`, `nbf`,
 //! `iss`, `aud` with `jsonwebtoken`, and then applies the route's claim
 //! rules. A missing or bad token is a 401 with a `WWW-Authenticate: Bearer`
 //! challenge; a good token that breaks a claim rule is a 403. Before a
-//! request is forwarded, [`prepare_upstream`] replaces client-supplied
+//! request is forwarded, [`prepare_request`] replaces client-supplied
 //! copies of the claim headers with the verified claims and removes the
-//! token unless the provider forwards it.
+//! token unless the provider forwards it; [`forward_claims`] sets the
+//! verified claims again on the request as it leaves for the upstream.
 //!
 //! What it does not do: sessions, token issuance, introspection, or any
 //! key that is not configured (`jku`, `x5u` and embedded `jwk` headers are
@@ -26,6 +27,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
 use meshgate_config::{ConfigStore, JwtAlgorithm, JwtProviderSpec, Snapshot};
 use meshgate_policy::authz::{AuthRequirement, claim_as_header_text, claim_at};
@@ -34,7 +36,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub(crate) use fetch::KeyRefresher;
-use jwks::Miss;
+use jwks::{Key, Miss};
 use store::KeyStore;
 
 /// How long a request whose token names an unknown `kid` (or that finds no
@@ -190,17 +192,17 @@ impl Authn {
         let Some(provider) = self.keys.provider(&spec.name) else {
             return Err("signing keys unavailable");
         };
-        // The key must be of the algorithm's own family (and of its `alg`,
+        // The keys must be of the algorithm's own family (and of its `alg`,
         // when the JWK names one), so a public key is never used as an
         // HMAC secret whatever the token's header says.
         let mut keys = provider.keys_full();
-        if let Err(miss @ (Miss::UnknownKid | Miss::Empty)) = keys.find(kid, alg) {
+        if let Some(miss @ (Miss::UnknownKid | Miss::Empty)) = keys.find(kid, alg).err() {
             if !provider.fetch_now_and_wait(UNKNOWN_KID_WAIT).await {
                 return Err(miss_text(miss));
             }
             keys = provider.keys_full();
         }
-        let key = keys.find(kid, alg).map_err(miss_text)?;
+        let candidates = keys.find(kid, alg).map_err(miss_text)?;
         let cached = provider.validations_full();
         let built;
         let validation = match cached
@@ -215,9 +217,7 @@ impl Authn {
                 &built
             }
         };
-        let data = jsonwebtoken::decode::<Value>(token, &key.key, validation)
-            .map_err(|e| error_text(e.kind()))?;
-        let claims = data.claims;
+        let claims = decode_with_any(token, candidates, validation)?;
         if !claims.is_object() {
             return Err("malformed claims");
         }
@@ -230,10 +230,43 @@ impl Authn {
     }
 }
 
+/// The claims of `token`, verified with the first of `keys` whose
+/// signature it carries. A token without `kid`, or a key set without them,
+/// can leave several candidates: like Envoy, each is tried in turn. Only a
+/// signature this key does not match (or a key that cannot verify) moves
+/// on; any other failure is the token's own, whichever key is used.
+fn decode_with_any<'k>(
+    token: &str,
+    keys: impl Iterator<Item = &'k Key>,
+    validation: &Validation,
+) -> Result<Value, &'static str> {
+    let mut refused = "invalid signature";
+    for key in keys {
+        match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::InvalidSignature
+                        | ErrorKind::InvalidEcdsaKey
+                        | ErrorKind::InvalidEddsaKey
+                        | ErrorKind::InvalidRsaKey(_)
+                        | ErrorKind::InvalidKeyFormat
+                ) =>
+            {
+                refused = error_text(e.kind());
+            }
+            Err(e) => return Err(error_text(e.kind())),
+        }
+    }
+    Err(refused)
+}
+
 /// Replaces client-supplied claim headers with the verified claims and
-/// removes the token (unless the provider forwards it), on the request as
-/// it will go upstream. Called for routes with `auth` once `check` passed.
-pub(crate) fn prepare_upstream(
+/// removes the token (unless the provider forwards it). Called in
+/// `request_filter` for routes with `auth` once `check` passed, so split
+/// and hash keys on a claim header read the verified value.
+pub(crate) fn prepare_request(
     req: &mut RequestHeader,
     snap: &Snapshot,
     auth: &AuthRequirement,
@@ -258,6 +291,30 @@ pub(crate) fn prepare_upstream(
             strip_cookie(req, name)?;
         }
     }
+    set_claim_headers(req, spec, claims)
+}
+
+/// Sets the verified claims again on the upstream request. Called from
+/// `upstream_request_filter`, after pingora removed the hop-by-hop
+/// headers, among them every header the client names in `Connection`:
+/// `Connection: x-user-id` would otherwise drop a verified claim header.
+pub(crate) fn forward_claims(
+    upstream: &mut RequestHeader,
+    snap: &Snapshot,
+    auth: &AuthRequirement,
+    claims: &Value,
+) -> pingora::Result<()> {
+    match snap.jwt_providers.get(&auth.provider) {
+        Some(spec) => set_claim_headers(upstream, spec, claims),
+        None => Ok(()),
+    }
+}
+
+fn set_claim_headers(
+    req: &mut RequestHeader,
+    spec: &JwtProviderSpec,
+    claims: &Value,
+) -> pingora::Result<()> {
     for (claim, header) in &spec.forward_claims {
         let Some(v) = claim_at(claims, claim).filter(|v| !v.is_null()) else {
             continue;
@@ -304,7 +361,7 @@ fn find_token<'r>(req: &'r RequestHeader, spec: &JwtProviderSpec) -> Found<'r> {
         }
     }
     if let Some(t) = spec.from_cookie.as_deref().and_then(|n| cookie(req, n)) {
-        return well_formed(t);
+        return std::str::from_utf8(t).map_or(Found::Bad("malformed token"), well_formed);
     }
     Found::Missing
 }
@@ -318,42 +375,58 @@ fn bearer(value: &str, authorization: bool) -> Option<&str> {
     }
 }
 
-fn is_cookie_named(pair: &str, name: &str) -> bool {
-    pair.split_once('=').is_some_and(|(k, _)| k.trim() == name)
+// Cookie headers are read as bytes: other cookies may hold any octet
+// (`lang=é`), and they must neither hide the token nor be lost with it.
+
+/// The `name=value` pairs of one Cookie header.
+fn cookie_pairs(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes().split(|&b| b == b';')
 }
 
-fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
-    req.headers
+/// The value of `pair` if its name is `name`.
+fn cookie_value<'p>(pair: &'p [u8], name: &str) -> Option<&'p [u8]> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+}
+
+fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r [u8]> {
+    let v = req
+        .headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find(|pair| is_cookie_named(pair, name))
-        .and_then(|pair| pair.split_once('='))
-        .map(|(_, v)| v.trim().trim_matches('"'))
+        .flat_map(cookie_pairs)
+        .find_map(|pair| cookie_value(pair, name))?;
+    Some(
+        v.strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v),
+    )
 }
 
+/// Removes the `name` cookie; Cookie headers without it stay as they are.
 fn strip_cookie(req: &mut RequestHeader, name: &str) -> pingora::Result<()> {
+    let has = |v: &HeaderValue| cookie_pairs(v).any(|p| cookie_value(p, name).is_some());
     let cookies = req.headers.get_all(http::header::COOKIE);
-    let present = cookies
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(';').any(|p| is_cookie_named(p, name)));
-    if !present {
+    if !cookies.iter().any(has) {
         return Ok(());
     }
-    let kept: Vec<String> = cookies
+    let kept: Vec<HeaderValue> = cookies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .filter(|p| !is_cookie_named(p, name))
-                .map(str::trim)
+        .filter_map(|v| {
+            if !has(v) {
+                return Some(v.clone());
+            }
+            let rest = cookie_pairs(v)
+                .filter(|p| cookie_value(p, name).is_none())
+                .map(<[u8]>::trim_ascii)
                 .filter(|p| !p.is_empty())
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join(&b"; "[..]);
+            // Parts of a valid value, joined by valid bytes: still valid.
+            HeaderValue::from_bytes(&rest)
+                .ok()
+                .filter(|r| !r.is_empty())
         })
-        .filter(|v| !v.is_empty())
         .collect();
     req.remove_header(&http::header::COOKIE);
     for v in kept {
@@ -395,7 +468,6 @@ fn miss_text(m: Miss) -> &'static str {
         Miss::Empty => "signing keys unavailable",
         Miss::UnknownKid => "unknown signing key",
         Miss::NoFit => "no signing key for this algorithm",
-        Miss::Ambiguous => "token has no key id",
     }
 }
 
@@ -607,18 +679,101 @@ auth = { provider = "p", require = [{ claim = "scope", contains = "read" }] }
             ("cookie", "a=1; tok=a.b.c"),
             ("cookie", "tok=x.y.z"),
         ]);
-        prepare_upstream(&mut req, &snap, &auth, &good_claims()).expect("prepared");
-        let get = |n: &str| {
-            req.headers
-                .get_all(n)
-                .iter()
-                .map(|v| v.to_str().unwrap_or("?").to_owned())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(get("x-user"), ["u1"]);
-        assert_eq!(get("x-org"), ["7"]);
-        assert!(get("authorization").is_empty());
-        assert_eq!(get("cookie"), ["a=1"]);
+        prepare_request(&mut req, &snap, &auth, &good_claims()).expect("prepared");
+        assert_eq!(get(&req, "x-user"), [b"u1"]);
+        assert_eq!(get(&req, "x-org"), [b"7"]);
+        assert!(get(&req, "authorization").is_empty());
+        assert_eq!(get(&req, "cookie"), [b"a=1"]);
+        // pingora removed them from the upstream request (the client named
+        // them in `Connection`): they are set again.
+        let mut upstream = req.clone();
+        upstream.remove_header("x-user");
+        upstream.remove_header("x-org");
+        forward_claims(&mut upstream, &snap, &auth, &good_claims()).expect("forwarded");
+        assert_eq!(get(&upstream, "x-user"), [b"u1"]);
+        assert_eq!(get(&upstream, "x-org"), [b"7"]);
+    }
+
+    /// Every value of header `name`, as bytes.
+    fn get(req: &RequestHeader, name: &str) -> Vec<Vec<u8>> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn cookies_with_any_bytes_neither_hide_the_token_nor_are_lost() {
+        let (snap, auth) = fixture();
+        let spec = &snap.jwt_providers["p"];
+        let lang = "lang=\u{e9}; x=\u{1f600}";
+        let with_token = format!("{lang}; tok=a.b.c; theme=dark");
+        let req = request(&[("cookie", &with_token)]);
+        assert_eq!(find_token(&req, spec), Found::Token("a.b.c"));
+        // A token cookie that is not text is a malformed token.
+        let mut req = request(&[]);
+        let raw = HeaderValue::from_bytes(b"tok=a.b\xff").expect("header");
+        req.append_header(http::header::COOKIE, raw)
+            .expect("cookie");
+        assert_eq!(find_token(&req, spec), Found::Bad("malformed token"));
+
+        let mut req = request(&[
+            ("authorization", "Bearer a.b.c"),
+            ("cookie", &with_token),
+            ("cookie", lang),
+            ("cookie", " tok=\"a.b.c\" "),
+        ]);
+        let untouched = HeaderValue::from_bytes(b"odd=\xff\xfe;  spaced = 1 ").expect("header");
+        req.append_header(http::header::COOKIE, untouched)
+            .expect("cookie");
+        prepare_request(&mut req, &snap, &auth, &good_claims()).expect("prepared");
+        // Other cookies keep their bytes; a header without the token
+        // cookie is not touched at all.
+        assert_eq!(
+            get(&req, "cookie"),
+            [
+                format!("{lang}; theme=dark").into_bytes(),
+                lang.as_bytes().to_vec(),
+                b"odd=\xff\xfe;  spaced = 1 ".to_vec(),
+            ]
+        );
+    }
+
+    /// A key set of HMAC keys, standing in for a JWKS whose keys have no
+    /// `kid`; `decode_with_any` treats all families alike.
+    fn hmac_keys(secrets: &[&str]) -> Vec<Key> {
+        secrets
+            .iter()
+            .map(|s| Key {
+                kid: None,
+                algs: jwks::AlgSet::of(&[jsonwebtoken::Algorithm::HS256]),
+                key: jsonwebtoken::DecodingKey::from_secret(s.as_bytes()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_candidate_key_is_tried_until_one_verifies() {
+        let (snap, _) = fixture();
+        let v = store::validation(&snap.jwt_providers["p"], jsonwebtoken::Algorithm::HS256);
+        let keys = hmac_keys(&["first secret", SECRET, "third secret"]);
+        let token = sign(&good_claims());
+        let claims = decode_with_any(&token, keys.iter(), &v).expect("the second key verifies");
+        assert_eq!(claims["sub"], "u1");
+        // No key signed it.
+        assert_eq!(
+            decode_with_any(&token, keys[..1].iter().chain(&keys[2..]), &v),
+            Err("invalid signature")
+        );
+        // The signature checks out but the token does not: that is the
+        // answer, the keys after it are not tried.
+        let mut expired = good_claims();
+        expired["exp"] = json!(now() - 3600);
+        assert_eq!(
+            decode_with_any(&sign(&expired), keys.iter(), &v),
+            Err("token expired")
+        );
     }
 
     fn b64(bytes: &[u8]) -> String {
@@ -702,7 +857,8 @@ auth = { provider = "p", require = [{ claim = "scope", contains = "read" }] }
                 req.insert_header(http::header::AUTHORIZATION, value).expect("header");
                 let verdict = run(authn.check(&snap, &auth, &req));
                 if let Ok(c) = verdict {
-                    prepare_upstream(&mut req, &snap, &auth, &c).expect("prepared");
+                    prepare_request(&mut req, &snap, &auth, &c).expect("prepared");
+                    forward_claims(&mut req, &snap, &auth, &c).expect("forwarded");
                 }
             }
         }

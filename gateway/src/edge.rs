@@ -481,7 +481,7 @@ impl ProxyHttp for Edge {
             }
             Action::Forward { service, .. } => {
                 if let (Some(auth), Some(claims)) = (&route.auth, &ctx.claims) {
-                    crate::authn::prepare_upstream(session.req_header_mut(), &snap, auth, claims)?;
+                    crate::authn::prepare_request(session.req_header_mut(), &snap, auth, claims)?;
                 }
                 let Some(svc) = snap.service(service).cloned() else {
                     return self
@@ -816,6 +816,11 @@ impl ProxyHttp for Edge {
             if let Some(h) = &rewrite.host {
                 upstream.insert_header(http::header::HOST, h.as_str())?;
             }
+        }
+        // After pingora's hop-by-hop stripping, which a client steers with
+        // `Connection`; before the route's header rules, which may override.
+        if let (Some(auth), Some(claims)) = (&route.auth, &ctx.claims) {
+            crate::authn::forward_claims(upstream, &snap, auth, claims)?;
         }
         apply_header_rules(&route.request_headers, upstream)?;
         // HTTP/1.0 allows a request without a Host; HTTP/1.1 upstream

@@ -1,18 +1,20 @@
 //! JWT authentication end to end: `meshgate run` with JWT providers, keys
 //! generated here with rcgen, tokens signed with the `jsonwebtoken` crate,
 //! a JWKS served by a real HTTP server (Python's `http.server`) that the
-//! tests rewrite and stop, a real origin, and curl as the client.
+//! tests rewrite and stop, a real origin, and curl (and, for HTTP/3,
+//! aioquic through tests/py/h3_client.py) as the client.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshgate_tests::{
-    CurlResponse, FileServer, Gateway, Origin, curl, free_port, metric, seen_headers, tempdir,
-    wait_for,
+    CurlResponse, FileServer, Gateway, Origin, curl, free_port, metric, py_script, run,
+    seen_headers, tempdir, wait_for, workspace,
 };
 use serde_json::{Value, json};
 
@@ -601,6 +603,14 @@ fn a_jwks_outage_keeps_the_last_good_keys() {
 
 #[test]
 fn a_sticky_split_on_a_claim_keeps_each_user_on_one_subset() {
+    // The claim itself, or the header it is forwarded in: the split reads
+    // the verified value, not the client's copy.
+    for sticky in [r#"{ claim = "sub" }"#, r#"{ header = "x-user-id" }"#] {
+        sticky_split_keeps_each_user_on_one_subset(sticky);
+    }
+}
+
+fn sticky_split_keeps_each_user_on_one_subset(sticky: &str) {
     let rsa = Signer::new("rsa-1", Algorithm::RS256);
     let v1 = Origin::start("v1").expect("origin v1");
     let v2 = Origin::start("v2").expect("origin v2");
@@ -622,6 +632,7 @@ issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
 algorithms = ["RS256"]
 jwks_file = "jwks.json"
+forward_claims = {{ sub = "x-user-id" }}
 
 [[route]]
 name = "catalog"
@@ -643,7 +654,7 @@ name = "v2"
 labels = {{ version = "v2" }}
 [service.split]
 targets = [{{ subset = "v1", weight = 50 }}, {{ subset = "v2", weight = 50 }}]
-sticky = {{ claim = "sub" }}
+sticky = {sticky}
 "#,
         admin = free_port(),
         v1 = v1.addr,
@@ -663,15 +674,20 @@ sticky = {{ claim = "sub" }}
         for i in 0..3 {
             let token = rsa.sign(&with(claims(&user), json!({"exp": now() + 600 + i})));
             let auth = format!("authorization: Bearer {token}");
-            let r = curl(&["-H", &auth, &url]).expect("curl");
+            let forged = format!("x-user-id: forged-{u}-{i}");
+            let r = curl(&["-H", &auth, "-H", &forged, &url]).expect("curl");
             assert_eq!(r.status, 200, "{r:?}\n{}", gw.proc.stderr());
             origins.insert(r.header("x-origin").unwrap_or_default().to_owned());
         }
-        assert_eq!(origins.len(), 1, "{user} was split across {origins:?}");
+        assert_eq!(
+            origins.len(),
+            1,
+            "{sticky}: {user} was split across {origins:?}"
+        );
         versions.extend(origins);
     }
     // 24 users at 50/50: both subsets are used unless the key is ignored.
-    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(versions.len(), 2, "{sticky}: {versions:?}");
 }
 
 #[test]
@@ -849,4 +865,243 @@ fn jwks_over_https_is_verified_against_the_trust_store() {
             .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc.stderr()));
         }
     }
+}
+
+/// The example TLS material (a certificate for 127.0.0.1 and its CA).
+fn tls_dir() -> PathBuf {
+    workspace().join("config").join("examples").join("tls")
+}
+
+/// A gateway whose one TLS listener speaks HTTP/1.1 and HTTP/2 over TCP
+/// and HTTP/3 over UDP on the same port, with provider `login` reading
+/// `dir/jwks.json` (RS256, EdDSA) and forwarding `sub` and `realm.tier`,
+/// and route `/api` to `origin`. Returns the gateway and its port.
+fn tls_gateway(dir: &Path, origin: SocketAddr) -> (Gateway, u16) {
+    let tls = tls_dir();
+    let port = free_port();
+    let config = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "web"
+address = "127.0.0.1:{port}"
+protocols = ["http1", "http2", "http3"]
+limits = {{ drain_timeout = "1s" }}
+
+[listener.tls]
+certificates = [{{ cert = "{cert}", key = "{key}" }}]
+
+[listener.http3]
+
+[[jwt_provider]]
+name = "login"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["RS256", "EdDSA"]
+jwks_file = "jwks.json"
+forward_claims = {{ sub = "x-user-id", "realm.tier" = "x-tier" }}
+
+[[route]]
+name = "api"
+match = {{ path_prefix = "/api" }}
+service = "app"
+auth = {{ provider = "login" }}
+
+[[service]]
+name = "app"
+endpoints = [{{ address = "{origin}" }}]
+"#,
+        admin = free_port(),
+        cert = tls.join("server.pem").display(),
+        key = tls.join("server-key.pem").display(),
+    );
+    let path = dir.join("meshgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let gw = Gateway::start(&path, SocketAddr::from(([127, 0, 0, 1], port))).expect("gateway");
+    (gw, port)
+}
+
+/// curl over HTTPS to the [`tls_gateway`] on `port`.
+fn curl_tls(port: u16, path: &str, args: &[&str]) -> CurlResponse {
+    let ca = tls_dir().join("ca.pem");
+    let url = format!("https://127.0.0.1:{port}{path}");
+    let mut all = vec!["--cacert", ca.to_str().expect("path")];
+    all.extend_from_slice(args);
+    all.push(&url);
+    curl(&all).expect("curl")
+}
+
+/// One HTTP/3 GET to the [`tls_gateway`] on `port`, with `headers`
+/// (`name: value`): the response as h3_client.py reports it.
+fn h3_get(port: u16, path: &str, headers: &[&str]) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg(py_script("h3_client.py"))
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .arg("--cafile")
+        .arg(tls_dir().join("ca.pem"));
+    for h in headers {
+        cmd.args(["--header", h]);
+    }
+    let out = run(&mut cmd, Duration::from_secs(30)).expect("h3_client.py");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "h3_client.py output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let r = v["responses"][0].clone();
+    assert!(v["error"].is_null() && r["error"].is_null(), "{v}");
+    r
+}
+
+#[test]
+fn a_key_of_the_wrong_size_is_skipped_and_its_tokens_are_refused() {
+    let good = Signer::new("good", Algorithm::EdDSA);
+    // RFC 8037: an Ed25519 `x` is 32 bytes. jsonwebtoken's verifier slices
+    // the key to 32 bytes, so using this one would panic the request.
+    let short = json!({
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "short", "x": b64(&[7; 16]),
+    });
+    let origin = Origin::start("app").expect("origin");
+    let dir = tempdir().expect("tempdir");
+    let jwks = json!({ "keys": [short, &good.jwk] });
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).expect("write jwks");
+    let (mut gw, port) = tls_gateway(&dir, origin.addr);
+    wait_for(
+        Duration::from_secs(10),
+        "the skipped key to be logged",
+        || {
+            let log = gw.proc.stderr();
+            log.contains("JWKS key skipped") && log.contains("an Ed25519 `x` must be 32 bytes")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc.stderr()));
+
+    // A token naming the short key: an answer, not a dropped connection.
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("short".to_owned());
+    let named_short = jsonwebtoken::encode(&header, &claims("mallory"), &good.key).expect("sign");
+    let auth = format!("authorization: Bearer {named_short}");
+    for _ in 0..2 {
+        let r = curl_tls(port, "/api", &["-H", &auth]);
+        assert_refused(&r, "unknown signing key", "a token naming the short key");
+    }
+    // Without a kid, only the good key is tried.
+    let kidless = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims("bob"), &good.key)
+        .expect("sign");
+    let r = curl_tls(
+        port,
+        "/api",
+        &["-H", &format!("authorization: Bearer {kidless}")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(seen(&r).get("x-user-id"), Some(&vec!["bob".to_owned()]));
+    // The good key still works.
+    let token = good.sign(&claims("alice"));
+    let r = curl_tls(
+        port,
+        "/api",
+        &["-H", &format!("authorization: Bearer {token}")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(seen(&r).get("x-user-id"), Some(&vec!["alice".to_owned()]));
+    assert!(gw.proc.running(), "{}", gw.proc.stderr());
+    assert!(
+        !gw.proc.stderr().contains("panicked"),
+        "{}",
+        gw.proc.stderr()
+    );
+}
+
+#[test]
+fn keys_without_kid_verify_tokens_with_or_without_one() {
+    // Published without their kids; the tokens still name them.
+    let mut first = Signer::new("first", Algorithm::RS256);
+    let mut second = Signer::new("second", Algorithm::RS256);
+    first.jwk.common.key_id = None;
+    second.jwk.common.key_id = None;
+    let s = setup(&[&first, &second], "refresh_interval = \"1h\"");
+
+    // Each key is tried until one verifies: the second key's tokens pass,
+    // with their kid and without one.
+    let r = s.with_token("/api", &second.sign(&claims("alice")));
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.gw.proc.stderr());
+    assert_eq!(seen(&r).get("x-user-id"), Some(&vec!["alice".to_owned()]));
+    let kidless = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims("bob"), &second.key)
+        .expect("sign");
+    let r = s.with_token("/api", &kidless);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(seen(&r).get("x-user-id"), Some(&vec!["bob".to_owned()]));
+    assert_eq!(s.with_token("/api", &first.sign(&claims("c"))).status, 200);
+
+    // A key nobody published fails on its signature, and a kid the set
+    // lacks is no reason to fetch it again: the keys without kid served.
+    let stranger = Signer::new("second", Algorithm::RS256);
+    assert_refused(
+        &s.with_token("/api", &stranger.sign(&claims("d"))),
+        "invalid signature",
+        "signed by an unpublished key",
+    );
+    assert!(
+        !s.gw.proc.stderr().contains("fetching the JWKS now"),
+        "{}",
+        s.gw.proc.stderr()
+    );
+}
+
+#[test]
+fn claim_headers_reach_the_upstream_whatever_the_client_names_in_connection() {
+    let rsa = Signer::new("rsa-1", Algorithm::RS256);
+    let origin = Origin::start("app").expect("origin");
+    let dir = tempdir().expect("tempdir");
+    write_jwks(&dir.join("jwks.json"), &[&rsa]);
+    let (_gw, port) = tls_gateway(&dir, origin.addr);
+    let auth = format!("authorization: Bearer {}", rsa.sign(&claims("alice")));
+    let forged = ["x-user-id: mallory", "x-tier: platinum"];
+    let verified = |h: &BTreeMap<String, Vec<String>>, how: &str| {
+        assert_eq!(
+            h.get("x-user-id"),
+            Some(&vec!["alice".to_owned()]),
+            "{how}: {h:?}"
+        );
+        assert_eq!(
+            h.get("x-tier"),
+            Some(&vec!["gold".to_owned()]),
+            "{how}: {h:?}"
+        );
+    };
+
+    // HTTP/1.1: hop-by-hop headers the client names in `Connection` are
+    // removed on the way upstream; the claim headers are set after that.
+    for connection in ["x-user-id, x-tier", "x-user-id", "keep-alive, X-Tier"] {
+        let connection = format!("connection: {connection}");
+        for extra in [&[][..], &forged[..]] {
+            let mut args = vec!["--http1.1", "-H", &auth, "-H", &connection];
+            for f in extra {
+                args.extend(["-H", *f]);
+            }
+            let r = curl_tls(port, "/api", &args);
+            assert_eq!(r.status, 200, "{r:?}");
+            verified(&seen(&r), &format!("HTTP/1.1 with {connection} {extra:?}"));
+        }
+    }
+    // HTTP/2 and HTTP/3 have no `Connection`; the client's copies of the
+    // claim headers are still replaced.
+    let mut args = vec!["--http2", "-H", &auth];
+    for f in forged {
+        args.extend(["-H", f]);
+    }
+    let r = curl_tls(port, "/api", &args);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+    verified(&seen(&r), "HTTP/2");
+    let mut headers = vec![auth.as_str()];
+    headers.extend(forged);
+    let r = h3_get(port, "/api", &headers);
+    assert_eq!(r["status"], 200, "{r}");
+    let seen_h3: BTreeMap<String, Vec<String>> =
+        serde_json::from_str(r["headers"]["x-seen-headers"].as_str().unwrap_or("{}"))
+            .expect("x-seen-headers");
+    verified(&seen_h3, "HTTP/3");
 }

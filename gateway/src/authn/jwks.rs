@@ -7,6 +7,8 @@
 //! key of another family: an RSA public key is never an HMAC secret, and a
 //! JWKS never yields HMAC keys at all.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use meshgate_config::JwtAlgorithm;
@@ -87,7 +89,7 @@ pub(crate) fn jose(a: JwtAlgorithm) -> Algorithm {
 /// One verification key.
 #[derive(Debug)]
 pub(crate) struct Key {
-    /// `kid`, when the JWK has one.
+    /// `kid`, when the JWK has a non-empty one.
     pub(crate) kid: Option<String>,
     /// Algorithms this key may verify.
     pub(crate) algs: AlgSet,
@@ -99,20 +101,16 @@ pub(crate) struct Key {
 pub(crate) enum Miss {
     /// The set holds no key at all (not loaded yet, or the source failed).
     Empty,
-    /// No key has the token's `kid`.
+    /// Every key has a `kid`, and none is the token's.
     UnknownKid,
-    /// Keys exist, but none fits the token's algorithm (and `kid`).
+    /// Keys the `kid` allows exist, but none fits the token's algorithm.
     NoFit,
-    /// The token has no `kid` and several keys fit its algorithm.
-    Ambiguous,
 }
 
 /// An immutable set of keys.
 #[derive(Debug, Default)]
 pub(crate) struct KeySet {
     keys: Vec<Key>,
-    /// A shared secret: the token's `kid` does not select among keys.
-    secret: bool,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +135,8 @@ pub(crate) enum JwksError {
 impl KeySet {
     /// Parses a JWKS document. Keys we cannot use (encryption keys,
     /// symmetric `oct` keys, unknown curves, an `alg` that contradicts the
-    /// key type) are skipped and named in the second value.
+    /// key type, a size that does not fit the type) are skipped and named
+    /// in the second value.
     pub(crate) fn from_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), JwksError> {
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(JwksError::TooLarge);
@@ -163,16 +162,11 @@ impl KeySet {
             };
             return Err(JwksError::NoUsableKey(why));
         }
-        Ok((
-            KeySet {
-                keys,
-                secret: false,
-            },
-            skipped,
-        ))
+        Ok((KeySet { keys }, skipped))
     }
 
-    /// An HMAC secret, for HS256/HS384/HS512 only.
+    /// An HMAC secret, for HS256/HS384/HS512 only. It has no `kid`, so
+    /// it serves tokens whatever `kid` they name.
     pub(crate) fn from_secret(secret: &[u8]) -> KeySet {
         KeySet {
             keys: vec![Key {
@@ -180,7 +174,6 @@ impl KeySet {
                 algs: AlgSet::HMAC,
                 key: DecodingKey::from_secret(secret),
             }],
-            secret: true,
         }
     }
 
@@ -189,37 +182,35 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// The key for a token signed with `alg`, carrying `kid`. Borrows; no
-    /// allocation.
-    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<&Key, Miss> {
-        if self.keys.is_empty() {
-            return Err(Miss::Empty);
+    /// The keys that may verify a token signed with `alg`, carrying `kid`,
+    /// in the set's order; never empty. Envoy's rule: a key is passed over
+    /// only when both it and the token have a `kid` and the two differ (an
+    /// empty `kid` counts as none), so a token without `kid`, or a key set
+    /// without them, can yield several keys and the caller tries each.
+    /// Borrows; no allocation.
+    pub(crate) fn find<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> Result<impl Iterator<Item = &'a Key>, Miss> {
+        let kid = kid.filter(|k| !k.is_empty());
+        let mut named = self
+            .keys
+            .iter()
+            .filter(move |key| kid.is_none_or(|t| key.kid.as_deref().is_none_or(|own| own == t)))
+            .peekable();
+        if named.peek().is_none() {
+            return Err(if self.keys.is_empty() {
+                Miss::Empty
+            } else {
+                Miss::UnknownKid
+            });
         }
-        let fits = |k: &&Key| k.algs.contains(alg);
-        match kid {
-            // A shared secret has no key id to match; the algorithm family
-            // check still applies.
-            _ if self.secret => self.keys.iter().find(fits).ok_or(Miss::NoFit),
-            Some(kid) => {
-                let mut same_kid = self
-                    .keys
-                    .iter()
-                    .filter(|k| k.kid.as_deref() == Some(kid))
-                    .peekable();
-                if same_kid.peek().is_none() {
-                    return Err(Miss::UnknownKid);
-                }
-                same_kid.find(fits).ok_or(Miss::NoFit)
-            }
-            None => {
-                let mut it = self.keys.iter().filter(fits);
-                match (it.next(), it.next()) {
-                    (Some(k), None) => Ok(k),
-                    (None, _) => Err(Miss::NoFit),
-                    (Some(_), Some(_)) => Err(Miss::Ambiguous),
-                }
-            }
+        let mut fitting = named.filter(move |k| k.algs.contains(alg)).peekable();
+        if fitting.peek().is_none() {
+            return Err(Miss::NoFit);
         }
+        Ok(fitting)
     }
 }
 
@@ -260,11 +251,53 @@ fn key_from_jwk(value: serde_json::Value) -> Result<Key, &'static str> {
         },
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| "key parameters are not valid base64url")?;
+    check_size(&jwk.algorithm)?;
     Ok(Key {
-        kid: jwk.common.key_id,
+        kid: jwk.common.key_id.filter(|k| !k.is_empty()),
         algs,
         key,
     })
+}
+
+/// Refuses a key whose size does not fit its type. Such a key verifies
+/// nothing, and jsonwebtoken's EdDSA verifier slices the key to 32 bytes,
+/// so a shorter one would panic the request that uses it, before its
+/// signature is looked at. Called once the parameters decoded.
+fn check_size(params: &AlgorithmParameters) -> Result<(), &'static str> {
+    let len = |b64: &str| URL_SAFE_NO_PAD.decode(b64).map_or(0, |b| b.len());
+    match params {
+        // RFC 8037, 2.
+        AlgorithmParameters::OctetKeyPair(p) if len(&p.x) != 32 => {
+            Err("an Ed25519 `x` must be 32 bytes")
+        }
+        // RFC 7518, 6.2.1.2 and 6.2.1.3: full-length coordinates.
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (size, why) = match p.curve {
+                EllipticCurve::P384 => (48, "P-384 `x` and `y` must be 48 bytes each"),
+                _ => (32, "P-256 `x` and `y` must be 32 bytes each"),
+            };
+            if len(&p.x) == size && len(&p.y) == size {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        }
+        AlgorithmParameters::RSA(p) => {
+            let n = URL_SAFE_NO_PAD.decode(&p.n).unwrap_or_default();
+            let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
+            let bits = n
+                .first()
+                .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
+            match bits {
+                // RFC 7518, 3.3 asks for 2048 bits or more.
+                ..2048 => Err("the RSA modulus is under 2048 bits (refused as too weak)"),
+                // The verifier (RustCrypto `rsa`) refuses larger moduli.
+                4097.. => Err("the RSA modulus is over 4096 bits (more than we can verify)"),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -317,30 +350,106 @@ mod tests {
             set.find(Some("zz"), Algorithm::RS256).err(),
             Some(Miss::UnknownKid)
         );
-        // Without a kid, only an unambiguous key is used.
-        assert!(set.find(None, Algorithm::ES256).is_ok());
+        // Without a kid, every key of the algorithm's family is a candidate.
+        assert_eq!(kids(&set, None, Algorithm::ES256), Ok(vec![Some("e")]));
         assert_eq!(set.find(None, Algorithm::HS256).err(), Some(Miss::NoFit));
         Ok(())
     }
 
+    /// The kids of the keys `find` yields, in order.
+    fn kids<'a>(
+        set: &'a KeySet,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> Result<Vec<Option<&'a str>>, Miss> {
+        set.find(kid, alg)
+            .map(|keys| keys.map(|k| k.kid.as_deref()).collect())
+    }
+
     #[test]
-    fn kidless_tokens_need_exactly_one_fitting_key() -> Result<(), String> {
+    fn keys_without_kid_serve_any_token_and_several_keys_are_candidates() -> Result<(), String> {
+        let bytes = doc(serde_json::json!([
+            { "kty": "RSA", "n": RSA_N, "e": "AQAB" },
+            { "kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB" },
+            { "kty": "RSA", "kid": "", "n": RSA_N, "e": "AQAB" },
+            { "kty": "RSA", "kid": "b", "n": RSA_N, "e": "AQAB" },
+            { "kty": "EC", "kid": "e", "crv": "P-256", "x": EC_X, "y": EC_Y },
+        ]));
+        let (set, _) = KeySet::from_jwks(&bytes).map_err(|e| e.to_string())?;
+        let rs = Algorithm::RS256;
+        // A token's kid picks its own key and the keys without one (an
+        // empty kid is none); a kid no key has still finds those.
+        assert_eq!(kids(&set, Some("a"), rs), Ok(vec![None, Some("a"), None]));
+        assert_eq!(kids(&set, Some("zz"), rs), Ok(vec![None, None]));
+        // A token without kid (or with an empty one) may use any key of
+        // the algorithm's family.
+        let all = Ok(vec![None, Some("a"), None, Some("b")]);
+        assert_eq!(kids(&set, None, rs), all);
+        assert_eq!(kids(&set, Some(""), rs), all);
+        // The kid allows keys, but none of the token's algorithm.
+        assert_eq!(kids(&set, Some("e"), rs), Ok(vec![None, None]));
+        assert_eq!(kids(&set, Some("a"), Algorithm::ES256), Err(Miss::NoFit));
+
+        // When every key has a kid, an unknown one finds nothing.
         let bytes = doc(serde_json::json!([
             { "kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB" },
             { "kty": "RSA", "kid": "b", "n": RSA_N, "e": "AQAB" },
         ]));
         let (set, _) = KeySet::from_jwks(&bytes).map_err(|e| e.to_string())?;
+        assert_eq!(kids(&set, Some("zz"), rs), Err(Miss::UnknownKid));
+        assert_eq!(kids(&set, Some("b"), rs), Ok(vec![Some("b")]));
+        assert_eq!(kids(&set, None, rs), Ok(vec![Some("a"), Some("b")]));
+        Ok(())
+    }
+
+    #[test]
+    fn keys_of_the_wrong_size_are_skipped_with_the_reason() -> Result<(), String> {
+        let b64 = |n: usize| URL_SAFE_NO_PAD.encode(vec![0x5a; n]);
+        // 2047 bits: 256 bytes, the top bit clear.
+        let rsa_2047 = URL_SAFE_NO_PAD.encode([&[0x7f][..], &[0xff; 255]].concat());
+        let rsa_4104 = URL_SAFE_NO_PAD.encode([0xff; 513]);
+        let bytes = doc(serde_json::json!([
+            { "kty": "OKP", "kid": "good", "crv": "Ed25519", "x": ED_X },
+            { "kty": "OKP", "kid": "ed16", "crv": "Ed25519", "x": b64(16) },
+            { "kty": "OKP", "kid": "ed0", "crv": "Ed25519", "x": "" },
+            { "kty": "OKP", "kid": "ed33", "crv": "Ed25519", "x": b64(33) },
+            { "kty": "EC", "kid": "p256x", "crv": "P-256", "x": b64(31), "y": EC_Y },
+            { "kty": "EC", "kid": "p256y", "crv": "P-256", "x": EC_X, "y": b64(48) },
+            { "kty": "EC", "kid": "p384", "crv": "P-384", "x": EC_X, "y": EC_Y },
+            { "kty": "EC", "kid": "p384ok", "crv": "P-384", "x": b64(48), "y": b64(48) },
+            { "kty": "RSA", "kid": "rsa2047", "n": rsa_2047, "e": "AQAB" },
+            { "kty": "RSA", "kid": "rsa4104", "n": rsa_4104, "e": "AQAB" },
+            // Leading zero bytes do not count.
+            { "kty": "RSA", "kid": "rsa-padded", "n": format!("AAAA{RSA_N}"), "e": "AQAB" },
+        ]));
+        let (set, skipped) = KeySet::from_jwks(&bytes).map_err(|e| e.to_string())?;
         assert_eq!(
-            set.find(None, Algorithm::RS256).err(),
-            Some(Miss::Ambiguous)
+            skipped,
+            [
+                "kid \"ed16\": an Ed25519 `x` must be 32 bytes",
+                "kid \"ed0\": an Ed25519 `x` must be 32 bytes",
+                "kid \"ed33\": an Ed25519 `x` must be 32 bytes",
+                "kid \"p256x\": P-256 `x` and `y` must be 32 bytes each",
+                "kid \"p256y\": P-256 `x` and `y` must be 32 bytes each",
+                "kid \"p384\": P-384 `x` and `y` must be 48 bytes each",
+                "kid \"rsa2047\": the RSA modulus is under 2048 bits (refused as too weak)",
+                "kid \"rsa4104\": the RSA modulus is over 4096 bits (more than we can verify)",
+            ]
         );
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            kids(&set, Some("ed16"), Algorithm::EdDSA),
+            Err(Miss::UnknownKid)
+        );
+        assert_eq!(kids(&set, None, Algorithm::EdDSA), Ok(vec![Some("good")]));
         Ok(())
     }
 
     #[test]
     fn secrets_verify_hmac_only() {
         let set = KeySet::from_secret(b"0123456789abcdef0123456789abcdef");
-        assert!(set.find(Some("any"), Algorithm::HS384).is_ok());
+        // A secret has no kid: whatever the token names, it is the key.
+        assert_eq!(kids(&set, Some("any"), Algorithm::HS384), Ok(vec![None]));
         assert!(set.find(None, Algorithm::HS256).is_ok());
         assert_eq!(set.find(None, Algorithm::RS256).err(), Some(Miss::NoFit));
         assert_eq!(
