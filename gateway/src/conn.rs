@@ -27,7 +27,7 @@
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -49,8 +49,8 @@ pub(crate) struct ConnLimits {
     pub(crate) idle: Duration,
     /// From the first byte to the end of the head.
     pub(crate) head: Duration,
-    /// Past this many bytes without the end of the head, the head is handed
-    /// to pingora as it is, whose checks answer it (431).
+    /// Past this many bytes without the end of the head, the request is
+    /// refused (431) without waiting for the rest.
     pub(crate) max_head: usize,
     /// Read buffer per connection (`limits.read_buffer_bytes`); 0 = none.
     pub(crate) read_buffer: usize,
@@ -144,8 +144,8 @@ where
                 {
                     Waited::Head(head) => Some(head),
                     Waited::Close => return None,
-                    Waited::TimedOut => {
-                        self.head_timed_out(&mut stream).await;
+                    Waited::Refused(status, reason, elapsed) => {
+                        self.refuse_head(&mut stream, status, reason, elapsed).await;
                         return None;
                     }
                 },
@@ -198,20 +198,22 @@ where
 enum Waited {
     Head(Head),
     Close,
-    TimedOut,
+    /// Refused with this status and reason: the head took too long (408)
+    /// or grew past the limit unfinished (431); the time since it began.
+    Refused(u16, &'static str, Duration),
 }
 
 /// A request head as read, for pingora's parser.
 struct Head {
     bytes: BytesMut,
     /// Whether `bytes` runs on past the end of the head (a body, or the
-    /// next pipelined request), or may: a head handed over unfinished.
+    /// next pipelined request).
     past_head: bool,
 }
 
 impl Head {
-    fn new(bytes: BytesMut, end: Option<usize>) -> Head {
-        let past_head = end.is_none_or(|e| e < bytes.len());
+    fn new(bytes: BytesMut, end: usize) -> Head {
+        let past_head = end < bytes.len();
         Head { bytes, past_head }
     }
 }
@@ -286,57 +288,91 @@ where
         let mut head = BytesMut::with_capacity(HEAD_BUFFER);
         head.extend_from_slice(&filled.filled()[..n]);
         if let Some(end) = head_end(&head, 0) {
-            return Waited::Head(Head::new(head, Some(end)));
+            return Waited::Head(Head::new(head, end));
         }
+        let started = Instant::now();
         let rest = async {
             loop {
                 let scanned = head.len();
                 if scanned > self.limits.max_head {
-                    return Some(None);
+                    // Waiting for the rest would let a client hold the
+                    // connection and a growing buffer past the limit.
+                    return Err(true);
                 }
                 match stream.read_buf(&mut head).await {
-                    Ok(0) | Err(_) => return None,
+                    // Closed or failed: nothing to answer.
+                    Ok(0) | Err(_) => return Err(false),
                     Ok(_) => {
                         if let Some(end) = head_end(&head, scanned) {
-                            return Some(Some(end));
+                            return Ok(end);
                         }
                     }
                 }
             }
         };
         match tokio::time::timeout(self.limits.head, rest).await {
-            Ok(Some(end)) => Waited::Head(Head::new(head, end)),
-            Ok(None) => Waited::Close,
-            Err(_) => Waited::TimedOut,
+            Ok(Ok(end)) => Waited::Head(Head::new(head, end)),
+            Ok(Err(false)) => Waited::Close,
+            Ok(Err(true)) => Waited::Refused(431, "header-too-large", started.elapsed()),
+            Err(_) => Waited::Refused(408, "header-timeout", self.limits.head),
         }
     }
 
-    async fn head_timed_out(&self, stream: &mut Stream) {
-        tracing::debug!(listener = %self.labels.listener, "request head not received in time");
+    /// Answers a head refused before pingora saw it, and counts it.
+    async fn refuse_head(
+        &self,
+        stream: &mut Stream,
+        status: u16,
+        reason: &'static str,
+        elapsed: Duration,
+    ) {
+        tracing::debug!(listener = %self.labels.listener, status, reason, "request head refused");
         crate::metrics::finished(&crate::metrics::Finished {
             listener: &self.labels.listener,
             route: "",
             service: "",
             subset: "",
-            status: 408,
-            reason: "header-timeout",
+            status,
+            reason,
             protocol: "http1",
             inbound: self.labels.inbound,
             source_identity: "",
-            elapsed: self.limits.head,
+            elapsed,
             bytes_in: 0,
             bytes_out: 0,
         });
-        const ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\
-            connection: close\r\nx-meshgate-reason: header-timeout\r\n\r\n";
+        let phrase = if status == 408 {
+            "Request Timeout"
+        } else {
+            "Request Header Fields Too Large"
+        };
+        let answer = format!(
+            "HTTP/1.1 {status} {phrase}\r\ncontent-length: 0\r\nconnection: close\r\n\
+             x-meshgate-reason: {reason}\r\n\r\n"
+        );
         let write = async {
-            stream.write_all(ANSWER).await?;
-            stream.flush().await
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Closing with the client's bytes unread would reset the
+            // connection, and a reset can overtake the answer: read what is
+            // still coming, a bounded amount, before closing.
+            let mut sink = [0u8; 4096];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => left = left.saturating_sub(n),
+                }
+            }
+            std::io::Result::Ok(())
         };
         // A client that stopped reading does not hold the connection open.
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
 }
+
+/// What a refused head's connection reads and discards before closing.
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// One read into `buf`; the number of bytes read, 0 at end of stream.
 async fn read_some(stream: &mut Stream, buf: &mut ReadBuf<'_>) -> std::io::Result<usize> {
@@ -428,9 +464,8 @@ mod tests {
         let post = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab";
         let end = head_end(post, 0);
         assert_eq!(end, Some(post.len() - 2));
-        assert!(Head::new(BytesMut::from(&post[..]), end).past_head);
-        assert!(!Head::new(BytesMut::from(&whole[..]), Some(whole.len())).past_head);
-        assert!(Head::new(BytesMut::from(&whole[..]), None).past_head);
+        assert!(Head::new(BytesMut::from(&post[..]), post.len() - 2).past_head);
+        assert!(!Head::new(BytesMut::from(&whole[..]), whole.len()).past_head);
     }
 
     #[tokio::test]

@@ -85,10 +85,10 @@ pub(crate) struct RequestCtx {
     hash: Option<u64>,
     reason: Option<&'static str>,
     status: u16,
-    /// Request body bytes seen so far (for `max_request_body_bytes`).
-    body_bytes: u64,
     /// Verified JWT claims, on routes with `auth`.
     claims: Option<Arc<serde_json::Value>>,
+    /// The copy of this request for the route's mirror, if it is mirrored.
+    mirror: Option<crate::mirror::Copy>,
     /// When the current try was sent and answered, for the access log.
     upstream_times: crate::access_log::UpstreamTimes,
     /// The request's trace and this hop's spans, from `request_filter` on.
@@ -163,17 +163,16 @@ fn apply_header_rules(
     Ok(())
 }
 
-/// Idempotent by method, or made so by the client's idempotency key.
-fn request_is_idempotent(req: &RequestHeader) -> bool {
-    is_idempotent(&req.method) || req.headers.contains_key("idempotency-key")
-}
-
 /// The retry-policy view of a pingora error.
 fn error_outcome(e: &Error) -> Outcome {
     use pingora::ErrorType as T;
     match e.etype() {
-        T::ConnectTimedout | T::ReadTimedout | T::WriteTimedout => Outcome::Timeout,
-        T::ConnectRefused
+        T::ReadTimedout | T::WriteTimedout => Outcome::Timeout,
+        // A connect that timed out (a host that drops SYNs, a TLS handshake
+        // that never completes) sent nothing, like a refused one: a
+        // connect failure, as in Envoy's `connect-failure`.
+        T::ConnectTimedout
+        | T::ConnectRefused
         | T::ConnectNoRoute
         | T::ConnectError
         | T::SocketError
@@ -306,8 +305,8 @@ impl ProxyHttp for Edge {
             hash: None,
             reason: None,
             status: 0,
-            body_bytes: 0,
             claims: None,
+            mirror: None,
             upstream_times: Default::default(),
             trace: None,
         }
@@ -370,18 +369,27 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Bodies without a declared length (chunked, HTTP/2) are counted as
-        // they stream.
-        let (Some(max), Some(chunk)) = (self.max_body, body.as_ref()) else {
+        // they stream: by what was read from the client, so that a retry,
+        // which passes the buffered body through here again, is not counted
+        // twice.
+        if let (Some(copy), Some(chunk)) = (&mut ctx.mirror, body.as_ref()) {
+            copy.body(chunk, session.body_bytes_read());
+        }
+        // A tunnel after an upgrade (WebSocket) carries messages, not a
+        // request body, and is not limited, as in nginx.
+        let (Some(max), Some(_)) = (self.max_body, body.as_ref()) else {
             return Ok(());
         };
-        ctx.body_bytes = ctx.body_bytes.saturating_add(chunk.len() as u64);
-        if ctx.body_bytes > max {
+        if session.body_bytes_read() as u64 > max && !session.was_upgraded() {
             ctx.reason = Some("body-too-large");
             session.set_keepalive(None);
+            // The client's doing: `error_while_proxy` then neither retries
+            // it nor holds it against the endpoint.
             return Err(Error::explain(
                 ErrorType::HTTPStatus(413),
                 "request body larger than max_request_body_bytes",
-            ));
+            )
+            .into_down());
         }
         Ok(())
     }
@@ -402,6 +410,14 @@ impl ProxyHttp for Edge {
         };
         ctx.listener = li;
         let listener = &snap.listeners[li];
+        // Routes, their auth and the origin all see one spelling of the
+        // path (`meshgate_policy::path`).
+        if let Some(path) = meshgate_policy::path::normalize(session.req_header().uri.path()) {
+            match with_path(&session.req_header().uri, &path) {
+                Some(uri) => session.req_header_mut().set_uri(uri),
+                None => return self.proxy_error(session, ctx, 400, "bad-request").await,
+            }
+        }
         let req = session.req_header();
         let host = authority(req).unwrap_or("");
         let view = RequestView {
@@ -488,6 +504,12 @@ impl ProxyHttp for Edge {
                         .proxy_error(session, ctx, 503, "no-healthy-endpoint")
                         .await;
                 };
+                if let Some(m) = &route.mirror
+                    && let Some(to) = snap.service(&m.service)
+                {
+                    ctx.mirror =
+                        crate::mirror::Copy::start(to.clone(), m.percent, session.req_header());
+                }
                 let client = session
                     .client_addr()
                     .and_then(|a| a.as_inet())
@@ -524,7 +546,6 @@ impl ProxyHttp for Edge {
                 }
                 let now = Instant::now();
                 let state = self.runtimes.service(&snap, &svc);
-                state.budget.deposit(now);
                 ctx.flight.deadline = Deadline::new(ctx.start, route.timeout);
                 ctx.flight.state = Some(state.clone());
                 ctx.subset = subset;
@@ -539,6 +560,11 @@ impl ProxyHttp for Edge {
                 }
                 match state.pick(subset, hash, None, now) {
                     Ok(picked) => {
+                        // Only requests that go to the service earn retries:
+                        // counting the ones refused here would let an
+                        // overloaded service's few admitted requests retry
+                        // on the refused ones' allowance.
+                        state.budget.deposit(now);
                         ctx.flight.next = Some(picked);
                         Ok(false)
                     }
@@ -637,7 +663,7 @@ impl ProxyHttp for Edge {
         let now = Instant::now();
         ctx.flight.finish(&svc, true, now);
         let policy = ctx.retry_policy();
-        let idempotent = request_is_idempotent(session.req_header());
+        let idempotent = is_idempotent(&session.req_header().method);
         // Nothing was sent: the body is still replayable.
         let retry = ctx.flight.decide(
             policy.as_deref(),
@@ -684,7 +710,7 @@ impl ProxyHttp for Edge {
             return e;
         }
         let replayable = !session.as_ref().retry_buffer_truncated();
-        let idempotent = request_is_idempotent(session.req_header());
+        let idempotent = is_idempotent(&session.req_header().method);
         let nothing_sent = session.response_written().is_none();
         // A pooled keep-alive connection the upstream had already closed
         // is not the endpoint's fault: one free retry, as every proxy does.
@@ -745,7 +771,7 @@ impl ProxyHttp for Edge {
         ctx.flight.finish(&svc, failure, now);
         if retryable_response(policy.as_deref(), &outcome) {
             let replayable = !session.as_ref().retry_buffer_truncated();
-            let idempotent = request_is_idempotent(session.req_header());
+            let idempotent = is_idempotent(&session.req_header().method);
             if ctx.flight.decide(
                 policy.as_deref(),
                 &svc,
@@ -754,6 +780,9 @@ impl ProxyHttp for Edge {
                 replayable,
                 now,
             ) {
+                // Try elsewhere, also after a status that is no failure of
+                // the endpoint's (a listed 429 or 409).
+                ctx.flight.last_failed = ctx.upstream;
                 ctx.flight.response_retry = true;
                 let mut e =
                     Error::explain(ErrorType::HTTPStatus(status), "retryable upstream response");
@@ -795,22 +824,12 @@ impl ProxyHttp for Edge {
         };
         if let Action::Forward { rewrite, .. } = &route.action {
             if let Some(new_path) = rewrite.rewrite_path(&route.matcher.path, upstream.uri.path()) {
-                let pq = match upstream.uri.query() {
-                    Some(q) => format!("{new_path}?{q}"),
-                    None => new_path,
-                };
-                // Keep the scheme and authority: an HTTP/2 request carries
-                // its authority only in the URI, and pingora needs it for
-                // the upstream `:authority` when it speaks HTTP/2 upstream.
-                let invalid = || {
+                let uri = with_path(&upstream.uri, &new_path).ok_or_else(|| {
                     Error::explain(
                         ErrorType::InternalError,
                         "rewritten path is not a valid URI",
                     )
-                };
-                let mut parts = upstream.uri.clone().into_parts();
-                parts.path_and_query = Some(pq.parse().map_err(|_| invalid())?);
-                let uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
+                })?;
                 upstream.set_uri(uri);
             }
             if let Some(h) = &rewrite.host {
@@ -831,11 +850,8 @@ impl ProxyHttp for Edge {
             upstream.insert_header(http::header::HOST, addr.to_string())?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
-            let prev = upstream
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok());
-            let xff = forwarded_for(prev, ip.ip());
+            let prev = upstream.headers.get_all(X_FORWARDED_FOR);
+            let xff = forwarded_for(&prev, ip.ip());
             upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
         upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme))?;
@@ -869,8 +885,20 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        let now = Instant::now();
         if end_of_stream {
-            ctx.upstream_times.end = Some(Instant::now());
+            ctx.upstream_times.end = Some(now);
+        } else if ctx.flight.deadline.expired(now) {
+            // The route's timeout covers the whole response, not only its
+            // head: a body still streaming when it runs out is cut off (the
+            // try's read timeout, the time left when it began, catches a
+            // body that stops instead).
+            ctx.reason = Some("upstream-timeout");
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "route timeout expired while the response streamed",
+            )
+            .into_up());
         }
         Ok(None)
     }
@@ -919,7 +947,11 @@ impl ProxyHttp for Edge {
         ctx.status = code;
         // The connection is never reused after this (see below); say so.
         session.set_keepalive(None);
-        if code > 0 {
+        // Once a response has begun, an error cannot be answered: anything
+        // written now would end a truncated body as if it were whole. The
+        // connection is closed (HTTP/1.1) or the stream reset (HTTP/2,
+        // HTTP/3), which the client sees as an incomplete response.
+        if code > 0 && session.response_written().is_none() {
             let mut resp = match ResponseHeader::build(code, Some(3)) {
                 Ok(r) => r,
                 Err(_) => {
@@ -933,10 +965,12 @@ impl ProxyHttp for Edge {
             let _ = resp.insert_header("content-type", "text/plain; charset=utf-8");
             let _ = resp.insert_header("content-length", body.len().to_string());
             let _ = resp.insert_header(REASON_HEADER, HeaderValue::from_static(reason));
+            let head = session.req_header().method == http::Method::HEAD;
             if session
-                .write_response_header(Box::new(resp), false)
+                .write_response_header(Box::new(resp), head)
                 .await
                 .is_ok()
+                && !head
             {
                 let _ = session.write_response_body(Some(body), true).await;
             }
@@ -959,6 +993,10 @@ impl ProxyHttp for Edge {
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };
+        if let Some(copy) = ctx.mirror.take() {
+            let complete = session.as_mut().is_body_done();
+            copy.send(complete, snap, &self.runtimes, &self.mesh);
+        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
@@ -1100,24 +1138,41 @@ fn classify(e: &Error) -> (u16, &'static str) {
     }
 }
 
+/// `uri` with its path replaced and its query kept. The scheme and
+/// authority stay: an HTTP/2 request carries its authority only in the URI,
+/// and pingora needs it for the upstream `:authority` when it speaks
+/// HTTP/2 upstream.
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_REQUEST_ID: &str = "x-request-id";
 
-/// `x-forwarded-for` with `ip` appended to what the client sent. Built in
-/// one allocation: this runs on every proxied request.
-fn forwarded_for(prev: Option<&str>, ip: std::net::IpAddr) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(p) = prev {
-        out.push_str(p);
-        out.push_str(", ");
+/// `x-forwarded-for` with `ip` appended to what the client sent: every
+/// field line of it, in order and byte for byte (RFC 9110 5.3: several
+/// lines are one comma-separated list; a proxy in front may have added its
+/// own line after the client's). Built in one allocation: this runs on
+/// every proxied request.
+fn forwarded_for(prev: &http::header::GetAll<'_, HeaderValue>, ip: std::net::IpAddr) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(prev.iter().map(|p| p.len() + 2).sum::<usize>() + 39);
+    for p in prev {
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b", ");
     }
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 push_decimal(&mut out, octet);
             }
@@ -1129,14 +1184,14 @@ fn forwarded_for(prev: Option<&str>, ip: std::net::IpAddr) -> String {
     out
 }
 
-fn push_decimal(out: &mut String, n: u8) {
+fn push_decimal(out: &mut Vec<u8>, n: u8) {
     if n >= 100 {
-        out.push(char::from(b'0' + n / 100));
+        out.push(b'0' + n / 100);
     }
     if n >= 10 {
-        out.push(char::from(b'0' + n / 10 % 10));
+        out.push(b'0' + n / 10 % 10);
     }
-    out.push(char::from(b'0' + n % 10));
+    out.push(b'0' + n % 10);
 }
 
 /// A fresh `x-request-id`: 128 random bits in hex.
@@ -1154,14 +1209,27 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_client() {
         let v4 = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
-        assert_eq!(forwarded_for(None, v4("127.0.0.1")), "127.0.0.1");
-        assert_eq!(forwarded_for(None, v4("10.200.0.255")), "10.200.0.255");
-        assert_eq!(forwarded_for(None, v4("0.9.99.100")), "0.9.99.100");
+        let xff = |prev: &[&str], ip: &str| {
+            let mut h = http::HeaderMap::new();
+            for p in prev {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(p).expect("value"));
+            }
+            String::from_utf8(forwarded_for(&h.get_all(X_FORWARDED_FOR), v4(ip))).expect("ascii")
+        };
+        assert_eq!(xff(&[], "127.0.0.1"), "127.0.0.1");
+        assert_eq!(xff(&[], "10.200.0.255"), "10.200.0.255");
+        assert_eq!(xff(&[], "0.9.99.100"), "0.9.99.100");
         assert_eq!(
-            forwarded_for(Some("203.0.113.7"), v4("192.168.1.20")),
+            xff(&["203.0.113.7"], "192.168.1.20"),
             "203.0.113.7, 192.168.1.20"
         );
-        assert_eq!(forwarded_for(None, v4("2001:db8::1")), "2001:db8::1");
+        // Every field line, in order: a proxy in front adds its own line
+        // after the client's.
+        assert_eq!(
+            xff(&["6.6.6.6", "203.0.113.7, 10.0.0.2"], "192.168.1.20"),
+            "6.6.6.6, 203.0.113.7, 10.0.0.2, 192.168.1.20"
+        );
+        assert_eq!(xff(&[], "2001:db8::1"), "2001:db8::1");
         // Every IPv4 address prints as the standard library prints it.
         for n in [
             0u32,
@@ -1176,7 +1244,10 @@ mod tests {
             0x6401_0aff,
         ] {
             let ip = std::net::IpAddr::V4(n.into());
-            assert_eq!(forwarded_for(None, ip), ip.to_string());
+            assert_eq!(
+                forwarded_for(&http::HeaderMap::new().get_all(X_FORWARDED_FOR), ip),
+                ip.to_string().into_bytes()
+            );
         }
     }
 

@@ -82,6 +82,10 @@ pub(crate) enum Violation {
     UnsupportedEncoding,
     #[error("transfer-encoding in a request older than HTTP/1.1")]
     EncodingBeforeHttp11,
+    #[error("HTTP/1.1 request without a host header")]
+    MissingHost,
+    #[error("more than one host header")]
+    DuplicateHost,
 }
 
 impl Violation {
@@ -222,6 +226,7 @@ pub(crate) fn check_head(
     let mut lengths = 0usize;
     let mut encoding: Option<&[u8]> = None;
     let mut encodings = 0usize;
+    let mut hosts = 0usize;
     let mut at = 0;
     let mut number = 0;
     while at < head.len() {
@@ -269,7 +274,18 @@ pub(crate) fn check_head(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             encodings += 1;
             encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
         }
+    }
+
+    // RFC 9112 section 3.2: an HTTP/1.1 request names its host exactly
+    // once (HTTP/1.0 may leave it out).
+    if hosts > 1 {
+        return Err(Violation::DuplicateHost);
+    }
+    if hosts == 0 && version >= Version::HTTP_11 {
+        return Err(Violation::MissingHost);
     }
 
     if lengths > 0 && encodings > 0 {
@@ -411,7 +427,11 @@ mod tests {
     #[test]
     fn plain_heads_pass() {
         assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
-        assert_eq!(check("\r\nGET / HTTP/1.1\r\n\r\n"), Ok(()));
+        assert_eq!(check("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check_head(b"GET / HTTP/1.0\r\n\r\n", Version::HTTP_10, LIMITS),
+            Ok(())
+        );
         for ok in [
             "Content-Length: 0",
             "content-length: 42",
@@ -480,6 +500,26 @@ mod tests {
     }
 
     #[test]
+    fn http_1_1_names_its_host_once() {
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nX: a\r\n\r\n"),
+            Err(Violation::MissingHost)
+        );
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Err(Violation::DuplicateHost)
+        );
+        assert_eq!(
+            check_head(
+                b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+                Version::HTTP_10,
+                LIMITS
+            ),
+            Err(Violation::DuplicateHost)
+        );
+    }
+
+    #[test]
     fn transfer_encoding_needs_http_1_1() {
         let head = with_headers(&["Transfer-Encoding: chunked"]);
         assert_eq!(
@@ -534,12 +574,18 @@ mod tests {
 
     #[test]
     fn limits_are_inclusive() {
-        let base = "GET / HTTP/1.1\r\nX: \r\n\r\n";
+        let base = "GET / HTTP/1.1\r\nHost: a\r\nX: \r\n\r\n";
         let fill = LIMITS.max_bytes - base.len();
-        let exact = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(fill));
+        let exact = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(fill)
+        );
         assert_eq!(exact.len(), LIMITS.max_bytes);
         assert_eq!(check(&exact), Ok(()));
-        let over = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(fill + 1));
+        let over = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(fill + 1)
+        );
         assert_eq!(
             check(&over),
             Err(Violation::HeadTooLarge {
@@ -635,11 +681,11 @@ mod tests {
         fn well_formed_heads_pass(
             fields in proptest::collection::vec(("[A-Za-z0-9-]{1,16}", "[ -~]{0,24}"), 0..7),
         ) {
-            let mut head = String::from("GET /p HTTP/1.1\r\n");
+            let mut head = String::from("GET /p HTTP/1.1\r\nHost: a\r\n");
             for (name, value) in &fields {
                 // Framing headers have rules of their own, tested above.
                 let n = name.to_ascii_lowercase();
-                prop_assume!(n != "content-length" && n != "transfer-encoding");
+                prop_assume!(n != "content-length" && n != "transfer-encoding" && n != "host");
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
             head.push_str("\r\n");

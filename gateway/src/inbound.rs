@@ -67,6 +67,9 @@ pub(crate) struct Inbound {
     pub(crate) app_h2_turns: crate::upstream::ConnectTurns,
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) connect_timeout: Duration,
+    /// The checks every HTTP/1 request head passes, as on the gateway's
+    /// listeners (`framing`).
+    pub(crate) head_limits: crate::framing::HeadLimits,
     /// The `inbound` listener's `meshgate_requests_in_flight` gauge.
     pub(crate) in_flight: Option<prometheus::IntGauge>,
 }
@@ -140,6 +143,18 @@ impl ProxyHttp for Inbound {
             connect_turn: None,
             trace: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        // A plaintext caller (permissive mode) or a mesh peer's HTTP/1.1
+        // head gets the same framing checks as at the edge: the
+        // application behind may parse what pingora would let through
+        // differently.
+        crate::framing::enforce(session, self.head_limits)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {

@@ -24,6 +24,7 @@ mod listen;
 mod memory;
 mod mesh;
 mod metrics;
+mod mirror;
 mod notify;
 mod reload;
 mod resilience;

@@ -44,6 +44,9 @@ pub(crate) struct Metrics {
     pub(crate) jwt: IntCounterVec,
     /// Retries not sent because the service's retry budget was spent.
     pub(crate) budget_exhausted: IntCounterVec,
+    /// Mirrored copies by service and result (`sent`, `failed`,
+    /// `skipped`).
+    pub(crate) mirrored: IntCounterVec,
     /// Requests being served now, by listener (`inbound` for a sidecar's
     /// mTLS listener).
     pub(crate) in_flight: IntGaugeVec,
@@ -183,6 +186,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["service"],
     )?;
+    let mirrored = IntCounterVec::new(
+        Opts::new(
+            "meshgate_mirror_requests_total",
+            "Copies of requests sent to a route's mirror service, by result: sent (answered), \
+             failed (no answer), skipped (no endpoint or identity, or a body too long to copy).",
+        ),
+        &["service", "result"],
+    )?;
     let upstream_connections = IntCounterVec::new(
         Opts::new(
             "meshgate_upstream_connections_total",
@@ -282,6 +293,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(trace_spans_dropped.clone()))?;
     registry.register(Box::new(jwt.clone()))?;
     registry.register(Box::new(budget_exhausted.clone()))?;
+    registry.register(Box::new(mirrored.clone()))?;
     registry.register(Box::new(request_bytes.clone()))?;
     registry.register(Box::new(response_bytes.clone()))?;
     registry.register(Box::new(in_flight.clone()))?;
@@ -305,6 +317,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         response_bytes,
         jwt,
         budget_exhausted,
+        mirrored,
         in_flight,
         config_version,
         config_reloads,

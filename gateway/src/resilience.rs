@@ -131,7 +131,7 @@ impl Flight {
         let may_eject = self
             .state
             .as_ref()
-            .is_some_and(|s| s.may_eject(svc.outlier.max_ejected_percent, now));
+            .is_some_and(|s| s.may_eject(&t.endpoint, svc.outlier.max_ejected_percent, now));
         match t
             .endpoint
             .outlier
@@ -189,6 +189,9 @@ impl Flight {
         });
         match decision {
             RetryDecision::Retry { after } => {
+                // This request's previous retry is over: its slot does not
+                // count against its next one.
+                self.retry_permit = None;
                 let Some(permit) = state.limits.try_acquire(LimitKind::Retries, &svc.limits) else {
                     self.give_up = Some("retry-limit");
                     return false;

@@ -111,14 +111,38 @@ impl ServiceState {
         Err(NoEndpoint::AllEjected)
     }
 
-    /// May one more endpoint of this service be ejected now?
-    pub(crate) fn may_eject(&self, max_percent: u8, now: Instant) -> bool {
-        let ejected = self
+    /// May `candidate` be ejected now? `max_percent` holds for the whole
+    /// service and for every subset the candidate is in: a canary subset
+    /// has no other endpoints to fall back on (a split sends its share of
+    /// requests there whatever their health), so its lone endpoint is kept
+    /// as the service's would be.
+    pub(crate) fn may_eject(&self, candidate: &Endpoint, max_percent: u8, now: Instant) -> bool {
+        let unhealthy: Vec<bool> = self
             .endpoints
             .iter()
-            .filter(|e| !matches!(e.outlier.health(now), Health::Healthy))
-            .count();
-        ejection_allowed(ejected, self.endpoints.len(), max_percent)
+            .map(|e| !matches!(e.outlier.health(now), Health::Healthy))
+            .collect();
+        let allowed = |members: &mut dyn Iterator<Item = usize>| {
+            let (mut total, mut ejected) = (0, 0);
+            for i in members {
+                total += 1;
+                ejected += usize::from(unhealthy[i]);
+            }
+            ejection_allowed(ejected, total, max_percent)
+        };
+        let Some(at) = self
+            .endpoints
+            .iter()
+            .position(|e| std::ptr::eq(e.as_ref(), candidate))
+        else {
+            return false;
+        };
+        allowed(&mut (0..self.endpoints.len()))
+            && self
+                .subset_members
+                .iter()
+                .filter(|m| m.contains(&at))
+                .all(|m| allowed(&mut m.iter().copied()))
     }
 }
 

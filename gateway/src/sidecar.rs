@@ -266,6 +266,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let authn = Arc::new(Authn::new(&snap));
     crate::server::add_edge_listeners(&mut server, &store, &runtimes, &authn, &shared.mesh)?;
 
+    // The mesh's own hop: the defaults of the config's listeners.
+    let defaults = meshgate_config::ListenerLimits::default();
     let inbound = Inbound {
         service: cli.service.clone(),
         app: cli.app,
@@ -273,10 +275,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         app_h2_turns: Default::default(),
         store: store.clone(),
         connect_timeout: Duration::from_secs(1),
+        head_limits: crate::framing::HeadLimits::from(&defaults),
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
-    // The mesh's own hop: the defaults of the config's listeners.
-    let defaults = meshgate_config::ListenerLimits::default();
     let limits = crate::conn::ConnLimits::from(&defaults);
     let labels = crate::conn::Labels {
         listener: "inbound".into(),

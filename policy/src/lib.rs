@@ -14,6 +14,7 @@ pub mod authz;
 pub mod breaker;
 pub mod deadline;
 pub mod lb;
+pub mod path;
 pub mod random;
 pub mod retry;
 pub mod route;

@@ -479,8 +479,9 @@ impl RetryPolicy {
     ///
     /// `retries_done` is the number of retries already made (0 after the
     /// first try). `idempotent` is true when the method is idempotent (see
-    /// [`is_idempotent`]) or the request carries an idempotency key; the
-    /// caller decides.
+    /// [`is_idempotent`]). A client's `Idempotency-Key` header does not
+    /// count: only the operator knows whether the upstream honours it
+    /// (`retry_non_idempotent`).
     ///
     /// Gates, in order, each with its own [`GiveUp`] reason:
     /// 1. success or an outcome not in [`RetryPolicy::on`];

@@ -8,6 +8,10 @@ use std::process::Command;
 use crate::{Proc, read_port, wait_for_port};
 
 /// Paths: `/flaky/N/KEY` fails with 503 the first N times per KEY;
+/// `/upload/N/KEY` counts the request under `upload/KEY` when it arrives,
+/// reads its body (chunked too), and fails with 503 the first N times;
+/// `/cut` starts a chunked 200 and closes after one chunk; `/trickle/N/MS`
+/// sends N chunked lines `tick`, one every MS milliseconds;
 /// `/slow/MS` answers after MS milliseconds (counted as `slow-started`
 /// when it arrives); `/slow-once/MS/KEY` is slow
 /// only the first time per KEY; `/count/KEY` returns how many requests
@@ -33,12 +37,38 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("x-origin", name)
         self.end_headers()
         self.wfile.write(body)
-    def _answer(self):
+    def _read_body(self):
+        if "chunked" in (self.headers.get("transfer-encoding") or ""):
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    return
         n = int(self.headers.get("content-length") or 0)
         if n:
             self.rfile.read(n)
+    def _answer(self):
         parts = self.path.split("?")[0].strip("/").split("/")
         kind = parts[0]
+        if kind == "upload":
+            seen = bump("upload/" + parts[2])
+            self._read_body()
+            return self._send(503 if seen <= int(parts[1]) else 200, "try %d\n" % seen)
+        self._read_body()
+        if kind == "cut":
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello\n\r\n")
+            return
+        if kind == "trickle":
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for _ in range(int(parts[1])):
+                self.wfile.write(b"5\r\ntick\n\r\n")
+                self.wfile.flush()
+                time.sleep(int(parts[2]) / 1000.0)
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if kind == "flaky":
             seen = bump("flaky/" + parts[2])
             return self._send(503 if seen <= int(parts[1]) else 200, "try %d\n" % seen)
@@ -60,6 +90,7 @@ class H(http.server.BaseHTTPRequestHandler):
         return self._send(500 if state["fail"] else 200, "svc\n")
     do_GET = _answer
     do_POST = _answer
+    do_PUT = _answer
     def log_message(self, *a):
         pass
 class S(http.server.ThreadingHTTPServer):

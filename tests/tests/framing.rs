@@ -583,6 +583,13 @@ fn malformed_header_lines_are_refused() {
             b"GET {path} HTTP/1.1\r\nHost: t\r\nX-A\r\n\r\n",
             Pingora,
         ),
+        // RFC 9112 section 3.2: an HTTP/1.1 request names its host once.
+        raw("no-host", b"GET {path} HTTP/1.1\r\nX-A: 1\r\n\r\n", Meshgate),
+        raw(
+            "two-hosts",
+            b"GET {path} HTTP/1.1\r\nHost: t\r\nHost: admin\r\n\r\n",
+            Pingora,
+        ),
     ];
     for c in &cases {
         s.assert_refused(c);

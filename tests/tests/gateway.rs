@@ -513,3 +513,202 @@ fn bad_config_exits_non_zero_before_listening() {
     assert!(err.contains(":4:1: error: unknown key `protocol`"), "{err}");
     assert!(err.contains("did you mean `protocols`?"), "{err}");
 }
+
+#[test]
+fn every_x_forwarded_for_line_is_kept_and_the_client_appended() {
+    let origin = Origin::start("o").expect("origin");
+    let (_gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        &format!(
+            "[[route]]\nname = \"r\"\nservice = \"s\"\n\n[[service]]\nname = \"s\"\n\
+             endpoints = [{{ address = \"{}\" }}]\n",
+            origin.addr
+        ),
+    )
+    .expect("gateway");
+    // Two field lines are one list (RFC 9110 5.3): a proxy in front adds
+    // its own line after whatever the client sent, and dropping it would
+    // leave the client's claim where that proxy's should be.
+    for how in ["--http1.1", "--http2-prior-knowledge"] {
+        let r = curl(&[
+            how,
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-For: 203.0.113.7",
+            &format!("http://{addr}/xff"),
+        ])
+        .expect("curl");
+        let seen = seen_headers(&r).expect("seen headers");
+        assert_eq!(
+            seen.get("x-forwarded-for"),
+            Some(&vec!["6.6.6.6, 203.0.113.7, 127.0.0.1".to_owned()]),
+            "{how}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_mirrored_route_copies_requests_to_the_shadow_and_ignores_its_answers() {
+    let main = Origin::start("main").expect("origin");
+    let shadow = Origin::start("shadow").expect("shadow");
+    let (gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        &format!(
+            r#"
+[[route]]
+name = "mirrored"
+match = {{ path_prefix = "/m/" }}
+service = "main"
+mirror = {{ service = "shadow" }}
+
+[[route]]
+name = "never"
+match = {{ path_prefix = "/never/" }}
+service = "main"
+mirror = {{ service = "shadow", percent = 0 }}
+
+[[route]]
+name = "to-nowhere"
+match = {{ path_prefix = "/gone/" }}
+service = "main"
+mirror = {{ service = "gone" }}
+
+[[service]]
+name = "main"
+endpoints = [{{ address = "{}" }}]
+
+[[service]]
+name = "shadow"
+endpoints = [{{ address = "{}" }}]
+
+[[service]]
+name = "gone"
+endpoints = [{{ address = "127.0.0.1:{}" }}]
+"#,
+            main.addr,
+            shadow.addr,
+            free_port()
+        ),
+    )
+    .expect("gateway");
+    let base = format!("http://{addr}");
+    let big = "b".repeat(70_000);
+    for args in [
+        vec![format!("{base}/m/get")],
+        vec![
+            "--data-binary".into(),
+            "hello".into(),
+            format!("{base}/m/post"),
+        ],
+        vec![
+            "--http2-prior-knowledge".into(),
+            "--data-binary".into(),
+            "abc".into(),
+            format!("{base}/m/h2"),
+        ],
+        vec!["--data-binary".into(), big.clone(), format!("{base}/m/big")],
+        vec![format!("{base}/never/get")],
+        vec![format!("{base}/gone/get")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl(&args).expect("curl");
+        // The client's answer is the main service's, whatever the mirror did.
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (200, Some("main")),
+            "{args:?}"
+        );
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "the shadow to get its copies",
+        || {
+            let seen = shadow.requests();
+            ["GET /m/get 0", "POST /m/post 5", "POST /m/h2 3"]
+                .iter()
+                .all(|w| seen.iter().any(|r| r == w))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", shadow.requests()));
+    wait_for(Duration::from_secs(10), "the mirror counters", || {
+        gw.metrics()
+            .is_ok_and(|m| m.contains("result=\"failed\"") && m.contains("result=\"sent\""))
+    })
+    .expect("metrics");
+    let m = gw.metrics().expect("metrics");
+    let count = |service: &str, result: &str| {
+        meshgate_tests::metric(
+            &m,
+            "meshgate_mirror_requests_total",
+            &[
+                &format!("service=\"{service}\""),
+                &format!("result=\"{result}\""),
+            ],
+        )
+    };
+    assert_eq!(count("shadow", "sent"), Some(3.0), "{m}");
+    // Longer than the 64 KiB a copy may hold: not mirrored.
+    assert_eq!(count("shadow", "skipped"), Some(1.0), "{m}");
+    assert_eq!(count("gone", "failed"), Some(1.0), "{m}");
+    let seen = shadow.requests();
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.contains("/never/") || r.contains("/m/big")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn a_path_is_routed_and_forwarded_in_one_spelling() {
+    let origin = Origin::start("o").expect("origin");
+    let (_gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        &format!(
+            r#"
+[[route]]
+name = "admin"
+match = {{ path_prefix = "/admin" }}
+respond = {{ status = 403, body = "admin only\n" }}
+
+[[route]]
+name = "rest"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+"#,
+            origin.addr
+        ),
+    )
+    .expect("gateway");
+    // Spellings an origin resolves to /admin/... must not take the
+    // catch-all route past the one that guards /admin.
+    for path in [
+        "/x/../admin/users",
+        "/%61dmin/users",
+        "/./admin/users",
+        "/%2e%2e/admin/users",
+        "/x/%2E%2E/admin",
+    ] {
+        for how in ["--http1.1", "--http2-prior-knowledge"] {
+            let r = curl(&[how, "--path-as-is", &format!("http://{addr}{path}")]).expect("curl");
+            assert_eq!(r.status, 403, "{how} {path}: {r:?}");
+        }
+    }
+    // What is forwarded is the path that was matched.
+    let r = curl(&[
+        "--path-as-is",
+        &format!("http://{addr}/public/./a/../%62?q=%2e"),
+    ])
+    .expect("curl");
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_for(Duration::from_secs(5), "the origin's log line", || {
+        !origin.requests().is_empty()
+    })
+    .expect("origin log");
+    assert_eq!(origin.requests(), vec!["GET /public/b?q=%2e 0".to_owned()]);
+}

@@ -161,6 +161,35 @@ fn a_request_head_that_trickles_in_too_slowly_gets_408() {
 }
 
 #[test]
+fn an_unfinished_head_past_the_limit_gets_431_at_once() {
+    let (gw, addr, origin) =
+        start(r#"max_header_bytes = 8192, header_read_timeout = "30s", idle_timeout = "60s""#);
+    // 20 KB of one header and no end: the gateway does not wait for the
+    // rest (30 s here), nor hand the connection on to be read up to 1 MiB.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut head = b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 20_000));
+    s.write_all(&head).expect("write");
+    let (got, took) = read_to_close(&mut s, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-meshgate-reason: header-too-large"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+    let m = gw.metrics().expect("metrics");
+    let refused = metric(
+        &m,
+        "meshgate_requests_total",
+        &[r#"status="431""#, r#"reason="header-too-large""#],
+    );
+    assert_eq!(refused, Some(1.0), "{m}");
+}
+
+#[test]
 fn a_connection_that_never_sends_a_request_is_closed_after_idle_timeout() {
     let (_gw, addr, _o) = start(r#"idle_timeout = "1s""#);
     let mut s = TcpStream::connect(addr).expect("connect");

@@ -6,6 +6,7 @@
 //! certificate handling from the outside, with real clients.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -429,6 +430,17 @@ fn permissive_mode_takes_plaintext_without_identity_until_the_mesh_turns_strict(
     // HTTP/2 with prior knowledge too.
     let r = curl(&["--http2-prior-knowledge", &format!("http://{ua_inbound}/u")])?;
     assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+    // The inbound port checks a head's framing as the gateway does: a
+    // coding before `chunked` would reach the application as if the body
+    // were plain.
+    let mut raw = std::net::TcpStream::connect(ua_inbound)?;
+    raw.set_read_timeout(Some(Duration::from_secs(10)))?;
+    raw.write_all(
+        b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    )?;
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 
     // product-catalog's rules ask for an identity: plaintext has none.
     let r = curl(&[&format!("http://{pc_inbound}/items")])?;
@@ -451,7 +463,12 @@ fn permissive_mode_takes_plaintext_without_identity_until_the_mesh_turns_strict(
         "meshgate_plaintext_connections_total",
         &["listener=\"inbound\""],
     );
-    assert_eq!(plaintext, Some(2.0), "curl's two: {}", m.body);
+    assert_eq!(
+        plaintext,
+        Some(3.0),
+        "curl's two and the refused head's: {}",
+        m.body
+    );
 
     // A plaintext keep-alive connection is open when the operator turns
     // the mesh strict.

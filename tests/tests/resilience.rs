@@ -394,3 +394,308 @@ outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s", max_ejec
         gw.proc.stderr()
     );
 }
+
+/// Runs curl without failing on its exit code: (exit code, body).
+fn curl_raw(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_body_over_the_limit_is_the_clients_doing_and_a_retried_body_counts_once() {
+    let o = scripted("only");
+    let (gw, addr) = Gateway::start_web(
+        "limits = { max_request_body_bytes = 1024 }",
+        &format!(
+            r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 1, on = ["reset", "gateway-error"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s", max_ejected_percent = 100 }}
+"#,
+            o.addr
+        ),
+    )
+    .expect("gateway");
+    let base = format!("http://{addr}");
+    let chunked = ["-X", "PUT", "-H", "Transfer-Encoding: chunked"];
+    let big = "x".repeat(2048);
+    let big_url = format!("{base}/upload/0/big");
+    for _ in 0..3 {
+        let mut args = chunked.to_vec();
+        args.extend(["--data-binary", &big, &big_url]);
+        let r = curl(&args).expect("curl");
+        assert_eq!(r.status, 413, "{r:?}");
+        assert_eq!(r.header("x-meshgate-reason"), Some("body-too-large"));
+    }
+    // Never sent again (a retry would have met the same limit), and not
+    // the endpoint's failure: two in a row would have ejected the only
+    // endpoint.
+    let seen: u32 = get(&format!("http://{}/count/upload/big", o.addr))
+        .body
+        .parse()
+        .expect("count");
+    assert!(
+        seen <= 3,
+        "each over-limit request reached the origin at most once: {seen}"
+    );
+    assert_eq!(get(&format!("{base}/svc")).status, 200);
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    // A body under the limit, retried after a 503: the retry replays the
+    // same 800 bytes, which are not counted a second time.
+    let small = "y".repeat(800);
+    let small_url = format!("{base}/upload/1/small");
+    let mut args = chunked.to_vec();
+    args.extend(["--data-binary", &small, &small_url]);
+    let r = curl(&args).expect("curl");
+    assert_eq!((r.status, r.body.as_str()), (200, "try 2\n"), "{r:?}");
+}
+
+#[test]
+fn an_upstream_that_breaks_mid_response_is_not_answered_as_complete() {
+    let o = scripted("cut");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        o.addr
+    ));
+    // The origin sends a 200 and one chunk, then closes. The client must
+    // see an incomplete response (curl 18 over HTTP/1.1, a reset stream
+    // over HTTP/2), never the error text appended as the body's end.
+    for how in ["--http1.1", "--http2-prior-knowledge"] {
+        let (code, body) = curl_raw(&[how, &format!("{base}/cut")]);
+        assert_ne!(
+            code,
+            Some(0),
+            "{how}: the truncated response looked whole: {body:?}"
+        );
+        assert!(body.starts_with("hello"), "{how}: {body:?}");
+        assert!(!body.contains("upstream"), "{how}: {body:?}");
+    }
+    wait_for(Duration::from_secs(5), "two access-log lines", || {
+        gw.access_log().len() >= 2
+    })
+    .expect("access log");
+    for l in gw.access_log() {
+        assert_eq!(
+            (&l["status"], &l["reason"]),
+            (
+                &serde_json::json!(200),
+                &serde_json::json!("upstream-reset")
+            ),
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn the_route_timeout_bounds_a_response_that_streams() {
+    let o = scripted("trickle");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+timeout = "1s"
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        o.addr
+    ));
+    // Ten lines 300 ms apart: the headers come at once, the whole answer
+    // would take 3 s. The route allows 1 s for the whole request.
+    let (code, body) = curl_raw(&[&format!("{base}/trickle/10/300")]);
+    assert_ne!(
+        code,
+        Some(0),
+        "the response ran past the route timeout: {body:?}"
+    );
+    let ticks = body.matches("tick").count();
+    assert!((1..10).contains(&ticks), "{body:?}");
+    wait_for(Duration::from_secs(5), "the access-log line", || {
+        !gw.access_log().is_empty()
+    })
+    .expect("access log");
+    assert_eq!(gw.access_log()[0]["reason"], "upstream-timeout");
+}
+
+#[test]
+fn a_connect_timeout_is_a_connect_failure_and_moves_on_even_for_post() {
+    let live = scripted("live");
+    // A listener whose accept queue is full (backlog 0, one connection
+    // never accepted): the kernel drops further SYNs, so connecting to it
+    // times out, like a host that drops packets.
+    let full = Proc::spawn({
+        let mut c = Command::new("python3");
+        c.args([
+            "-c",
+            "import socket, time\n\
+             s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)\n\
+             c = socket.create_connection(s.getsockname())\n\
+             print(s.getsockname()[1], flush=True)\n\
+             time.sleep(600)\n",
+        ]);
+        c
+    })
+    .expect("python3");
+    let port = meshgate_tests::read_port(&full).expect("port");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+lb = "round-robin"
+connect_timeout = "200ms"
+endpoints = [{{ address = "127.0.0.1:{port}" }}, {{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        live.addr
+    ));
+    // The default retry conditions (connect-failure, reset, gateway-error)
+    // cover a connect timeout, and nothing was sent, so a POST moves on too.
+    for i in 0..4 {
+        let url = format!("{base}/svc/{i}");
+        let r = if i % 2 == 0 {
+            curl(&[&url])
+        } else {
+            curl(&["-X", "POST", "--data", "x", &url])
+        }
+        .expect("curl");
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (200, Some("live")),
+            "request {i}: {r:?}"
+        );
+    }
+    wait_for(Duration::from_secs(5), "four access-log lines", || {
+        gw.access_log().len() >= 4
+    })
+    .expect("access log");
+    let log = gw.access_log();
+    assert!(
+        log.iter().any(|l| l["retries"] == 1),
+        "some request met the full listener first: {log:?}"
+    );
+}
+
+#[test]
+fn a_canary_subsets_lone_endpoint_is_not_ejected() {
+    let (a, b, canary) = (scripted("v1a"), scripted("v1b"), scripted("v2"));
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+
+[[service]]
+name = "s"
+endpoints = [
+  {{ address = "{}", labels = {{ version = "v1" }} }},
+  {{ address = "{}", labels = {{ version = "v1" }} }},
+  {{ address = "{}", labels = {{ version = "v2" }} }},
+]
+outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s" }}
+[[service.subset]]
+name = "v1"
+labels = {{ version = "v1" }}
+[[service.subset]]
+name = "v2"
+labels = {{ version = "v2" }}
+[service.split]
+targets = [{{ subset = "v1", weight = 95 }}, {{ subset = "v2", weight = 5 }}]
+override_header = "x-canary"
+"#,
+        a.addr, b.addr, canary.addr
+    ));
+    // The canary fails. One endpoint of three is within the service's 50%,
+    // but it is all of v2: ejected, every request the split sends to v2
+    // would get 503 rather than the canary's own answer.
+    get(&format!("http://{}/control/fail", canary.addr));
+    for i in 0..4 {
+        let r = curl(&["-H", "x-canary: v2", &format!("{base}/svc/{i}")]).expect("curl");
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (500, Some("v2")),
+            "request {i}: {r:?}"
+        );
+    }
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_clients_idempotency_key_does_not_make_a_post_retryable() {
+    let o = scripted("only");
+    let (_gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 2, on = ["5xx"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        o.addr
+    ));
+    // The upstream may have acted on the POST before its 503; whether it
+    // honours the key is for the operator to say (`retry_non_idempotent`),
+    // not the client.
+    let url = format!("{base}/flaky/1/order");
+    let r = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Idempotency-Key: k1",
+        "--data",
+        "x",
+        &url,
+    ])
+    .expect("curl");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        get(&format!("http://{}/count/flaky/order", o.addr)).body,
+        "1"
+    );
+    // The same request as a PUT is retried.
+    let r = curl(&["-X", "PUT", "--data", "x", &format!("{base}/flaky/1/put")]).expect("curl");
+    assert_eq!((r.status, r.body.as_str()), (200, "try 2\n"), "{r:?}");
+}

@@ -1,0 +1,276 @@
+//! Request mirroring (`[route.mirror]`): a copy of a share of a route's
+//! requests goes to another service, whose answers are read and dropped.
+//!
+//! The copy is taken as the request streams through: its head when the
+//! route is chosen, its body chunk by chunk as it is forwarded, up to
+//! [`MAX_BODY`]; a request whose body is longer is not mirrored (Envoy
+//! buffers the same way). Once the original request is over, the copy is
+//! sent from a task of its own, so neither the client nor the original
+//! upstream ever waits for the mirror. It goes the way every request to
+//! that service goes (`upstream::peer`: plaintext, TLS or mesh mTLS,
+//! HTTP/1.1 or HTTP/2) on a connector of its own, with the host given a
+//! `-shadow` suffix as Envoy does, so the shadow can tell copies from real
+//! traffic. `meshgate_mirror_requests_total{service, result}` counts them:
+//! `sent` (any answer), `failed` (no answer), `skipped` (no endpoint, no
+//! mesh identity yet, or a body too long to copy).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use meshgate_config::{ServiceSpec, Snapshot};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+
+use crate::runtime::Runtimes;
+
+/// The longest request body copied.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// How long a copy may take, answer included.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A copy of one request, taken as it streams.
+#[derive(Debug)]
+pub(crate) struct Copy {
+    service: Arc<ServiceSpec>,
+    head: RequestHeader,
+    body: BytesMut,
+    too_long: bool,
+}
+
+impl Copy {
+    /// Starts a copy of `req` for `service`, or `None` when the dice say
+    /// this request is not among the route's `percent`.
+    pub(crate) fn start(
+        service: Arc<ServiceSpec>,
+        percent: u8,
+        req: &RequestHeader,
+    ) -> Option<Copy> {
+        if crate::runtime::below(100) >= u64::from(percent) {
+            return None;
+        }
+        let head = copy_head(req, &service)?;
+        Some(Copy {
+            service,
+            head,
+            body: BytesMut::new(),
+            too_long: false,
+        })
+    }
+
+    /// Adds a chunk of the request body as it goes upstream; `read` is
+    /// how much of the body has come from the client so far (the chunk
+    /// included). A retry passes the body through again: a chunk the copy
+    /// already holds is not added twice.
+    pub(crate) fn body(&mut self, chunk: &[u8], read: usize) {
+        if self.body.len() >= read && !self.too_long {
+            return;
+        }
+        if self.too_long || self.body.len() + chunk.len() > MAX_BODY {
+            self.too_long = true;
+            self.body = BytesMut::new();
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+
+    /// Sends the copy from a task of its own. `complete` is whether the
+    /// whole request body went through (the copy is dropped otherwise).
+    pub(crate) fn send(
+        mut self,
+        complete: bool,
+        snap: &Arc<Snapshot>,
+        runtimes: &Runtimes,
+        mesh: &Arc<crate::mesh::MeshTls>,
+    ) {
+        let name = self.service.name.clone();
+        if self.too_long || !complete {
+            count(&name, "skipped");
+            return;
+        }
+        // The body is whole: it goes with its length, however it came.
+        self.head.remove_header(&http::header::TRANSFER_ENCODING);
+        if self.body.is_empty() {
+            self.head.remove_header(&http::header::CONTENT_LENGTH);
+        } else if self
+            .head
+            .insert_header(http::header::CONTENT_LENGTH, self.body.len())
+            .is_err()
+        {
+            count(&name, "skipped");
+            return;
+        }
+        let state = runtimes.service(snap, &self.service);
+        let picked = state.pick(None, None, None, Instant::now());
+        let Some(peer) = picked
+            .ok()
+            .and_then(|(e, _)| crate::upstream::peer(e.spec.address, &self.service, mesh))
+        else {
+            count(&name, "skipped");
+            return;
+        };
+        tokio::spawn(async move {
+            let sent =
+                tokio::time::timeout(TIMEOUT, deliver(self.head, self.body.freeze(), &peer)).await;
+            count(
+                &name,
+                if matches!(sent, Ok(Ok(()))) {
+                    "sent"
+                } else {
+                    "failed"
+                },
+            );
+        });
+    }
+}
+
+/// One connector for every mirror of the process, made on the first copy
+/// (it loads the system's trust roots, which a process without mirrors
+/// need not hold).
+fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(None))
+}
+
+async fn deliver(
+    head: RequestHeader,
+    body: Bytes,
+    peer: &pingora::upstreams::peer::HttpPeer,
+) -> pingora::Result<()> {
+    let (mut session, _reused) = connector().get_http_session(peer).await?;
+    session.set_read_timeout(Some(TIMEOUT));
+    session.set_write_timeout(Some(TIMEOUT));
+    session.write_request_header(Box::new(head)).await?;
+    if !body.is_empty() {
+        session.write_request_body(body, true).await?;
+    }
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    while session.read_response_body().await?.is_some() {}
+    connector()
+        .release_http_session(session, peer, Some(Duration::from_secs(60)))
+        .await;
+    Ok(())
+}
+
+/// The copy's head: the request as it arrived, in origin form with a
+/// `Host` marked as a shadow's, without the hop-by-hop headers (and those
+/// `Connection` names), in the version the mirror service speaks.
+fn copy_head(req: &RequestHeader, service: &ServiceSpec) -> Option<RequestHeader> {
+    use http::header;
+    let mut head = req.clone();
+    let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    head.set_uri(path.parse().ok()?);
+    head.set_version(match service.protocol {
+        meshgate_config::UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        meshgate_config::UpstreamProtocol::Http2 => http::Version::HTTP_2,
+    });
+    let nominated: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in nominated.iter().map(String::as_str).chain([
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "http2-settings",
+    ]) {
+        head.remove_header(name);
+    }
+    if let Some(host) = shadow_host(req) {
+        head.insert_header(header::HOST, host).ok()?;
+    }
+    Some(head)
+}
+
+/// The request's host with `-shadow` added to its name (before any
+/// port), as Envoy marks mirrored requests; `None` for an IPv6 literal,
+/// which has no name to mark.
+fn shadow_host(req: &RequestHeader) -> Option<String> {
+    let host = crate::edge::authority(req)?;
+    if host.starts_with('[') {
+        return None;
+    }
+    Some(match host.split_once(':') {
+        Some((name, port)) => format!("{name}-shadow:{port}"),
+        None => format!("{host}-shadow"),
+    })
+}
+
+fn count(service: &str, result: &str) {
+    if let Some(m) = crate::metrics::metrics() {
+        m.mirrored.with_label_values(&[service, result]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn service(protocol: &str) -> ServiceSpec {
+        let text = format!(
+            "[[service]]\nname = \"s\"\nprotocol = \"{protocol}\"\n\
+             endpoints = [{{ address = \"127.0.0.1:9000\" }}]\n"
+        );
+        let snap = meshgate_config::load_str(&text, "test.toml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        snap.service("s").expect("service s").as_ref().clone()
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", uri.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn the_copy_names_a_shadow_host_and_drops_hop_by_hop_headers() {
+        let req = request(
+            "/a?b=1",
+            &[
+                ("host", "api.example.com:8443"),
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "1"),
+                ("keep-alive", "timeout=5"),
+                ("x-kept", "2"),
+            ],
+        );
+        let head = copy_head(&req, &service("http1")).expect("copy");
+        assert_eq!(head.uri.to_string(), "/a?b=1");
+        assert_eq!(head.version, http::Version::HTTP_11);
+        let get = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("host"), Some("api.example.com-shadow:8443"));
+        assert_eq!(get("x-kept"), Some("2"));
+        for gone in ["connection", "x-private", "keep-alive"] {
+            assert_eq!(get(gone), None, "{gone}");
+        }
+    }
+
+    #[test]
+    fn an_http2_request_becomes_origin_form_for_the_mirror() {
+        let mut req = request("/", &[]);
+        req.set_uri("http://shop.example.com/cart".parse().expect("uri"));
+        req.set_version(http::Version::HTTP_2);
+        let head = copy_head(&req, &service("http2")).expect("copy");
+        assert_eq!(head.uri.to_string(), "/cart");
+        assert_eq!(head.version, http::Version::HTTP_2);
+        assert_eq!(
+            head.headers.get("host").and_then(|v| v.to_str().ok()),
+            Some("shop.example.com-shadow")
+        );
+        let v6 = request("/", &[("host", "[::1]:80")]);
+        assert_eq!(shadow_host(&v6), None);
+    }
+}
