@@ -14,6 +14,16 @@ fn get(url: &str) -> meshgate_tests::CurlResponse {
     curl(&[url]).expect("curl")
 }
 
+/// Asserts that outlier detection ejected no endpoint of service `s`.
+fn assert_no_ejections(gw: &Gateway) {
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+}
+
 /// Starts the gateway with one listener and the given routes and services.
 fn gateway(body: &str) -> (Gateway, String) {
     let (gw, addr) = Gateway::start_web("", body).expect("gateway");
@@ -362,12 +372,7 @@ outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s", max_ejec
         let r = get(&format!("{base}/svc"));
         assert_eq!((r.status, r.header("x-origin")), (200, Some("only")));
     }
-    let m = gw.metrics().expect("metrics");
-    assert_eq!(
-        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
-        0.0,
-        "{m}"
-    );
+    assert_no_ejections(&gw);
     // The access log says who left.
     let log = gw.access_log();
     let left = log
@@ -452,12 +457,7 @@ outlier_detection = {{ consecutive_failures = 2, base_ejection = "30s", max_ejec
         "each over-limit request reached the origin at most once: {seen}"
     );
     assert_eq!(get(&format!("{base}/svc")).status, 200);
-    let m = gw.metrics().expect("metrics");
-    assert_eq!(
-        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
-        0.0,
-        "{m}"
-    );
+    assert_no_ejections(&gw);
     // A body under the limit, retried after a 503: the retry replays the
     // same 800 bytes, which are not counted a second time.
     let small = "y".repeat(800);
@@ -651,12 +651,7 @@ override_header = "x-canary"
             "request {i}: {r:?}"
         );
     }
-    let m = gw.metrics().expect("metrics");
-    assert_eq!(
-        metric(&m, "meshgate_endpoint_ejections_total", &["service=\"s\""]).unwrap_or(0.0),
-        0.0,
-        "{m}"
-    );
+    assert_no_ejections(&gw);
 }
 
 #[test]
