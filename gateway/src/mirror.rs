@@ -154,18 +154,33 @@ async fn deliver(
     Ok(())
 }
 
-/// The copy's head: the request as it arrived, in origin form with a
-/// `Host` marked as a shadow's, without the hop-by-hop headers (and those
-/// `Connection` names), in the version the mirror service speaks.
+/// The copy's head: the request as it arrived, with its host marked as a
+/// shadow's, without the hop-by-hop headers (and those `Connection`
+/// names), in the version the mirror service speaks: for HTTP/1.1 an
+/// origin-form target and a `Host`, for HTTP/2 an absolute URI (its
+/// `:scheme` and `:authority`).
 fn copy_head(req: &RequestHeader, service: &ServiceSpec) -> Option<RequestHeader> {
     use http::header;
+    use meshgate_config::{UpstreamProtocol, UpstreamTls};
     let mut head = req.clone();
     let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    head.set_uri(path.parse().ok()?);
-    head.set_version(match service.protocol {
-        meshgate_config::UpstreamProtocol::Http1 => http::Version::HTTP_11,
-        meshgate_config::UpstreamProtocol::Http2 => http::Version::HTTP_2,
-    });
+    let host = shadow_host(req).or_else(|| crate::edge::authority(req).map(str::to_owned));
+    match (service.protocol, &host) {
+        (UpstreamProtocol::Http2, Some(host)) => {
+            let scheme = if service.tls == UpstreamTls::None {
+                "http"
+            } else {
+                "https"
+            };
+            head.set_uri(format!("{scheme}://{host}{path}").parse().ok()?);
+            head.set_version(http::Version::HTTP_2);
+        }
+        (UpstreamProtocol::Http2, None) => return None,
+        (UpstreamProtocol::Http1, _) => {
+            head.set_uri(path.parse().ok()?);
+            head.set_version(http::Version::HTTP_11);
+        }
+    }
     let nominated: Vec<String> = req
         .headers
         .get_all(header::CONNECTION)
@@ -179,14 +194,25 @@ fn copy_head(req: &RequestHeader, service: &ServiceSpec) -> Option<RequestHeader
         "connection",
         "keep-alive",
         "proxy-connection",
-        "te",
         "upgrade",
         "http2-settings",
     ]) {
         head.remove_header(name);
     }
-    if let Some(host) = shadow_host(req) {
-        head.insert_header(header::HOST, host).ok()?;
+    // `te: trailers` is end to end in HTTP/2 (gRPC servers require it).
+    if req
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        head.remove_header(&header::TE);
+    }
+    match (service.protocol, host) {
+        (UpstreamProtocol::Http1, Some(host)) => head.insert_header(header::HOST, host).ok()?,
+        // HTTP/2 names the host in `:authority` only.
+        _ => {
+            head.remove_header(&header::HOST);
+        }
     }
     Some(head)
 }
@@ -259,17 +285,22 @@ mod tests {
     }
 
     #[test]
-    fn an_http2_request_becomes_origin_form_for_the_mirror() {
+    fn the_target_takes_the_form_the_mirror_speaks() {
         let mut req = request("/", &[]);
         req.set_uri("http://shop.example.com/cart".parse().expect("uri"));
         req.set_version(http::Version::HTTP_2);
-        let head = copy_head(&req, &service("http2")).expect("copy");
+        let head = copy_head(&req, &service("http1")).expect("copy");
         assert_eq!(head.uri.to_string(), "/cart");
-        assert_eq!(head.version, http::Version::HTTP_2);
+        assert_eq!(head.version, http::Version::HTTP_11);
         assert_eq!(
             head.headers.get("host").and_then(|v| v.to_str().ok()),
             Some("shop.example.com-shadow")
         );
+        // To an HTTP/2 mirror the host goes in `:authority`.
+        let head = copy_head(&req, &service("http2")).expect("copy");
+        assert_eq!(head.uri.to_string(), "http://shop.example.com-shadow/cart");
+        assert_eq!(head.version, http::Version::HTTP_2);
+        assert_eq!(head.headers.get("host"), None);
         let v6 = request("/", &[("host", "[::1]:80")]);
         assert_eq!(shadow_host(&v6), None);
     }

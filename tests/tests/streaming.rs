@@ -186,6 +186,44 @@ access_log = {{ format = "json", path = "stdout" }}
 }
 
 #[test]
+fn grpc_calls_are_mirrored_to_an_http2_service() {
+    let server = PyServer::start("grpc_echo_server.py", &[]).expect("grpc server");
+    let shadow = PyServer::start("grpc_echo_server.py", &[]).expect("shadow grpc server");
+    let dir = tempdir().expect("tempdir");
+    let port = free_port();
+    let config = grpc_gateway_config(port, server.addr, "none").replace(
+        "service = \"echo\"\n",
+        &format!(
+            "service = \"echo\"\nmirror = {{ service = \"shadow\" }}\n\n[[service]]\n\
+             name = \"shadow\"\nprotocol = \"http2\"\n\
+             endpoints = [{{ address = \"{}\" }}]\n",
+            shadow.addr
+        ),
+    );
+    let config = write_config(&dir, "gw.toml", &config);
+    let gw = Gateway::start(&config, addr(port)).expect("gateway starts");
+    let through = py_client("grpc_client.py", &[&addr(port).to_string()]).expect("via gateway");
+    check_grpc_echo(&through, "through the gateway with a mirror");
+    // Every call was copied to the shadow over h2c (`te: trailers` and
+    // all), and the shadow answered each copy.
+    let sent = || {
+        gw.metrics().ok().and_then(|m| {
+            meshgate_tests::metric(
+                &m,
+                "meshgate_mirror_requests_total",
+                &["service=\"shadow\"", "result=\"sent\""],
+            )
+        })
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "five mirrored calls answered",
+        || sent() == Some(5.0),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", gw.metrics()));
+}
+
+#[test]
 fn grpc_calls_keep_status_and_trailers_over_h2c() {
     let server = PyServer::start("grpc_echo_server.py", &[]).expect("grpc server");
     let direct = py_client("grpc_client.py", &[&server.addr.to_string()]).expect("direct");
