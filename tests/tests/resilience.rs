@@ -494,7 +494,12 @@ outlier_detection = {{ consecutive_failures = 0 }}
             Some(0),
             "{how}: the truncated response looked whole: {body:?}"
         );
-        assert!(body.starts_with("hello"), "{how}: {body:?}");
+        // HTTP/2: the reset may overtake the chunk still queued for the
+        // stream, so the body may be empty; it is never more.
+        assert!(
+            body.starts_with("hello") || (how != "--http1.1" && body.is_empty()),
+            "{how}: {body:?}"
+        );
         assert!(!body.contains("upstream"), "{how}: {body:?}");
     }
     wait_for(Duration::from_secs(5), "two access-log lines", || {
