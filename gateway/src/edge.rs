@@ -87,8 +87,10 @@ pub(crate) struct RequestCtx {
     status: u16,
     /// Verified JWT claims, on routes with `auth`.
     claims: Option<Arc<serde_json::Value>>,
-    /// The copy of this request for the route's mirror, if it is mirrored.
-    mirror: Option<crate::mirror::Copy>,
+    /// The copy of this request for the route's mirror, if it is mirrored
+    /// (boxed: the context lives in every request's future, most of which
+    /// are not mirrored).
+    mirror: Option<Box<crate::mirror::Copy>>,
     /// When the current try was sent and answered, for the access log.
     upstream_times: crate::access_log::UpstreamTimes,
     /// The request's trace and this hop's spans, from `request_filter` on.
@@ -508,7 +510,8 @@ impl ProxyHttp for Edge {
                     && let Some(to) = snap.service(&m.service)
                 {
                     ctx.mirror =
-                        crate::mirror::Copy::start(to.clone(), m.percent, session.req_header());
+                        crate::mirror::Copy::start(to.clone(), m.percent, session.req_header())
+                            .map(Box::new);
                 }
                 let client = session
                     .client_addr()
