@@ -247,6 +247,9 @@ pub enum ClientAuth {
     },
 }
 
+/// The largest `max_header_bytes` a listener may set (1 MiB).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+
 /// Listener limits and timeouts.
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {

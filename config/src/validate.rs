@@ -795,7 +795,7 @@ impl Cx<'_, '_> {
                 r.max_header_bytes.as_ref(),
                 "max_header_bytes",
                 1024,
-                1 << 20,
+                MAX_HEADER_BYTES as i64,
                 def.max_header_bytes as i64,
             ) as usize,
             max_headers: self.opt_int(

@@ -230,18 +230,24 @@ impl Authn {
     }
 }
 
+/// The most keys one token is checked against. A token without `kid` (or
+/// a key set without them) may fit several keys; a forged token must not
+/// cost a signature check for every key of a large set.
+const MAX_KEYS_TRIED: usize = 4;
+
 /// The claims of `token`, verified with the first of `keys` whose
 /// signature it carries. A token without `kid`, or a key set without them,
-/// can leave several candidates: like Envoy, each is tried in turn. Only a
-/// signature this key does not match (or a key that cannot verify) moves
-/// on; any other failure is the token's own, whichever key is used.
+/// can leave several candidates: like Envoy, each is tried in turn, up to
+/// [`MAX_KEYS_TRIED`]. Only a signature this key does not match (or a key
+/// that cannot verify) moves on; any other failure is the token's own,
+/// whichever key is used.
 fn decode_with_any<'k>(
     token: &str,
     keys: impl Iterator<Item = &'k Key>,
     validation: &Validation,
 ) -> Result<Value, &'static str> {
     let mut refused = "invalid signature";
-    for key in keys {
+    for key in keys.take(MAX_KEYS_TRIED) {
         match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
             Ok(data) => return Ok(data.claims),
             Err(e)
@@ -774,6 +780,14 @@ auth = { provider = "p", require = [{ claim = "scope", contains = "read" }] }
             decode_with_any(&sign(&expired), keys.iter(), &v),
             Err("token expired")
         );
+        // At most four keys are tried: the fifth, though it would verify,
+        // is never reached.
+        let many = hmac_keys(&["a", "b", "c", "d", SECRET]);
+        assert_eq!(
+            decode_with_any(&token, many.iter(), &v),
+            Err("invalid signature")
+        );
+        assert!(decode_with_any(&token, many[1..].iter(), &v).is_ok());
     }
 
     fn b64(bytes: &[u8]) -> String {

@@ -374,7 +374,9 @@ impl ProxyHttp for Edge {
         // they stream: by what was read from the client, so that a retry,
         // which passes the buffered body through here again, is not counted
         // twice.
-        if let (Some(copy), Some(chunk)) = (&mut ctx.mirror, body.as_ref()) {
+        if let (Some(copy), Some(chunk)) = (&mut ctx.mirror, body.as_ref())
+            && !session.was_upgraded()
+        {
             copy.body(chunk, session.body_bytes_read());
         }
         // A tunnel after an upgrade (WebSocket) carries messages, not a
@@ -509,9 +511,7 @@ impl ProxyHttp for Edge {
                 if let Some(m) = &route.mirror
                     && let Some(to) = snap.service(&m.service)
                 {
-                    ctx.mirror =
-                        crate::mirror::Copy::start(to.clone(), m.percent, session.req_header())
-                            .map(Box::new);
+                    ctx.mirror = crate::mirror::Copy::start(to.clone(), m.percent).map(Box::new);
                 }
                 let client = session
                     .client_addr()
@@ -861,6 +861,10 @@ impl ProxyHttp for Edge {
         if !upstream.headers.contains_key(X_REQUEST_ID) {
             upstream.insert_header(X_REQUEST_ID, request_id())?;
         }
+        // The mirror gets the request as it goes upstream.
+        if let Some(copy) = &mut ctx.mirror {
+            copy.head(upstream);
+        }
         Ok(())
     }
 
@@ -883,19 +887,22 @@ impl ProxyHttp for Edge {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let now = Instant::now();
         if end_of_stream {
-            ctx.upstream_times.end = Some(now);
-        } else if ctx.flight.deadline.expired(now) {
+            ctx.upstream_times.end = Some(Instant::now());
+        } else if ctx.flight.deadline.is_bounded()
+            && !session.was_upgraded()
+            && ctx.flight.deadline.expired(Instant::now())
+        {
             // The route's timeout covers the whole response, not only its
             // head: a body still streaming when it runs out is cut off (the
             // try's read timeout, the time left when it began, catches a
-            // body that stops instead).
+            // body that stops instead). A tunnel after an upgrade is not a
+            // response body.
             ctx.reason = Some("upstream-timeout");
             return Err(Error::explain(
                 ErrorType::ReadTimedout,
@@ -997,7 +1004,7 @@ impl ProxyHttp for Edge {
             return;
         };
         if let Some(copy) = ctx.mirror.take() {
-            let complete = session.as_mut().is_body_done();
+            let complete = session.as_mut().is_body_done() && !session.was_upgraded();
             copy.send(complete, snap, &self.runtimes, &self.mesh);
         }
         let status = session

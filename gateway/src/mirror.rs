@@ -1,31 +1,40 @@
 //! Request mirroring (`[route.mirror]`): a copy of a share of a route's
 //! requests goes to another service, whose answers are read and dropped.
 //!
-//! The copy is taken as the request streams through: its head when the
-//! route is chosen, its body chunk by chunk as it is forwarded, up to
-//! [`MAX_BODY`]; a request whose body is longer is not mirrored (Envoy
-//! buffers the same way). Once the original request is over, the copy is
-//! sent from a task of its own, so neither the client nor the original
-//! upstream ever waits for the mirror. It goes the way every request to
-//! that service goes (`upstream::peer`: plaintext, TLS or mesh mTLS,
-//! HTTP/1.1 or HTTP/2) on a connector of its own, with the host given a
-//! `-shadow` suffix as Envoy does, so the shadow can tell copies from real
-//! traffic. `meshgate_mirror_requests_total{service, result}` counts them:
-//! `sent` (any answer), `failed` (no answer), `skipped` (no endpoint, no
-//! mesh identity yet, or a body too long to copy).
+//! The copy is taken as the request goes upstream: its head as the route
+//! forwards it (rewrites and header rules applied), its body chunk by
+//! chunk, up to [`MAX_BODY`]; a request whose body is longer is not
+//! mirrored (Envoy buffers the same way), nor is an upgraded (WebSocket)
+//! one. Once the original request is over, the copy is sent from a task of
+//! its own, so neither the client nor the original upstream ever waits for
+//! the mirror; at most [`MAX_IN_FLIGHT`] copies are out at once, so a slow
+//! mirror cannot pile up sockets and memory. It goes the way every request
+//! to that service goes (`upstream::peer`: plaintext, TLS or mesh mTLS,
+//! HTTP/1.1 or HTTP/2, its `connect_timeout`) on a connector of its own,
+//! to a healthy endpoint (never as a half-open endpoint's probe, whose
+//! outcome a copy does not report), with the host given a `-shadow` suffix
+//! as Envoy does, so the shadow can tell copies from real traffic.
+//! `meshgate_mirror_requests_total{service, result}` counts them: `sent`
+//! (any answer), `failed` (no answer), `skipped` (not sent: a body too
+//! long, an upgrade, no healthy endpoint, no mesh identity yet, or too
+//! many copies out).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use meshgate_config::{ServiceSpec, Snapshot};
+use meshgate_config::{ServiceSpec, Snapshot, UpstreamProtocol};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use tokio::sync::Semaphore;
 
 use crate::runtime::Runtimes;
 
 /// The longest request body copied.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// The most copies on their way at once, per process.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// How long a copy may take, answer included.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,29 +43,31 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Copy {
     service: Arc<ServiceSpec>,
-    head: RequestHeader,
+    /// The head as it went upstream on the first try; `None` before that,
+    /// or when it could not be copied.
+    head: Option<RequestHeader>,
     body: BytesMut,
     too_long: bool,
 }
 
 impl Copy {
-    /// Starts a copy of `req` for `service`, or `None` when the dice say
-    /// this request is not among the route's `percent`.
-    pub(crate) fn start(
-        service: Arc<ServiceSpec>,
-        percent: u8,
-        req: &RequestHeader,
-    ) -> Option<Copy> {
-        if crate::runtime::below(100) >= u64::from(percent) {
-            return None;
-        }
-        let head = copy_head(req, &service)?;
-        Some(Copy {
+    /// A copy for `service`, or `None` when the dice say this request is
+    /// not among the route's `percent`.
+    pub(crate) fn start(service: Arc<ServiceSpec>, percent: u8) -> Option<Copy> {
+        (crate::runtime::below(100) < u64::from(percent)).then(|| Copy {
             service,
-            head,
+            head: None,
             body: BytesMut::new(),
             too_long: false,
         })
+    }
+
+    /// Takes the head as it goes upstream (the first try's; a retry's is
+    /// the same request).
+    pub(crate) fn head(&mut self, upstream: &RequestHeader) {
+        if self.head.is_none() {
+            self.head = copy_head(upstream, &self.service);
+        }
     }
 
     /// Adds a chunk of the request body as it goes upstream; `read` is
@@ -76,43 +87,59 @@ impl Copy {
     }
 
     /// Sends the copy from a task of its own. `complete` is whether the
-    /// whole request body went through (the copy is dropped otherwise).
+    /// whole request body went through and the request was not upgraded
+    /// (the copy is dropped otherwise).
     pub(crate) fn send(
-        mut self,
+        self,
         complete: bool,
         snap: &Arc<Snapshot>,
         runtimes: &Runtimes,
         mesh: &Arc<crate::mesh::MeshTls>,
     ) {
-        let name = self.service.name.clone();
-        if self.too_long || !complete {
-            count(&name, "skipped");
-            return;
-        }
+        let Copy {
+            service,
+            head,
+            body,
+            too_long,
+        } = self;
+        let name = service.name.clone();
+        let skipped = || count(&name, "skipped");
+        let Some(mut head) = head.filter(|_| complete && !too_long) else {
+            return skipped();
+        };
         // The body is whole: it goes with its length, however it came.
-        self.head.remove_header(&http::header::TRANSFER_ENCODING);
-        if self.body.is_empty() {
-            self.head.remove_header(&http::header::CONTENT_LENGTH);
-        } else if self
-            .head
-            .insert_header(http::header::CONTENT_LENGTH, self.body.len())
+        head.remove_header(&http::header::TRANSFER_ENCODING);
+        if body.is_empty() {
+            head.remove_header(&http::header::CONTENT_LENGTH);
+        } else if head
+            .insert_header(http::header::CONTENT_LENGTH, body.len())
             .is_err()
         {
-            count(&name, "skipped");
-            return;
+            return skipped();
         }
-        let state = runtimes.service(snap, &self.service);
-        let picked = state.pick(None, None, None, Instant::now());
-        let Some(peer) = picked
-            .ok()
-            .and_then(|(e, _)| crate::upstream::peer(e.spec.address, &self.service, mesh))
-        else {
-            count(&name, "skipped");
-            return;
+        let Ok(permit) = in_flight().clone().try_acquire_owned() else {
+            return skipped();
         };
+        let state = runtimes.service(snap, &service);
+        let Some(endpoint) = state.pick_healthy(Instant::now()) else {
+            return skipped();
+        };
+        let Some(mut peer) = crate::upstream::peer(endpoint.spec.address, &service, mesh) else {
+            return skipped();
+        };
+        peer.options.connection_timeout = Some(service.connect_timeout);
         tokio::spawn(async move {
-            let sent =
-                tokio::time::timeout(TIMEOUT, deliver(self.head, self.body.freeze(), &peer)).await;
+            let _permit = permit;
+            let deliver = async {
+                // HTTP/2 copies take turns at a new connection, as requests
+                // do (`upstream::ConnectTurns`).
+                let turn = match service.protocol {
+                    UpstreamProtocol::Http2 => endpoint.h2_connect.wait(TIMEOUT).await,
+                    UpstreamProtocol::Http1 => None,
+                };
+                deliver(head, body.freeze(), &peer, turn).await
+            };
+            let sent = tokio::time::timeout(TIMEOUT, deliver).await;
             count(
                 &name,
                 if matches!(sent, Ok(Ok(()))) {
@@ -133,12 +160,19 @@ fn connector() -> &'static Connector {
     CONNECTOR.get_or_init(|| Connector::new(None))
 }
 
+fn in_flight() -> &'static Arc<Semaphore> {
+    static IN_FLIGHT: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    IN_FLIGHT.get_or_init(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT)))
+}
+
 async fn deliver(
     head: RequestHeader,
     body: Bytes,
     peer: &pingora::upstreams::peer::HttpPeer,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> pingora::Result<()> {
     let (mut session, _reused) = connector().get_http_session(peer).await?;
+    drop(turn);
     session.set_read_timeout(Some(TIMEOUT));
     session.set_write_timeout(Some(TIMEOUT));
     session.write_request_header(Box::new(head)).await?;
@@ -146,7 +180,14 @@ async fn deliver(
         session.write_request_body(body, true).await?;
     }
     session.finish_request_body().await?;
-    session.read_response_header().await?;
+    // Informational answers (103 Early Hints) come before the final one.
+    loop {
+        session.read_response_header().await?;
+        match session.response_header().map(|h| h.status.as_u16()) {
+            Some(100..=199) => {}
+            _ => break,
+        }
+    }
     while session.read_response_body().await?.is_some() {}
     connector()
         .release_http_session(session, peer, Some(Duration::from_secs(60)))
@@ -192,6 +233,8 @@ fn copy_head(req: &RequestHeader, service: &ServiceSpec) -> Option<RequestHeader
         .collect();
     for name in nominated.iter().map(String::as_str).chain([
         "connection",
+        // The body goes whole: nothing to wait for a 100 Continue about.
+        "expect",
         "keep-alive",
         "proxy-connection",
         "upgrade",

@@ -128,10 +128,12 @@ impl Flight {
         if failure {
             self.last_failed = Some(t.endpoint.spec.address);
         }
-        let may_eject = self
-            .state
-            .as_ref()
-            .is_some_and(|s| s.may_eject(&t.endpoint, svc.outlier.max_ejected_percent, now));
+        // Asked only of a failure: a success never ejects.
+        let may_eject = failure
+            && self
+                .state
+                .as_ref()
+                .is_some_and(|s| s.may_eject(&t.endpoint, svc.outlier.max_ejected_percent, now));
         match t
             .endpoint
             .outlier

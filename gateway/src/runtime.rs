@@ -111,22 +111,29 @@ impl ServiceState {
         Err(NoEndpoint::AllEjected)
     }
 
+    /// A healthy endpoint, drawn at random, for traffic whose outcome is
+    /// not reported (mirrored copies): never an ejected one, nor a
+    /// half-open one whose single probe it would take.
+    pub(crate) fn pick_healthy(&self, now: Instant) -> Option<Arc<Endpoint>> {
+        let healthy = |e: &&Arc<Endpoint>| matches!(e.outlier.health(now), Health::Healthy);
+        let n = self.endpoints.iter().filter(healthy).count();
+        let i = usize::try_from(below(n as u64)).ok()?;
+        self.endpoints.iter().filter(healthy).nth(i).cloned()
+    }
+
     /// May `candidate` be ejected now? `max_percent` holds for the whole
     /// service and for every subset the candidate is in: a canary subset
     /// has no other endpoints to fall back on (a split sends its share of
     /// requests there whatever their health), so its lone endpoint is kept
     /// as the service's would be.
     pub(crate) fn may_eject(&self, candidate: &Endpoint, max_percent: u8, now: Instant) -> bool {
-        let unhealthy: Vec<bool> = self
-            .endpoints
-            .iter()
-            .map(|e| !matches!(e.outlier.health(now), Health::Healthy))
-            .collect();
+        let unhealthy =
+            |i: usize| !matches!(self.endpoints[i].outlier.health(now), Health::Healthy);
         let allowed = |members: &mut dyn Iterator<Item = usize>| {
             let (mut total, mut ejected) = (0, 0);
             for i in members {
                 total += 1;
-                ejected += usize::from(unhealthy[i]);
+                ejected += usize::from(unhealthy(i));
             }
             ejection_allowed(ejected, total, max_percent)
         };

@@ -266,8 +266,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let authn = Arc::new(Authn::new(&snap));
     crate::server::add_edge_listeners(&mut server, &store, &runtimes, &authn, &shared.mesh)?;
 
-    // The mesh's own hop: the defaults of the config's listeners.
-    let defaults = meshgate_config::ListenerLimits::default();
+    // The mesh's own hop: the defaults of the config's listeners, but for
+    // the size of a request head. Its callers are the gateway and other
+    // sidecars, which forward heads their own listeners' limits allowed and
+    // add headers of their own (forwarding, trace, claims): this hop checks
+    // a head's syntax and framing, not its size, beyond the most any
+    // listener may allow.
+    let defaults = meshgate_config::ListenerLimits {
+        max_header_bytes: meshgate_config::MAX_HEADER_BYTES,
+        max_headers: usize::MAX,
+        ..meshgate_config::ListenerLimits::default()
+    };
     let inbound = Inbound {
         service: cli.service.clone(),
         app: cli.app,

@@ -41,6 +41,11 @@ impl Deadline {
         self.at.map(|at| at.saturating_duration_since(now))
     }
 
+    /// Whether there is a deadline at all.
+    pub fn is_bounded(&self) -> bool {
+        self.at.is_some()
+    }
+
     /// Whether the deadline has passed at `now` (never, when unbounded).
     pub fn expired(&self, now: Instant) -> bool {
         self.at.is_some_and(|at| now >= at)

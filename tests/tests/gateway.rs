@@ -560,6 +560,7 @@ fn a_mirrored_route_copies_requests_to_the_shadow_and_ignores_its_answers() {
 name = "mirrored"
 match = {{ path_prefix = "/m/" }}
 service = "main"
+rewrite = {{ path_prefix = "/r/" }}
 mirror = {{ service = "shadow" }}
 
 [[route]]
@@ -601,6 +602,14 @@ endpoints = [{{ address = "127.0.0.1:{}" }}]
             "hello".into(),
             format!("{base}/m/post"),
         ],
+        // The shadow (Python's server) would answer a 100 Continue first.
+        vec![
+            "-H".into(),
+            "Expect: 100-continue".into(),
+            "--data-binary".into(),
+            "expect".into(),
+            format!("{base}/m/expect"),
+        ],
         vec![
             "--http2-prior-knowledge".into(),
             "--data-binary".into(),
@@ -625,9 +634,15 @@ endpoints = [{{ address = "127.0.0.1:{}" }}]
         "the shadow to get its copies",
         || {
             let seen = shadow.requests();
-            ["GET /m/get 0", "POST /m/post 5", "POST /m/h2 3"]
-                .iter()
-                .all(|w| seen.iter().any(|r| r == w))
+            // As the route forwards them: rewritten.
+            [
+                "GET /r/get 0",
+                "POST /r/post 5",
+                "POST /r/expect 6",
+                "POST /r/h2 3",
+            ]
+            .iter()
+            .all(|w| seen.iter().any(|r| r == w))
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {:?}", shadow.requests()));
@@ -647,7 +662,7 @@ endpoints = [{{ address = "127.0.0.1:{}" }}]
             ],
         )
     };
-    assert_eq!(count("shadow", "sent"), Some(3.0), "{m}");
+    assert_eq!(count("shadow", "sent"), Some(4.0), "{m}");
     // Longer than the 64 KiB a copy may hold: not mirrored.
     assert_eq!(count("shadow", "skipped"), Some(1.0), "{m}");
     assert_eq!(count("gone", "failed"), Some(1.0), "{m}");
@@ -655,10 +670,10 @@ endpoints = [{{ address = "127.0.0.1:{}" }}]
     assert!(
         !seen
             .iter()
-            .any(|r| r.contains("/never/") || r.contains("/m/big")),
+            .any(|r| r.contains("/never/") || r.contains("/r/big")),
         "{seen:?}"
     );
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
 }
 
 #[test]
