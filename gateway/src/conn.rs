@@ -145,7 +145,9 @@ where
                     Waited::Head(head) => Some(head),
                     Waited::Close => return None,
                     Waited::Refused(status, reason, elapsed) => {
-                        self.refuse_head(&mut stream, status, reason, elapsed).await;
+                        // Boxed: its read buffer would otherwise sit in
+                        // every connection's future, idle ones too.
+                        Box::pin(self.refuse_head(&mut stream, status, reason, elapsed)).await;
                         return None;
                     }
                 },
