@@ -370,17 +370,16 @@ impl ProxyHttp for Edge {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Bodies without a declared length (chunked, HTTP/2) are counted as
-        // they stream: by what was read from the client, so that a retry,
-        // which passes the buffered body through here again, is not counted
-        // twice.
         if let (Some(copy), Some(chunk)) = (&mut ctx.mirror, body.as_ref())
             && !session.was_upgraded()
         {
             copy.body(chunk, session.body_bytes_read());
         }
-        // A tunnel after an upgrade (WebSocket) carries messages, not a
-        // request body, and is not limited, as in nginx.
+        // Bodies without a declared length (chunked, HTTP/2) are counted as
+        // they stream: by what was read from the client, so that a retry,
+        // which passes the buffered body through here again, is not counted
+        // twice. A tunnel after an upgrade (WebSocket) carries messages, not
+        // a request body, and is not limited, as in nginx.
         let (Some(max), Some(_)) = (self.max_body, body.as_ref()) else {
             return Ok(());
         };
@@ -935,12 +934,7 @@ impl ProxyHttp for Edge {
         // A client that went away (an HTTP/2 one also by cancelling its
         // stream) is not an error of ours; the access log records it
         // (reason `downstream-closed`).
-        e.esource() == &pingora::ErrorSource::Downstream
-            && match e.etype() {
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => true,
-                ErrorType::H2Error => client_left(e),
-                _ => false,
-            }
+        e.esource() == &pingora::ErrorSource::Downstream && classify(e).1 == "downstream-closed"
     }
 
     async fn fail_to_proxy(

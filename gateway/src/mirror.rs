@@ -195,9 +195,11 @@ async fn deliver(
     Ok(())
 }
 
-/// The copy's head: the request as it arrived, with its host marked as a
-/// shadow's, without the hop-by-hop headers (and those `Connection`
-/// names), in the version the mirror service speaks: for HTTP/1.1 an
+/// The copy's head: the request as it goes upstream, with its host marked
+/// as a shadow's, without `Expect` and hop-by-hop headers (pingora has
+/// stripped those for the route's service; the copy goes on a connection
+/// of its own, so it does not count on that), in the version the mirror
+/// service speaks: for HTTP/1.1 an
 /// origin-form target and a `Host`, for HTTP/2 an absolute URI (its
 /// `:scheme` and `:authority`).
 fn copy_head(req: &RequestHeader, service: &ServiceSpec) -> Option<RequestHeader> {
