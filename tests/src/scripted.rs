@@ -12,6 +12,8 @@ use crate::{Proc, read_port, wait_for_port};
 /// reads its body (chunked too), and fails with 503 the first N times;
 /// `/cut` starts a chunked 200 and closes after one chunk; `/trickle/N/MS`
 /// sends N chunked lines `tick`, one every MS milliseconds;
+/// `/status-if/NAME/CODE` answers CODE from the origin called NAME and 200
+/// from the others;
 /// `/slow/MS` answers after MS milliseconds (counted as `slow-started`
 /// when it arrives); `/slow-once/MS/KEY` is slow
 /// only the first time per KEY; `/count/KEY` returns how many requests
@@ -55,6 +57,8 @@ class H(http.server.BaseHTTPRequestHandler):
             self._read_body()
             return self._send(503 if seen <= int(parts[1]) else 200, "try %d\n" % seen)
         self._read_body()
+        if kind == "status-if":
+            return self._send(int(parts[2]) if parts[1] == name else 200, name + "\n")
         if kind == "cut":
             self.close_connection = True
             self.wfile.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello\n\r\n")

@@ -699,3 +699,44 @@ outlier_detection = {{ consecutive_failures = 0 }}
     let r = curl(&["-X", "PUT", "--data", "x", &format!("{base}/flaky/1/put")]).expect("curl");
     assert_eq!((r.status, r.body.as_str()), (200, "try 2\n"), "{r:?}");
 }
+
+#[test]
+fn a_retry_after_a_listed_4xx_goes_to_another_endpoint() {
+    let (a, b) = (scripted("a"), scripted("b"));
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 1, on = ["429"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+# Sequential requests leave both endpoints idle: each pick is a coin toss
+# (peak-EWMA would learn to prefer b and never try a).
+lb = "least-request"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier_detection = {{ consecutive_failures = 0 }}
+"#,
+        a.addr, b.addr
+    ));
+    // Endpoint a answers 429 (no failure of its own, so outlier detection
+    // does not steer away from it); the one retry allowed must go to b.
+    for i in 0..12 {
+        let r = get(&format!("{base}/status-if/a/429?{i}"));
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (200, Some("b")),
+            "request {i}: {r:?}"
+        );
+    }
+    wait_for(Duration::from_secs(5), "twelve access-log lines", || {
+        gw.access_log().len() >= 12
+    })
+    .expect("access log");
+    assert!(
+        gw.access_log().iter().any(|l| l["retries"] == 1),
+        "some request met a first: {:?}",
+        gw.access_log()
+    );
+}
