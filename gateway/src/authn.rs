@@ -6,7 +6,8 @@
 //! `kid` and algorithm family, verifies the signature and `exp`, `nbf`,
 //! `iss`, `aud` with `jsonwebtoken`, and then applies the route's claim
 //! rules. A missing or bad token is a 401 with a `WWW-Authenticate: Bearer`
-//! challenge; a good token that breaks a claim rule is a 403. Before a
+//! challenge; a good token that is not for this audience (wrong or missing
+//! `aud`, as Envoy answers) or breaks a claim rule is a 403. Before a
 //! request is forwarded, [`prepare_request`] replaces client-supplied
 //! copies of the claim headers with the verified claims and removes the
 //! token unless the provider forwards it; [`forward_claims`] sets the
@@ -90,12 +91,17 @@ impl Denied {
     }
 
     fn forbidden() -> Denied {
+        Denied::refused_token("the token does not grant access to this route")
+    }
+
+    /// A token whose signature and times are good but that does not grant
+    /// this route: 403 with RFC 6750's `insufficient_scope`.
+    fn refused_token(description: &'static str) -> Denied {
         Denied {
             status: 403,
             reason: "forbidden",
             challenge: format!(
-                "{CHALLENGE}, error=\"insufficient_scope\", \
-                 error_description=\"the token does not grant access to this route\""
+                "{CHALLENGE}, error=\"insufficient_scope\", error_description=\"{description}\""
             ),
         }
     }
@@ -148,6 +154,13 @@ impl Authn {
         };
         let claims = match self.verify(spec, token).await {
             Ok(c) => c,
+            // The signature and times checked out: the token is genuine
+            // but was issued for another audience.
+            Err(why @ (WRONG_AUDIENCE | MISSING_AUDIENCE)) => {
+                outcome("forbidden");
+                tracing::debug!(provider = %spec.name, "token refused: {why}");
+                return Err(Denied::refused_token(why));
+            }
             Err(why) => {
                 outcome("invalid");
                 tracing::debug!(provider = %spec.name, "token refused: {why}");
@@ -477,16 +490,20 @@ fn miss_text(m: Miss) -> &'static str {
     }
 }
 
+/// The two refusals of a genuine token for its `aud`: 403, not 401.
+const WRONG_AUDIENCE: &str = "wrong audience";
+const MISSING_AUDIENCE: &str = "missing aud claim";
+
 fn error_text(kind: &ErrorKind) -> &'static str {
     match kind {
         ErrorKind::ExpiredSignature => "token expired",
         ErrorKind::ImmatureSignature => "token not yet valid",
         ErrorKind::InvalidIssuer => "wrong issuer",
-        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAudience => WRONG_AUDIENCE,
         ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
             "exp" => "missing exp claim",
             "iss" => "missing iss claim",
-            "aud" => "missing aud claim",
+            "aud" => MISSING_AUDIENCE,
             _ => "missing required claim",
         },
         ErrorKind::InvalidClaimFormat(_) => "malformed claims",

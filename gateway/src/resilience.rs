@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use meshgate_config::ServiceSpec;
 use meshgate_policy::breaker::{LimitKind, LimitPermit, Transition};
 use meshgate_policy::deadline::Deadline;
-use meshgate_policy::retry::{GiveUp, Outcome, RetryDecision, RetryPolicy, parse_retry_after};
+use meshgate_policy::retry::{GiveUp, Outcome, RetryPolicy, parse_retry_after};
 use pingora::http::ResponseHeader;
 
 use crate::runtime::{Endpoint, ServiceState, with_rng};
@@ -178,40 +178,42 @@ impl Flight {
             self.give_up = Some("body-not-replayable");
             return false;
         }
-        let decision = with_rng(|rng| {
-            policy.decide(
+        let delay = with_rng(|rng| {
+            policy.retry_delay(
                 self.retries_done,
                 outcome,
                 idempotent,
                 &self.deadline,
-                &state.budget,
                 now,
                 rng,
             )
         });
-        match decision {
-            RetryDecision::Retry { after } => {
-                // This request's previous retry is over: its slot does not
-                // count against its next one.
-                self.retry_permit = None;
-                let Some(permit) = state.limits.try_acquire(LimitKind::Retries, &svc.limits) else {
-                    self.give_up = Some("retry-limit");
-                    return false;
-                };
-                self.retry_permit = Some(permit);
-                self.retries_done += 1;
-                self.backoff = Some(after);
-                self.give_up = None;
-                true
-            }
-            RetryDecision::GiveUp(g) => {
-                if g == GiveUp::BudgetExhausted {
-                    crate::metrics::retry_budget_exhausted(&svc.name);
-                }
+        let after = match delay {
+            Ok(after) => after,
+            Err(g) => {
                 self.give_up = Some(g.as_str());
-                false
+                return false;
             }
+        };
+        // This request's previous retry is over: its slot does not count
+        // against its next one.
+        self.retry_permit = None;
+        // The service's limit on retries in flight before the budget: a
+        // retry the limit refuses is not charged to the budget.
+        let Some(permit) = state.limits.try_acquire(LimitKind::Retries, &svc.limits) else {
+            self.give_up = Some("retry-limit");
+            return false;
+        };
+        if !state.budget.try_withdraw(now) {
+            crate::metrics::retry_budget_exhausted(&svc.name);
+            self.give_up = Some(GiveUp::BudgetExhausted.as_str());
+            return false;
         }
+        self.retry_permit = Some(permit);
+        self.retries_done += 1;
+        self.backoff = Some(after);
+        self.give_up = None;
+        true
     }
 }
 

@@ -511,17 +511,38 @@ impl RetryPolicy {
         now: Instant,
         rng: &mut impl Random,
     ) -> RetryDecision {
+        match self.retry_delay(retries_done, outcome, idempotent, deadline, now, rng) {
+            Err(g) => RetryDecision::GiveUp(g),
+            Ok(_) if !budget.try_withdraw(now) => RetryDecision::GiveUp(GiveUp::BudgetExhausted),
+            Ok(after) => RetryDecision::Retry { after },
+        }
+    }
+
+    /// Gates 1-5 of [`decide`](Self::decide), without touching the budget:
+    /// the delay before the retry, or why there is none. For a caller with
+    /// a gate of its own between these and the budget (a limit on retries
+    /// in flight), so that a retry its gate refuses is not charged; it then
+    /// calls [`RetryBudget::try_withdraw`] itself.
+    pub fn retry_delay(
+        &self,
+        retries_done: u32,
+        outcome: &Outcome,
+        idempotent: bool,
+        deadline: &Deadline,
+        now: Instant,
+        rng: &mut impl Random,
+    ) -> Result<Duration, GiveUp> {
         if *outcome == Outcome::Success {
-            return RetryDecision::GiveUp(GiveUp::Succeeded);
+            return Err(GiveUp::Succeeded);
         }
         if !self.on.matches(outcome) {
-            return RetryDecision::GiveUp(GiveUp::NotRetryable);
+            return Err(GiveUp::NotRetryable);
         }
         if retries_done >= self.max_retries {
-            return RetryDecision::GiveUp(GiveUp::AttemptsExhausted);
+            return Err(GiveUp::AttemptsExhausted);
         }
         if !idempotent && !self.retry_non_idempotent && *outcome != Outcome::ConnectFailure {
-            return RetryDecision::GiveUp(GiveUp::NonIdempotent);
+            return Err(GiveUp::NonIdempotent);
         }
 
         let mut after = self.backoff.delay(retries_done, rng);
@@ -531,18 +552,15 @@ impl RetryPolicy {
         };
         if let Some(asked) = asked {
             if asked > self.max_retry_after.min(MAX_DELAY) {
-                return RetryDecision::GiveUp(GiveUp::RetryAfterTooLong);
+                return Err(GiveUp::RetryAfterTooLong);
             }
             after = after.max(asked);
         }
 
         if deadline.remaining(now).is_some_and(|left| after >= left) {
-            return RetryDecision::GiveUp(GiveUp::DeadlineExceeded);
+            return Err(GiveUp::DeadlineExceeded);
         }
-        if !budget.try_withdraw(now) {
-            return RetryDecision::GiveUp(GiveUp::BudgetExhausted);
-        }
-        RetryDecision::Retry { after }
+        Ok(after)
     }
 }
 
@@ -1327,6 +1345,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn retry_delay_leaves_the_budget_alone() {
+        let t0 = Instant::now();
+        let cfg = RetryBudgetConfig {
+            ratio: 0.0,
+            min_per_second: 1,
+            ttl: Duration::from_secs(10),
+        };
+        let b = RetryBudget::new(cfg, t0);
+        let before = b.available(t0);
+        assert!(before > 0);
+        let mut rng = SplitMix64::new(3);
+        let p = RetryPolicy::default();
+        for _ in 0..before + 2 {
+            let after = p.retry_delay(0, &Outcome::Reset, true, &Deadline::none(), t0, &mut rng);
+            assert!(after.is_ok(), "{after:?}");
+        }
+        assert_eq!(b.available(t0), before);
+        // The same gates as decide's, with the same reasons.
+        assert_eq!(
+            p.retry_delay(0, &Outcome::Reset, false, &Deadline::none(), t0, &mut rng),
+            Err(GiveUp::NonIdempotent)
+        );
+        // decide is retry_delay and then the budget.
+        assert!(matches!(
+            p.decide(
+                0,
+                &Outcome::Reset,
+                true,
+                &Deadline::none(),
+                &b,
+                t0,
+                &mut rng
+            ),
+            RetryDecision::Retry { .. }
+        ));
+        assert_eq!(b.available(t0), before - 1);
+    }
     #[test]
     fn retry_budget_degenerate_configs() {
         let t0 = Instant::now();
