@@ -201,7 +201,7 @@ impl Authn {
             .filter(|a| spec.algorithms.contains(a))
             .map(jwks::jose)
             .ok_or("algorithm not allowed")?;
-        let kid = header.kid.as_deref();
+        let kid = header.kid.as_deref().filter(|k| !k.is_empty());
         let Some(provider) = self.keys.provider(&spec.name) else {
             return Err("signing keys unavailable");
         };
@@ -209,13 +209,18 @@ impl Authn {
         // when the JWK names one), so a public key is never used as an
         // HMAC secret whatever the token's header says.
         let mut keys = provider.keys_full();
-        if let Some(miss @ (Miss::UnknownKid | Miss::Empty)) = keys.find(kid, alg).err() {
+        // A `kid` the set lacks, in a set of keys that all have one, or
+        // in one of keys with and without none of which fits this
+        // algorithm: the key may be newly published.
+        if let Some(miss) = keys.find(kid, alg).err().filter(|miss| match miss {
+            Miss::UnknownKid | Miss::Empty => true,
+            Miss::NoFit => keys.mixes_kids() && kid.is_some_and(|k| !keys.names(k)),
+        }) {
             if !provider.fetch_now_and_wait(UNKNOWN_KID_WAIT).await {
                 return Err(miss_text(miss));
             }
             keys = provider.keys_full();
         }
-        let candidates = keys.find(kid, alg).map_err(miss_text)?;
         let cached = provider.validations_full();
         let built;
         let validation = match cached
@@ -230,7 +235,29 @@ impl Authn {
                 &built
             }
         };
-        let claims = decode_with_any(token, candidates, validation)?;
+        let mut claims =
+            decode_with_any(token, keys.find(kid, alg).map_err(miss_text)?, validation);
+        // A token naming a `kid` the set lacks, in a set that holds keys
+        // with a `kid` and keys without, was tried on the keys without:
+        // when none verifies it, its key may be newly rotated in, so the
+        // set is fetched again as for an unknown `kid` (same allowance)
+        // and the token tried once more. (In a set with no `kid` at all,
+        // a token's `kid` says nothing about rotation.)
+        if claims == Err(INVALID_SIGNATURE)
+            && keys.mixes_kids()
+            && let Some(kid) = kid.filter(|k| !keys.names(k))
+            && provider.fetch_now_and_wait(UNKNOWN_KID_WAIT).await
+        {
+            keys = provider.keys_full();
+            if keys.names(kid) {
+                claims = decode_with_any(
+                    token,
+                    keys.find(Some(kid), alg).map_err(miss_text)?,
+                    validation,
+                );
+            }
+        }
+        let claims = claims?;
         if !claims.is_object() {
             return Err("malformed claims");
         }
@@ -259,7 +286,7 @@ fn decode_with_any<'k>(
     keys: impl Iterator<Item = &'k Key>,
     validation: &Validation,
 ) -> Result<Value, &'static str> {
-    let mut refused = "invalid signature";
+    let mut refused = INVALID_SIGNATURE;
     for key in keys.take(MAX_KEYS_TRIED) {
         match jsonwebtoken::decode::<Value>(token, &key.key, validation) {
             Ok(data) => return Ok(data.claims),
@@ -490,6 +517,8 @@ fn miss_text(m: Miss) -> &'static str {
     }
 }
 
+const INVALID_SIGNATURE: &str = "invalid signature";
+
 /// The two refusals of a genuine token for its `aud`: 403, not 401.
 const WRONG_AUDIENCE: &str = "wrong audience";
 const MISSING_AUDIENCE: &str = "missing aud claim";
@@ -507,7 +536,7 @@ fn error_text(kind: &ErrorKind) -> &'static str {
             _ => "missing required claim",
         },
         ErrorKind::InvalidClaimFormat(_) => "malformed claims",
-        ErrorKind::InvalidSignature => "invalid signature",
+        ErrorKind::InvalidSignature => INVALID_SIGNATURE,
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => "algorithm not allowed",
         ErrorKind::InvalidToken
         | ErrorKind::Base64(_)

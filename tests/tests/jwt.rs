@@ -1135,3 +1135,37 @@ fn claim_headers_reach_the_upstream_whatever_the_client_names_in_connection() {
             .expect("x-seen-headers");
     verified(&seen_h3, "HTTP/3");
 }
+
+#[test]
+fn a_rotated_kid_in_a_set_mixing_keys_with_and_without_kid_is_fetched() {
+    // The new key of the same family as the key without kid: the token is
+    // first tried on that key and fails on its signature. Of another
+    // family: no key in the set fits it at all.
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        rotated_kid_in_a_mixed_set_is_fetched(alg);
+    }
+}
+
+fn rotated_kid_in_a_mixed_set_is_fetched(alg: Algorithm) {
+    let named = Signer::new("2024-named", Algorithm::RS256);
+    let mut bare = Signer::new("bare", Algorithm::RS256);
+    bare.jwk.common.key_id = None;
+    let s = setup(&[&named, &bare], "refresh_interval = \"1h\"");
+    assert_eq!(s.with_token("/api", &named.sign(&claims("a"))).status, 200);
+
+    // A new key is published and used at once. Its kid is not in the set
+    // the gateway holds, which makes it fetch the set again.
+    let new = Signer::new("2025-new", alg);
+    write_jwks(&s.dir.join("jwks.json"), &[&named, &bare, &new]);
+    let r = s.with_token("/api", &new.sign(&claims("b")));
+    assert_eq!(r.status, 200, "{alg:?}: {r:?}\n{}", s.gw.proc.stderr());
+    assert_eq!(seen(&r).get("x-user-id"), Some(&vec!["b".to_owned()]));
+    assert!(
+        s.gw.proc.stderr().contains("fetching the JWKS now"),
+        "{alg:?}: {}",
+        s.gw.proc.stderr()
+    );
+    // The key without kid still serves tokens naming any kid.
+    let r = s.with_token("/api", &bare.sign(&claims("c")));
+    assert_eq!(r.status, 200, "{alg:?}: {r:?}");
+}

@@ -182,6 +182,19 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Whether a key of the set carries exactly this (non-empty) `kid`.
+    pub(crate) fn names(&self, kid: &str) -> bool {
+        !kid.is_empty() && self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Whether the set mixes keys with a `kid` and keys without: then a
+    /// token naming a `kid` the set lacks is tried on the keys without,
+    /// but its key may also be one newly published.
+    pub(crate) fn mixes_kids(&self) -> bool {
+        let named = |k: &Key| k.kid.as_deref().is_some_and(|id| !id.is_empty());
+        self.keys.iter().any(named) && !self.keys.iter().all(named)
+    }
+
     /// The keys that may verify a token signed with `alg`, carrying `kid`,
     /// in the set's order; never empty. Envoy's rule: a key is passed over
     /// only when both it and the token have a `kid` and the two differ (an
