@@ -67,6 +67,9 @@ pub(crate) struct Inbound {
     pub(crate) app_h2_turns: crate::upstream::ConnectTurns,
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) connect_timeout: Duration,
+    /// How long a connection to the application waits in the pool for its
+    /// next request before it is closed.
+    pub(crate) app_idle_timeout: Duration,
     /// The checks every HTTP/1 request head passes, as on the gateway's
     /// listeners (`framing`).
     pub(crate) head_limits: crate::framing::HeadLimits,
@@ -207,6 +210,7 @@ impl ProxyHttp for Inbound {
         }
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.idle_timeout = Some(self.app_idle_timeout);
         if self.app_protocol.http2_for(session.req_header()) {
             crate::upstream::speak_http2(&mut peer);
             ctx.connect_turn = self.app_h2_turns.wait(self.connect_timeout).await;

@@ -53,6 +53,9 @@ use std::time::{Duration, Instant};
 /// How often a listener's thread gives freed memory back.
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
+/// Every this many collections, the forced one ([`give_back_freed_memory`]).
+const FORCE_EVERY: u32 = 10;
+
 /// How long a second must pass without a new request, after the first,
 /// for start-up to count as settled.
 const SETTLE_QUIET: Duration = Duration::from_secs(1);
@@ -146,24 +149,37 @@ fn settled(before: u64, now: u64, since_running: Duration) -> bool {
 
 /// Until `shutdown` turns true: once a second, the allocator frees this
 /// thread's emptied pages and returns the memory it freed more than its
-/// purge delay (1 s) ago to the system. Spawned beside each listener's
-/// accept loop (its HTTP/3 side runs on the same runtime), so it runs on
-/// that listener's runtime;
-/// with one thread per listener (a sidecar's default) that is the thread
-/// that served the requests, with several it is whichever the runtime
-/// picks. A call when nothing was freed is a walk over the thread's
-/// partly used pages, microseconds.
+/// purge delay (1 s) ago to the system; every [`FORCE_EVERY`] seconds it
+/// does so with mimalloc's forced collection, which also visits the pages
+/// that were full when last allocated from (the plain one skips them)
+/// and returns what they freed at once. After a burst those pages are
+/// most of what the burst freed: a client sidecar after 640 concurrent
+/// requests held 8.8 MiB of anonymous memory after 10 s idle with the plain
+/// collection alone and 4.7 with this, against 3.2 before the burst. The
+/// forced collection walks all of the thread's pages: measured on a
+/// sidecar pair through 1k requests/s, a burst and idle time, it took
+/// 140-290 µs at the median (the plain one 6 µs) and at most 1.7 ms, when
+/// it gave a burst back; forced every second it reached 8 ms and 0.4 ms
+/// at the 90th percentile under load, hence once every ten.
+///
+/// Spawned beside each listener's accept loop (its HTTP/3 side runs on the
+/// same runtime), so it runs on that listener's runtime; with one thread
+/// per listener (a sidecar's default) that is the thread that served the
+/// requests, with several it is whichever the runtime picks.
 pub(crate) async fn give_back_freed_memory(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(COLLECT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                let force = ticks.is_multiple_of(FORCE_EVERY);
                 // Safety: `mi_collect` takes no pointer; it only walks the
                 // calling thread's own heap and the shared arenas under
                 // their locks, as any allocation may.
-                unsafe { libmimalloc_sys::mi_collect(false) }
+                unsafe { libmimalloc_sys::mi_collect(force) }
             }
         }
     }

@@ -65,6 +65,13 @@ pub struct Cli {
     /// and `h2c` use one for every request.
     #[arg(long, value_name = "PROTOCOL", value_enum, default_value = "auto")]
     app_protocol: crate::inbound::AppProtocol,
+    /// How long a connection to the application is kept for reuse after
+    /// its last request. Below the keep-alive timeouts application servers
+    /// commonly use (2 to 5 s), so the application rarely closes a
+    /// connection just as the sidecar reuses it, and a burst's connections
+    /// do not outlive it by long.
+    #[arg(long, value_name = "DURATION", default_value = "3s")]
+    app_idle_timeout: String,
     /// Where mesh peers connect (mTLS).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
     inbound: SocketAddr,
@@ -92,6 +99,17 @@ pub struct Cli {
     /// it, and is required for every request when --admin is not loopback.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+}
+
+/// `--app-idle-timeout`: a duration (`500ms`, `3s`, `1m`) from 100 ms to
+/// 24 h, the range of a service's pool `idle_timeout`.
+fn app_idle_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("--app-idle-timeout {text}: {e} (e.g. 3s or 500ms)"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) {
+        return Err(format!("--app-idle-timeout {text}: use 100ms to 24h"));
+    }
+    Ok(d)
 }
 
 /// What the control-plane thread and the server share.
@@ -131,6 +149,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             _ => return Err(format!("label \"{l}\" is not KEY=VALUE")),
         }
     }
+    let app_idle_timeout = app_idle_timeout(&cli.app_idle_timeout)?;
     let advertise = match cli.advertise {
         Some(a) => a,
         None if cli.inbound.ip().is_unspecified() => {
@@ -284,6 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         app_h2_turns: Default::default(),
         store: store.clone(),
         connect_timeout: Duration::from_secs(1),
+        app_idle_timeout,
         head_limits: crate::framing::HeadLimits::from(&defaults),
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
@@ -302,6 +322,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let mut opts = pingora::apps::HttpServerOptions::default();
     opts.h2c = true;
     proxy.server_options = Some(opts);
+    // Callers are sidecars and gateways, which put up to this many streams
+    // on one connection rather than open more (`upstream`).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(crate::upstream::MESH_H2_STREAMS);
+    proxy.h2_options = Some(h2);
     let app = Arc::new(crate::conn::Listener::new(Arc::new(proxy), limits, labels));
     let (resolver, verifier) = shared.mesh.server_hooks();
     let tls = crate::tls::mesh_listener_tls("inbound", resolver, verifier)

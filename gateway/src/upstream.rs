@@ -22,6 +22,15 @@ use crate::mesh::MeshTls;
 /// SETTINGS_MAX_CONCURRENT_STREAMS still applies when it is lower.
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// Streams one pooled mesh connection (mTLS to a sidecar's inbound port,
+/// which allows as many, [`MESH_H2_STREAMS`]) may carry at once. One
+/// connection per endpoint carries a burst: each connection a sidecar
+/// opens keeps its TLS and HTTP/2 state (and the allocator pages that
+/// state landed on) while it is pooled, about 1 MiB after carrying a
+/// burst, so a burst of 600 concurrent requests left six of them behind
+/// at 100 streams each.
+pub(crate) const MESH_H2_STREAMS: u32 = 1000;
+
 /// The peer for `addr`, an endpoint of `svc`.
 ///
 /// - `protocol = "http2"` with `tls = "none"` speaks HTTP/2 with prior
@@ -47,6 +56,9 @@ pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec, mesh: &MeshTls) -> Optio
     match svc.protocol {
         UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
         UpstreamProtocol::Http2 => speak_http2(&mut peer),
+    }
+    if svc.tls == UpstreamTls::Mesh && svc.protocol == UpstreamProtocol::Http2 {
+        peer.options.max_h2_streams = MESH_H2_STREAMS as usize;
     }
     Some(peer)
 }

@@ -1247,15 +1247,23 @@ mod tests {
         assert!(!b.try_withdraw(now));
     }
 
+    /// A retry budget whose deposits count for 10 s.
+    fn budget_10s(ratio: f64, min_per_second: u32, t0: Instant) -> RetryBudget {
+        let ttl = Duration::from_secs(10);
+        RetryBudget::new(
+            RetryBudgetConfig {
+                ratio,
+                min_per_second,
+                ttl,
+            },
+            t0,
+        )
+    }
+
     #[test]
     fn retry_budget_refills_after_ttl() {
         let t0 = Instant::now();
-        let cfg = RetryBudgetConfig {
-            ratio: 0.5,
-            min_per_second: 0,
-            ttl: Duration::from_secs(10),
-        };
-        let b = RetryBudget::new(cfg, t0);
+        let b = budget_10s(0.5, 0, t0);
         for _ in 0..10 {
             b.deposit(t0);
         }
@@ -1269,7 +1277,7 @@ mod tests {
         // ...so the old withdrawals no longer count against new traffic.
         assert_eq!(b.available(later), 5);
         // Within the window, old withdrawals still count.
-        let c = RetryBudget::new(cfg, t0);
+        let c = budget_10s(0.5, 0, t0);
         for _ in 0..10 {
             c.deposit(t0);
         }
@@ -1284,12 +1292,7 @@ mod tests {
     #[test]
     fn retry_budget_stale_now_does_not_erase_counts() {
         let t0 = Instant::now();
-        let cfg = RetryBudgetConfig {
-            ratio: 1.0,
-            min_per_second: 0,
-            ttl: Duration::from_secs(10),
-        };
-        let b = RetryBudget::new(cfg, t0);
+        let b = budget_10s(1.0, 0, t0);
         let late = t0 + Duration::from_secs(20);
         for _ in 0..4 {
             b.deposit(late);
@@ -1324,12 +1327,7 @@ mod tests {
     #[test]
     fn retry_budget_denies_decide() {
         let t0 = Instant::now();
-        let cfg = RetryBudgetConfig {
-            ratio: 0.0,
-            min_per_second: 0,
-            ttl: Duration::from_secs(10),
-        };
-        let b = RetryBudget::new(cfg, t0);
+        let b = budget_10s(0.0, 0, t0);
         let mut rng = SplitMix64::new(2);
         assert_eq!(
             RetryPolicy::default().decide(
@@ -1348,12 +1346,7 @@ mod tests {
     #[test]
     fn retry_delay_leaves_the_budget_alone() {
         let t0 = Instant::now();
-        let cfg = RetryBudgetConfig {
-            ratio: 0.0,
-            min_per_second: 1,
-            ttl: Duration::from_secs(10),
-        };
-        let b = RetryBudget::new(cfg, t0);
+        let b = budget_10s(0.0, 1, t0);
         let before = b.available(t0);
         assert!(before > 0);
         let mut rng = SplitMix64::new(3);

@@ -164,7 +164,7 @@ fn sidecar_refuses_bad_arguments_with_one_clear_line() {
     let ca = dir.join("bundle.pem");
     std::fs::write(&ca, "not a certificate\n").expect("write");
     let ca = ca.to_str().expect("utf8");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--service", "orders", "--label", "version"],
             "is not KEY=VALUE",
@@ -180,6 +180,14 @@ fn sidecar_refuses_bad_arguments_with_one_clear_line() {
         (
             &["--service", "Not A Name", "--inbound", "127.0.0.1:1"],
             "service",
+        ),
+        (
+            &["--service", "orders", "--app-idle-timeout", "soon"],
+            "--app-idle-timeout soon",
+        ),
+        (
+            &["--service", "orders", "--app-idle-timeout", "10ms"],
+            "use 100ms to 24h",
         ),
     ];
     for (extra, want) in cases {

@@ -312,15 +312,17 @@ fn memory_a_burst_took_is_given_back_while_idle() {
         "the burst did not grow the gateway's memory enough to tell: {before} -> {peak} KiB"
     );
 
-    // Idle from here: no request reaches the gateway.
-    let half_back = before + (peak - before) / 2;
+    // Idle from here: no request reaches the gateway. Nearly all of it
+    // comes back: the pages full when last allocated from too, which only
+    // the allocator's forced collection (every 10 s) gives back.
+    let nearly_all_back = before + (peak - before) / 8;
     let mut now = peak;
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the burst's memory given back",
         || {
             now = anon_kib(proc.pid());
-            now <= half_back
+            now <= nearly_all_back
         },
     )
     .unwrap_or_else(|e| {

@@ -579,24 +579,90 @@ fn a_burst_of_requests_shares_http2_connections_to_a_sidecar() -> Result<()> {
         .unwrap_or(0.0))
     };
     let before = opened(&lab)?;
-    // 200 requests at once (20 connections × 10 streams) through the
-    // gateway to the one instance: HTTP/2 over mTLS, 100 streams per
-    // connection.
+    // 600 requests at once (20 connections × 30 streams) through the
+    // gateway to the one instance: HTTP/2 over mTLS, up to 1000 streams per
+    // mesh connection.
     let url = format!("http://{}/users/1", lab.edge);
     let out = meshgate_tests::run(
-        Command::new("h2load").args(["-n", "2000", "-c", "20", "-m", "10", &url]),
+        Command::new("h2load").args(["-n", "6000", "-c", "20", "-m", "30", &url]),
         Duration::from_secs(60),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("2000 succeeded, 0 failed"),
+        text.contains("6000 succeeded, 0 failed"),
         "every request answered: {text}"
     );
+    // The connection wait_serving's requests opened is pooled and takes
+    // them all; at 100 streams a connection they needed five more.
     let opened = opened(&lab)? - before;
     assert!(
-        (1.0..=3.0).contains(&opened),
-        "200 concurrent streams need 2 connections (3 with a race), not one each: {opened}"
+        opened <= 1.0,
+        "600 concurrent streams fit the pooled mesh connection (one more with a race): {opened}"
     );
+    Ok(())
+}
+
+#[test]
+fn connections_to_the_application_close_after_the_app_idle_timeout() -> Result<()> {
+    // One application (a gateway answering by itself, whose own keep-alive
+    // lasts 60 s) behind two sidecars: user-account's keeps an idle
+    // connection to it 300 ms, order-processing's an hour. Each gets two
+    // requests back to back, then one after 1.5 s idle.
+    let (_app, app_addr) = Gateway::start_web(
+        "protocols = [\"http1\"]",
+        "[[route]]\nname = \"hi\"\nmatch = { path_prefix = \"/\" }\n\
+         respond = { status = 200, body = \"hi\" }\n",
+    )?;
+    let mut lab = MeshLab::start(LabOptions::default())?;
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], meshgate_tests::free_port()));
+    let brief = lab.add_app(
+        "user-account",
+        "v1",
+        None,
+        app_addr,
+        port(),
+        &["--app-idle-timeout", "300ms"],
+    )?;
+    let lasting = lab.add_app(
+        "order-processing",
+        "v1",
+        None,
+        app_addr,
+        port(),
+        &["--app-idle-timeout", "1h"],
+    )?;
+    lab.wait_serving("/users/1", &["v1"])?;
+    lab.wait_serving("/orders/1", &["v1"])?;
+    let opened = |i: usize, service: &str| -> Result<f64> {
+        let m = Client::new(lab.instances[i].admin).get("/metrics", &[])?;
+        Ok(meshgate_tests::metric(
+            &m.body,
+            "meshgate_upstream_connections_total",
+            &[
+                "direction=\"inbound\"",
+                &format!("service=\"{service}\""),
+                "reused=\"false\"",
+            ],
+        )
+        .unwrap_or(0.0))
+    };
+    for (i, service, path, new_after_idle) in [
+        (brief, "user-account", "/users/1", 1.0),
+        (lasting, "order-processing", "/orders/1", 0.0),
+    ] {
+        let url = format!("http://{}{path}", lab.edge);
+        assert_eq!(curl(&[&url])?.body, "hi");
+        let before = opened(i, service)?;
+        assert_eq!(curl(&[&url])?.body, "hi");
+        assert_eq!(opened(i, service)?, before, "{service}: reused at once");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(curl(&[&url])?.body, "hi");
+        assert_eq!(
+            opened(i, service)? - before,
+            new_after_idle,
+            "{service}: connections opened to the app after 1.5 s idle"
+        );
+    }
     Ok(())
 }
 
