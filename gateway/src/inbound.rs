@@ -212,7 +212,7 @@ impl ProxyHttp for Inbound {
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.idle_timeout = Some(self.app_idle_timeout);
         if self.app_protocol.http2_for(session.req_header()) {
-            crate::upstream::speak_http2(&mut peer);
+            crate::upstream::speak_http2(&mut peer, crate::upstream::H2_STREAMS_PER_CONNECTION);
             ctx.connect_turn = self.app_h2_turns.wait(self.connect_timeout).await;
         }
         Ok(Box::new(peer))

@@ -20,15 +20,13 @@ use crate::mesh::MeshTls;
 /// defeat multiplexing; 100 is the smallest limit RFC 9113 recommends a
 /// server allow, so servers commonly accept it. The server's own
 /// SETTINGS_MAX_CONCURRENT_STREAMS still applies when it is lower.
-const H2_STREAMS_PER_CONNECTION: usize = 100;
+pub(crate) const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Streams one pooled mesh connection (mTLS to a sidecar's inbound port,
-/// which allows as many, [`MESH_H2_STREAMS`]) may carry at once. One
-/// connection per endpoint carries a burst: each connection a sidecar
-/// opens keeps its TLS and HTTP/2 state (and the allocator pages that
-/// state landed on) while it is pooled, about 1 MiB after carrying a
-/// burst, so a burst of 600 concurrent requests left six of them behind
-/// at 100 streams each.
+/// which advertises the same limit) may carry at once. Each connection a
+/// sidecar keeps pooled holds its TLS and HTTP/2 state, about 1 MiB after
+/// carrying a burst; at 100 streams a burst of 600 concurrent requests
+/// left six behind, at this limit one connection per endpoint carries it.
 pub(crate) const MESH_H2_STREAMS: u32 = 1000;
 
 /// The peer for `addr`, an endpoint of `svc`.
@@ -55,19 +53,19 @@ pub(crate) fn peer(addr: SocketAddr, svc: &ServiceSpec, mesh: &MeshTls) -> Optio
     };
     match svc.protocol {
         UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
-        UpstreamProtocol::Http2 => speak_http2(&mut peer),
-    }
-    if svc.tls == UpstreamTls::Mesh && svc.protocol == UpstreamProtocol::Http2 {
-        peer.options.max_h2_streams = MESH_H2_STREAMS as usize;
+        UpstreamProtocol::Http2 if svc.tls == UpstreamTls::Mesh => {
+            speak_http2(&mut peer, MESH_H2_STREAMS as usize)
+        }
+        UpstreamProtocol::Http2 => speak_http2(&mut peer, H2_STREAMS_PER_CONNECTION),
     }
     Some(peer)
 }
 
-/// HTTP/2 only to `peer` (prior knowledge without TLS), its streams
-/// sharing pooled connections.
-pub(crate) fn speak_http2(peer: &mut HttpPeer) {
+/// HTTP/2 only to `peer` (prior knowledge without TLS), up to `streams`
+/// of them sharing each pooled connection.
+pub(crate) fn speak_http2(peer: &mut HttpPeer, streams: usize) {
     peer.options.set_http_version(2, 2);
-    peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    peer.options.max_h2_streams = streams;
 }
 
 /// Turns at getting an HTTP/2 connection to one endpoint, one try at a
