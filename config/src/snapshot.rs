@@ -507,6 +507,12 @@ pub struct SplitSpec {
     pub override_header: Option<HeaderName>,
 }
 
+/// The shortest idle lifetime a pooled upstream connection may be given:
+/// a service's `idle_timeout`, and a sidecar's `--app-idle-timeout`.
+pub const POOL_IDLE_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+/// The longest, for the same two.
+pub const POOL_IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
+
 /// One upstream service.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {

@@ -1256,8 +1256,8 @@ impl Cx<'_, '_> {
                 r.idle_timeout.as_ref(),
                 "idle_timeout",
                 d(60),
-                Duration::from_millis(100),
-                d(86_400),
+                crate::POOL_IDLE_TIMEOUT_MIN,
+                crate::POOL_IDLE_TIMEOUT_MAX,
             );
             let max_idle_per_endpoint = self.opt_u32(
                 r.max_idle_per_endpoint.as_ref(),

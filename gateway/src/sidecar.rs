@@ -101,12 +101,13 @@ pub struct Cli {
     admin_token_file: Option<PathBuf>,
 }
 
-/// `--app-idle-timeout`: a duration (`500ms`, `3s`, `1m`) from 100 ms to
-/// 24 h, the range of a service's pool `idle_timeout`.
+/// `--app-idle-timeout`: a duration (`500ms`, `3s`, `1m`) in the range of
+/// a service's pool `idle_timeout`.
 fn app_idle_timeout(text: &str) -> Result<Duration, String> {
+    use meshgate_config::{POOL_IDLE_TIMEOUT_MAX, POOL_IDLE_TIMEOUT_MIN};
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("--app-idle-timeout {text}: {e} (e.g. 3s or 500ms)"))?;
-    if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) {
+    if !(POOL_IDLE_TIMEOUT_MIN..=POOL_IDLE_TIMEOUT_MAX).contains(&d) {
         return Err(format!("--app-idle-timeout {text}: use 100ms to 24h"));
     }
     Ok(d)
