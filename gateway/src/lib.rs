@@ -10,6 +10,7 @@
 
 mod access_log;
 mod admin;
+pub mod allocator;
 mod appliance;
 mod authn;
 pub mod check;

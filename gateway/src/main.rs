@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use meshgate::{check, demo, rotation, server};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: meshgate::allocator::Allocator = meshgate::allocator::Allocator;
 
 /// meshgate — an edge gateway and service mesh in one appliance.
 ///

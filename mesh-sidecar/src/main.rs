@@ -6,7 +6,7 @@
 //! the control-plane stream). See that module for what it does.
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: meshgate::allocator::Allocator = meshgate::allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
     meshgate::sidecar::main()
