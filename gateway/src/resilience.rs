@@ -175,7 +175,7 @@ impl Flight {
             return false;
         };
         if !replayable {
-            self.give_up = Some("body-not-replayable");
+            self.give_up = Some("body_not_replayable");
             return false;
         }
         let delay = with_rng(|rng| {
@@ -201,7 +201,7 @@ impl Flight {
         // The service's limit on retries in flight before the budget: a
         // retry the limit refuses is not charged to the budget.
         let Some(permit) = state.limits.try_acquire(LimitKind::Retries, &svc.limits) else {
-            self.give_up = Some("retry-limit");
+            self.give_up = Some("retry_limit");
             return false;
         };
         if !state.budget.try_withdraw(now) {

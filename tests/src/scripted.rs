@@ -14,6 +14,8 @@ use crate::{Proc, read_port, wait_for_port};
 /// sends N chunked lines `tick`, one every MS milliseconds;
 /// `/status-if/NAME/CODE` answers CODE from the origin called NAME and 200
 /// from the others;
+/// `/flaky-slow/N/MS/KEY` fails with 503 the first N times per KEY, then
+/// answers after MS milliseconds;
 /// `/slow/MS` answers after MS milliseconds (counted as `slow-started`
 /// when it arrives); `/slow-once/MS/KEY` is slow
 /// only the first time per KEY; `/count/KEY` returns how many requests
@@ -76,6 +78,12 @@ class H(http.server.BaseHTTPRequestHandler):
         if kind == "flaky":
             seen = bump("flaky/" + parts[2])
             return self._send(503 if seen <= int(parts[1]) else 200, "try %d\n" % seen)
+        if kind == "flaky-slow":
+            seen = bump("flaky-slow/" + parts[3])
+            if seen <= int(parts[1]):
+                return self._send(503, "try %d\n" % seen)
+            time.sleep(int(parts[2]) / 1000.0)
+            return self._send(200, "try %d\n" % seen)
         if kind == "slow":
             bump("slow-started")
             time.sleep(int(parts[1]) / 1000.0)

@@ -114,6 +114,87 @@ retry_budget = {{ ratio_percent = 0, min_retries_per_second = 0 }}
     );
 }
 
+/// A retry that the service's cap on retries in flight refuses is not
+/// charged to the retry budget. The budget here is half the requests sent
+/// (over a minute, so the test's requests all count): after two good
+/// requests, A's retry takes the one retry earned and holds the only retry
+/// slot while it is slow; B's retry is refused by the slot; once A is done,
+/// C's retry is allowed, which it would not be had B's refusal spent the
+/// retry that B's request earned.
+#[test]
+fn a_retry_the_retry_limit_refuses_spends_no_budget() {
+    let o = scripted("a");
+    let (gw, base) = gateway(&format!(
+        r#"
+[[route]]
+name = "r"
+service = "s"
+retry = {{ max_retries = 1, on = ["503"], backoff_base = "1ms", backoff_max = "2ms" }}
+
+[[service]]
+name = "s"
+endpoints = [{{ address = "{}" }}]
+circuit_breaker = {{ max_retries = 1 }}
+retry_budget = {{ ratio_percent = 50, min_retries_per_second = 0, ttl = "60s" }}
+"#,
+        o.addr
+    ));
+    for _ in 0..2 {
+        assert_eq!(get(&format!("{base}/svc")).status, 200);
+    }
+    let slow_url = format!("{base}/flaky-slow/1/4000/a");
+    let mut a = Proc::spawn({
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &slow_url]);
+        c
+    })
+    .expect("curl");
+    let tries_a = format!("http://{}/count/flaky-slow/a", o.addr);
+    wait_for(Duration::from_secs(20), "A's retry to arrive", || {
+        get(&tries_a).body == "2"
+    })
+    .expect("A's retry in flight");
+
+    let r = get(&format!("{base}/flaky/1/b"));
+    assert_eq!(r.status, 503, "the only retry slot is A's: {r:?}");
+    assert_eq!(get(&format!("http://{}/count/flaky/b", o.addr)).body, "1");
+
+    a.wait_exit(Duration::from_secs(20)).expect("A ends");
+    assert_eq!(a.stdout(), "200", "A succeeded on its retry");
+
+    let r = get(&format!("{base}/flaky/1/c"));
+    assert_eq!(r.status, 200, "B's refused retry left C's allowance: {r:?}");
+    assert_eq!(r.body, "try 2\n");
+
+    wait_for(Duration::from_secs(5), "the access-log lines", || {
+        gw.access_log().len() >= 5
+    })
+    .expect("access log");
+    let log = gw.access_log();
+    let line = |path: &str| {
+        log.iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {log:?}"))
+            .clone()
+    };
+    let b = line("/flaky/1/b");
+    assert_eq!(b["retries"], 0, "{b}");
+    assert_eq!(b["retry_stop"], "retry_limit", "{b}");
+    let c = line("/flaky/1/c");
+    assert_eq!(c["retries"], 1, "{c}");
+    let m = gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(
+            &m,
+            "meshgate_retry_budget_exhausted_total",
+            &["service=\"s\""]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+}
+
 #[test]
 fn connect_failures_move_to_another_endpoint_even_for_post() {
     let o = scripted("live");

@@ -359,9 +359,14 @@ access_log = {{ format = "json", path = "stdout" }}
             10,
         );
     }
+    // Each tunnel carried more than the body limit from the client.
     wait_for_log(&gw, "three 101 lines in the access log", |log| {
         log.iter()
-            .filter(|l| l["route"] == "chat" && l["status"] == 101)
+            .filter(|l| {
+                l["route"] == "chat"
+                    && l["status"] == 101
+                    && l["bytes_in"].as_u64().is_some_and(|n| n > 16384)
+            })
             .count()
             == 3
     });
