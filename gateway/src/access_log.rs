@@ -7,6 +7,11 @@
 //! `access_log` switch, sampling), then fills an [`Entry`] and calls
 //! [`record`], which renders it as JSON or as one human-readable line.
 //!
+//! Requests refused before the pipeline sees them (an HTTP/1.1 head that
+//! timed out or grew too large, a malformed or too-early HTTP/3 request)
+//! are counted and logged through [`Refusals`], always, as the responses
+//! the proxy produces itself are.
+//!
 //! What is logged is bounded by what the proxy decided (route, service,
 //! reason) plus the request line; values from the client (path,
 //! authority, user) are escaped, never interpreted, so a crafted request
@@ -15,10 +20,10 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use meshgate_config::{AccessLogFormat, LogTarget, ObservabilitySpec, Snapshot};
+use meshgate_config::{AccessLogFormat, ConfigStore, LogTarget, ObservabilitySpec, Snapshot};
 use serde::Serialize;
 
 /// One finished request, as both sides report it.
@@ -162,6 +167,80 @@ fn wanted(spec: &ObservabilitySpec, o: &Outcome<'_>, draw: impl FnOnce() -> u64)
 /// an [`Entry`], so a sampled-out request costs no allocation.
 pub(crate) fn sampled(snap: &Snapshot, o: &Outcome<'_>) -> bool {
     wanted(&snap.observability, o, || crate::runtime::below(100))
+}
+
+/// Where a listener counts and logs the requests it refuses before the
+/// proxy pipeline sees them, and so before any `logging` phase.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusals {
+    pub(crate) listener: String,
+    /// A sidecar's inbound side (the `direction` label).
+    pub(crate) inbound: bool,
+    pub(crate) store: Arc<ConfigStore>,
+}
+
+/// One refused request: what is known of it when it was refused.
+#[derive(Debug, Default)]
+pub(crate) struct Refused<'a> {
+    /// `http1` or `http3`.
+    pub(crate) protocol: &'static str,
+    pub(crate) client: Option<SocketAddr>,
+    /// Empty when the request line never arrived whole.
+    pub(crate) method: &'a str,
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) path: &'a str,
+    /// 0 when no response was sent (an HTTP/3 stream reset).
+    pub(crate) status: u16,
+    /// The `x-meshgate-reason` word.
+    pub(crate) reason: &'static str,
+    /// From the request's first byte (or its stream's opening) on.
+    pub(crate) elapsed: Duration,
+}
+
+impl Refusals {
+    /// Counts `r` in `meshgate_requests_total` and writes its access-log
+    /// line (a reason of the proxy's own is always logged).
+    pub(crate) fn record(&self, r: &Refused<'_>) {
+        crate::metrics::finished(&crate::metrics::Finished {
+            listener: &self.listener,
+            route: "",
+            service: "",
+            subset: "",
+            status: r.status,
+            reason: r.reason,
+            protocol: r.protocol,
+            inbound: self.inbound,
+            source_identity: "",
+            elapsed: r.elapsed,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        let snap = self.store.current();
+        let outcome = Outcome {
+            route: None,
+            status: r.status,
+            reason: Some(r.reason),
+            failed: false,
+        };
+        if !sampled(&snap, &outcome) {
+            return;
+        }
+        record(
+            &snap,
+            &Entry {
+                listener: &self.listener,
+                protocol: r.protocol,
+                client: r.client,
+                method: r.method,
+                authority: r.authority,
+                path: r.path,
+                status: r.status,
+                reason: Some(r.reason),
+                duration: r.elapsed,
+                ..Entry::default()
+            },
+        );
+    }
 }
 
 /// The user to log for verified `claims`, when the config asks for one.

@@ -39,6 +39,7 @@ use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+use crate::access_log::{Refusals, Refused};
 use crate::client_stream::ClientStream;
 
 /// What a connection may take before and while sending a request head,
@@ -67,28 +68,22 @@ impl From<&ListenerLimits> for ConnLimits {
     }
 }
 
-/// Where the requests of a connection are counted when a head times out.
-#[derive(Debug, Clone)]
-pub(crate) struct Labels {
-    pub(crate) listener: String,
-    pub(crate) inbound: bool,
-}
-
 /// A listener's pingora proxy behind the HTTP/1.1 wait described above.
 pub(crate) struct Listener<SV> {
     proxy: Arc<HttpProxy<SV>>,
     limits: ConnLimits,
-    labels: Labels,
+    /// Where a refused head is counted and logged.
+    refusals: Refusals,
     /// Shutdown or drain, for the HTTP/2 connections; made on the first.
     closing: OnceLock<ShutdownWatch>,
 }
 
 impl<SV> Listener<SV> {
-    pub(crate) fn new(proxy: Arc<HttpProxy<SV>>, limits: ConnLimits, labels: Labels) -> Self {
+    pub(crate) fn new(proxy: Arc<HttpProxy<SV>>, limits: ConnLimits, refusals: Refusals) -> Self {
         Listener {
             proxy,
             limits,
-            labels,
+            refusals,
             closing: OnceLock::new(),
         }
     }
@@ -320,7 +315,8 @@ where
         }
     }
 
-    /// Answers a head refused before pingora saw it, and counts it.
+    /// Answers a head refused before pingora saw it, and counts and logs
+    /// it.
     async fn refuse_head(
         &self,
         stream: &mut Stream,
@@ -328,20 +324,17 @@ where
         reason: &'static str,
         elapsed: Duration,
     ) {
-        tracing::debug!(listener = %self.labels.listener, status, reason, "request head refused");
-        crate::metrics::finished(&crate::metrics::Finished {
-            listener: &self.labels.listener,
-            route: "",
-            service: "",
-            subset: "",
+        tracing::debug!(listener = %self.refusals.listener, status, reason, "request head refused");
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        self.refusals.record(&Refused {
+            protocol: "http1",
+            client,
             status,
             reason,
-            protocol: "http1",
-            inbound: self.labels.inbound,
-            source_identity: "",
             elapsed,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..Refused::default()
         });
         let phrase = if status == 408 {
             "Request Timeout"

@@ -328,14 +328,15 @@ pub(crate) fn add_edge_listeners(
         opts.h2c = l.protocols.h2c;
         proxy.server_options = Some(opts);
         let proxy = Arc::new(proxy);
-        let labels = crate::conn::Labels {
+        let refusals = crate::access_log::Refusals {
             listener: l.name.clone(),
             inbound: false,
+            store: store.clone(),
         };
         let app = Arc::new(crate::conn::Listener::new(
             proxy.clone(),
             (&l.limits).into(),
-            labels,
+            refusals.clone(),
         ));
         let mut http3 = None;
         let tls = match &l.tls {
@@ -346,7 +347,7 @@ pub(crate) fn add_edge_listeners(
                 certs.insert(l.name.clone(), live.clone());
                 if l.protocols.http3 {
                     http3 = Some(
-                        crate::h3::H3Listener::bind(l, tls, live, proxy)
+                        crate::h3::H3Listener::bind(l, tls, live, proxy, refusals)
                             .map_err(|e| format!("listener \"{}\": {e}", l.name))?,
                     );
                 }

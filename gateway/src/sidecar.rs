@@ -309,9 +309,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         in_flight: crate::metrics::InFlight::gauge("inbound"),
     };
     let limits = crate::conn::ConnLimits::from(&defaults);
-    let labels = crate::conn::Labels {
+    let refusals = crate::access_log::Refusals {
         listener: "inbound".into(),
         inbound: true,
+        store: store.clone(),
     };
     // The inbound side only ever speaks plaintext to the application: its
     // proxy needs no CA certificates.
@@ -328,7 +329,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(crate::upstream::MESH_H2_STREAMS);
     proxy.h2_options = Some(h2);
-    let app = Arc::new(crate::conn::Listener::new(Arc::new(proxy), limits, labels));
+    let app = Arc::new(crate::conn::Listener::new(
+        Arc::new(proxy),
+        limits,
+        refusals,
+    ));
     let (resolver, verifier) = shared.mesh.server_hooks();
     let tls = crate::tls::mesh_listener_tls("inbound", resolver, verifier)
         .map_err(|e| format!("inbound TLS: {e}"))?;

@@ -677,6 +677,48 @@ fn malformed_request_heads_are_refused_before_the_origin() {
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", seen()));
     assert_eq!(seen(), ["GET /plain 0", "GET /trailers 0"]);
+
+    // Each refusal is counted and logged: no response (status 0), the
+    // reason a malformed HTTP/1.1 head gets, the request line as parsed
+    // (a query-only `:path` has the path `/`).
+    let refused = || -> Vec<Value> {
+        s.gw.access_log()
+            .into_iter()
+            .filter(|l| l["reason"] == "bad-request")
+            .collect()
+    };
+    wait_for(Duration::from_secs(5), "six access-log lines", || {
+        refused().len() >= 6
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", s.gw.access_log()));
+    for l in refused() {
+        assert_eq!(l["status"], 0, "{l}");
+        assert_eq!(l["proto"], "http3", "{l}");
+        assert!(l["route"].is_null(), "{l}");
+    }
+    assert_eq!(refused().len(), 6);
+    // h3 refuses the absolute-form target itself, before a request line
+    // is handed over; the others were parsed.
+    assert_eq!(
+        refused().iter().filter(|l| l["method"] == "GET").count(),
+        5,
+        "{:?}",
+        refused()
+    );
+    let m = s.gw.metrics().expect("metrics");
+    assert_eq!(
+        metric(
+            &m,
+            "meshgate_requests_total",
+            &[
+                r#"status="0""#,
+                r#"reason="bad-request""#,
+                r#"protocol="http3""#
+            ],
+        ),
+        Some(6.0),
+        "{m}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use meshgate_tests::{Gateway, Origin, curl, metric};
+use meshgate_tests::{Gateway, Origin, curl, metric, wait_for};
 
 fn start(limits: &str) -> (Gateway, SocketAddr, Origin) {
     let origin = Origin::start("o").expect("origin");
@@ -158,6 +158,40 @@ fn a_request_head_that_trickles_in_too_slowly_gets_408() {
         ],
     );
     assert_eq!(timed_out, Some(2.0), "{m}");
+    // And logged, as the proxy's own answers are, with what is known of
+    // them: no request line yet.
+    assert_refusals_logged(&gw, 408, "header-timeout", 2);
+}
+
+/// Waits for `n` access-log lines of heads refused with `status` and
+/// `reason` on listener `web`, and checks what they hold.
+fn assert_refusals_logged(gw: &Gateway, status: u16, reason: &str, n: usize) {
+    let lines = || -> Vec<serde_json::Value> {
+        gw.access_log()
+            .into_iter()
+            .filter(|l| l["status"] == status && l["reason"] == reason)
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "the refusals' access-log lines",
+        || lines().len() >= n,
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", gw.access_log()));
+    let lines = lines();
+    assert_eq!(lines.len(), n, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["listener"], "web", "{l}");
+        assert_eq!(l["proto"], "http1", "{l}");
+        assert_eq!(l["method"], "", "{l}");
+        assert!(l["route"].is_null(), "{l}");
+        assert!(
+            l["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "{l}"
+        );
+    }
 }
 
 #[test]
@@ -187,6 +221,7 @@ fn an_unfinished_head_past_the_limit_gets_431_at_once() {
         &[r#"status="431""#, r#"reason="header-too-large""#],
     );
     assert_eq!(refused, Some(1.0), "{m}");
+    assert_refusals_logged(&gw, 431, "header-too-large", 1);
 }
 
 #[test]

@@ -16,10 +16,10 @@ mod session;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use h3::error::Code;
+use h3::error::{Code, StreamError};
 use http::{HeaderValue, Method, StatusCode};
 use meshgate_config::{ListenerSpec, TlsSpec};
 use pingora::apps::HttpServerApp;
@@ -30,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
+use crate::access_log::{Refusals, Refused};
 use crate::edge::Edge;
 use crate::listen::Held;
 use crate::tls::LiveCerts;
@@ -56,6 +57,8 @@ struct ConnSettings {
     early_data: bool,
     port: u16,
     drain_limit: Duration,
+    /// Where malformed and too-early requests are counted and logged.
+    refusals: Refusals,
 }
 
 /// Why the HTTP/3 side of a listener cannot start.
@@ -82,6 +85,7 @@ impl H3Listener {
         tls: &TlsSpec,
         certs: Arc<LiveCerts>,
         proxy: Arc<HttpProxy<Edge>>,
+        refusals: Refusals,
     ) -> Result<Self, H3Error> {
         let socket = UdpSocket::bind(l.address).map_err(|source| H3Error::Bind {
             addr: l.address,
@@ -126,6 +130,7 @@ impl H3Listener {
                 early_data: spec.early_data,
                 port: l.address.port(),
                 drain_limit: l.limits.drain_timeout,
+                refusals,
             }),
         })
     }
@@ -382,10 +387,31 @@ impl Conn {
         local: Option<std::net::SocketAddr>,
         mut confirmed: tokio::sync::watch::Receiver<bool>,
     ) {
+        let opened = Instant::now();
         let (req, mut stream) = match resolver.resolve_request().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
+                // The heads h3 refuses itself, as malformed or larger than
+                // `max_header_bytes`, are ours to count and log too; a
+                // stream the client gave up or a closing connection is not
+                // a request.
+                let reason = match &e {
+                    StreamError::StreamError { code, .. } if *code == Code::H3_MESSAGE_ERROR => {
+                        Some("bad-request")
+                    }
+                    StreamError::HeaderTooBig { .. } => Some("header-too-large"),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    self.refusals.record(&Refused {
+                        protocol: "http3",
+                        client: Some(peer),
+                        reason,
+                        elapsed: opened.elapsed(),
+                        ..Refused::default()
+                    });
+                }
                 return;
             }
         };
@@ -396,6 +422,7 @@ impl Conn {
             tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
             stream.stop_stream(Code::H3_MESSAGE_ERROR);
             stream.stop_sending(Code::H3_MESSAGE_ERROR);
+            self.refuse(&parts, peer, 0, "bad-request", opened);
             return;
         }
         let (mut send, mut recv) = stream.split();
@@ -412,10 +439,14 @@ impl Conn {
                 .header(crate::edge::REASON_HEADER, "too-early")
                 .body(())
                 .unwrap_or_default();
-            if send.send_response(resp).await.is_ok() {
+            let status = if send.send_response(resp).await.is_ok() {
                 let _ = send.finish().await;
-            }
+                StatusCode::TOO_EARLY.as_u16()
+            } else {
+                0
+            };
             recv.stop_sending(Code::H3_NO_ERROR);
+            self.refuse(&parts, peer, status, "too-early", opened);
             return;
         }
         let mut head = RequestHeader::from(parts);
@@ -443,6 +474,27 @@ impl Conn {
         let session = H3Session::new(head, (send, recv), first, peer, local);
         let session = ServerSession::new_custom(Box::new(session));
         self.proxy.process_new_http(session, &self.shutdown).await;
+    }
+
+    /// Counts and logs a request refused before the proxy saw it.
+    fn refuse(
+        &self,
+        parts: &http::request::Parts,
+        peer: std::net::SocketAddr,
+        status: u16,
+        reason: &'static str,
+        opened: Instant,
+    ) {
+        self.refusals.record(&Refused {
+            protocol: "http3",
+            client: Some(peer),
+            method: parts.method.as_str(),
+            authority: parts.uri.authority().map(|a| a.as_str()),
+            path: parts.uri.path(),
+            status,
+            reason,
+            elapsed: opened.elapsed(),
+        });
     }
 }
 
