@@ -179,67 +179,45 @@ pub(crate) struct Refusals {
     pub(crate) store: Arc<ConfigStore>,
 }
 
-/// One refused request: what is known of it when it was refused.
-#[derive(Debug, Default)]
-pub(crate) struct Refused<'a> {
-    /// `http1` or `http3`.
-    pub(crate) protocol: &'static str,
-    pub(crate) client: Option<SocketAddr>,
-    /// Empty when the request line never arrived whole.
-    pub(crate) method: &'a str,
-    pub(crate) authority: Option<&'a str>,
-    pub(crate) path: &'a str,
-    /// 0 when no response was sent (an HTTP/3 stream reset).
-    pub(crate) status: u16,
-    /// The `x-meshgate-reason` word.
-    pub(crate) reason: &'static str,
-    /// From the request's first byte (or its stream's opening) on.
-    pub(crate) elapsed: Duration,
-}
-
 impl Refusals {
-    /// Counts `r` in `meshgate_requests_total` and writes its access-log
-    /// line (a reason of the proxy's own is always logged).
-    pub(crate) fn record(&self, r: &Refused<'_>) {
+    /// Counts a refused request in `meshgate_requests_total` and writes
+    /// its access-log line (a reason of the proxy's own is always
+    /// logged). `e` holds what is known of the request when it was
+    /// refused: its protocol, client, status (0 when no response was
+    /// sent), reason and duration, and the request line if it was parsed;
+    /// the listener is this one's.
+    pub(crate) fn record(&self, e: Entry<'_>) {
+        let reason = e.reason.unwrap_or_default();
         crate::metrics::finished(&crate::metrics::Finished {
             listener: &self.listener,
             route: "",
             service: "",
             subset: "",
-            status: r.status,
-            reason: r.reason,
-            protocol: r.protocol,
+            status: e.status,
+            reason,
+            protocol: e.protocol,
             inbound: self.inbound,
             source_identity: "",
-            elapsed: r.elapsed,
+            elapsed: e.duration,
             bytes_in: 0,
             bytes_out: 0,
         });
         let snap = self.store.current();
         let outcome = Outcome {
             route: None,
-            status: r.status,
-            reason: Some(r.reason),
+            status: e.status,
+            reason: e.reason,
             failed: false,
         };
-        if !sampled(&snap, &outcome) {
-            return;
+        if sampled(&snap, &outcome) {
+            record(
+                &snap,
+                &Entry {
+                    listener: &self.listener,
+                    ..e
+                },
+            );
         }
-        record(
-            &snap,
-            &Entry {
-                listener: &self.listener,
-                protocol: r.protocol,
-                client: r.client,
-                method: r.method,
-                authority: r.authority,
-                path: r.path,
-                status: r.status,
-                reason: Some(r.reason),
-                duration: r.elapsed,
-                ..Entry::default()
-            },
-        );
     }
 }
 

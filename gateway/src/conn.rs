@@ -39,7 +39,7 @@ use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::access_log::{Refusals, Refused};
+use crate::access_log::{Entry, Refusals};
 use crate::client_stream::ClientStream;
 
 /// What a connection may take before and while sending a request head,
@@ -328,13 +328,13 @@ where
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        self.refusals.record(&Refused {
+        self.refusals.record(Entry {
             protocol: "http1",
             client,
             status,
-            reason,
-            elapsed,
-            ..Refused::default()
+            reason: Some(reason),
+            duration: elapsed,
+            ..Entry::default()
         });
         let phrase = if status == 408 {
             "Request Timeout"

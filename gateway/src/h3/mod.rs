@@ -30,7 +30,7 @@ use pingora::server::ShutdownWatch;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
-use crate::access_log::{Refusals, Refused};
+use crate::access_log::{Entry, Refusals};
 use crate::edge::Edge;
 use crate::listen::Held;
 use crate::tls::LiveCerts;
@@ -404,12 +404,12 @@ impl Conn {
                     _ => None,
                 };
                 if let Some(reason) = reason {
-                    self.refusals.record(&Refused {
+                    self.refusals.record(Entry {
                         protocol: "http3",
                         client: Some(peer),
-                        reason,
-                        elapsed: opened.elapsed(),
-                        ..Refused::default()
+                        reason: Some(reason),
+                        duration: opened.elapsed(),
+                        ..Entry::default()
                     });
                 }
                 return;
@@ -485,15 +485,16 @@ impl Conn {
         reason: &'static str,
         opened: Instant,
     ) {
-        self.refusals.record(&Refused {
+        self.refusals.record(Entry {
             protocol: "http3",
             client: Some(peer),
             method: parts.method.as_str(),
             authority: parts.uri.authority().map(|a| a.as_str()),
             path: parts.uri.path(),
             status,
-            reason,
-            elapsed: opened.elapsed(),
+            reason: Some(reason),
+            duration: opened.elapsed(),
+            ..Entry::default()
         });
     }
 }
