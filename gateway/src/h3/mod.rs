@@ -404,13 +404,7 @@ impl Conn {
                     _ => None,
                 };
                 if let Some(reason) = reason {
-                    self.refusals.record(Entry {
-                        protocol: "http3",
-                        client: Some(peer),
-                        reason: Some(reason),
-                        duration: opened.elapsed(),
-                        ..Entry::default()
-                    });
+                    self.refuse(None, peer, 0, reason, opened);
                 }
                 return;
             }
@@ -422,7 +416,7 @@ impl Conn {
             tracing::debug!(%peer, error = %e, "bad HTTP/3 request");
             stream.stop_stream(Code::H3_MESSAGE_ERROR);
             stream.stop_sending(Code::H3_MESSAGE_ERROR);
-            self.refuse(&parts, peer, 0, "bad-request", opened);
+            self.refuse(Some(&parts), peer, 0, "bad-request", opened);
             return;
         }
         let (mut send, mut recv) = stream.split();
@@ -446,7 +440,7 @@ impl Conn {
                 0
             };
             recv.stop_sending(Code::H3_NO_ERROR);
-            self.refuse(&parts, peer, status, "too-early", opened);
+            self.refuse(Some(&parts), peer, status, "too-early", opened);
             return;
         }
         let mut head = RequestHeader::from(parts);
@@ -476,10 +470,11 @@ impl Conn {
         self.proxy.process_new_http(session, &self.shutdown).await;
     }
 
-    /// Counts and logs a request refused before the proxy saw it.
+    /// Counts and logs a request refused before the proxy saw it, with its
+    /// request line when h3 handed one over.
     fn refuse(
         &self,
-        parts: &http::request::Parts,
+        parts: Option<&http::request::Parts>,
         peer: std::net::SocketAddr,
         status: u16,
         reason: &'static str,
@@ -488,9 +483,9 @@ impl Conn {
         self.refusals.record(Entry {
             protocol: "http3",
             client: Some(peer),
-            method: parts.method.as_str(),
-            authority: parts.uri.authority().map(|a| a.as_str()),
-            path: parts.uri.path(),
+            method: parts.map_or("", |p| p.method.as_str()),
+            authority: parts.and_then(|p| p.uri.authority()).map(|a| a.as_str()),
+            path: parts.map_or("", |p| p.uri.path()),
             status,
             reason: Some(reason),
             duration: opened.elapsed(),
