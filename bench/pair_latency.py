@@ -2,14 +2,15 @@
 """The sidecar pair's added latency at a fixed rate, alone and repeated.
 
     python3 bench/pair_latency.py [--meshgate BIN] [--rounds N] [--rate R]
-                                  [--duration S] [--plain]
+                                  [--duration S] [--plain] [--haproxy]
 
 A focused look at one row of `make bench`: the same nginx origin, the same
 mTLS sidecar pair (and with --plain the plaintext pair) as bench/run.py
 starts them, pinned the same way (origin and sidecars on CPU 0, oha on CPU
 1), then oha over HTTP/1.1 at `--rate` requests/s with
 `--latency-correction` and 32 connections, alternating direct and each pair
-for `--rounds` rounds. Prints p50 and p99 per round and what each pair
+for `--rounds` rounds. With --haproxy also the peer pair (`haproxy-pair`:
+two HAProxy processes with mTLS and HTTP/2 between them). Prints p50 and p99 per round and what each pair
 adds to direct's, and each sidecar's CPU time and context switches (all
 its threads, from /proc) per request. Writes no results file: it is for
 profiling a change, not for the README's table. Needs what `make bench`
@@ -39,6 +40,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10, choices=range(1, 61), metavar="1-60",
                     help="seconds per run (default 10)")
     ap.add_argument("--plain", action="store_true", help="also the plaintext pair")
+    ap.add_argument("--haproxy", action="store_true", help="also the HAProxy mTLS pair, the peer")
     args = ap.parse_args()
 
     def log(msg):
@@ -56,6 +58,8 @@ def main():
     pairs = {"mtls": targets.SidecarPair()}
     if args.plain:
         pairs["plain"] = targets.SidecarPairPlain()
+    if args.haproxy:
+        pairs["haproxy"] = targets.HaproxyPair()
     started = []
     try:
         ctx.origin.start(ctx)

@@ -111,7 +111,7 @@ QUICK = Plan(
     # direct; the gateway's added latency at 5k against nginx's; handshakes
     # per core against nginx).
     row_targets={
-        "fixed-rate http1 1000": ("direct", "meshgate-sidecar"),
+        "fixed-rate http1 1000": ("direct", "meshgate-sidecar", "haproxy-pair"),
         "fixed-rate http1 5000": ("direct", "meshgate", "nginx"),
         "fixed-rate http2 5000": ("direct", "meshgate", "nginx"),
         "tls-handshake": ("meshgate", "nginx"),
@@ -149,9 +149,9 @@ def main():
     ap.add_argument("--duration", type=int, help="override the seconds per closed-loop run (1-60)")
     ap.add_argument("--targets",
                     help="comma-separated subset of direct,meshgate,nginx,haproxy,meshgate-sidecar,"
-                         "meshgate-sidecar-plain,meshgate-sidecar-grpc,caddy (caddy is measured only over "
-                         "HTTP/3 and HTTP/2+TLS, meshgate-sidecar-grpc only with gRPC); default: all, without "
-                         "meshgate-sidecar-plain in the quick plan")
+                         "meshgate-sidecar-plain,meshgate-sidecar-grpc,haproxy-pair,caddy (caddy is measured only "
+                         "over HTTP/3 and HTTP/2+TLS, meshgate-sidecar-grpc only with gRPC); default: all, without "
+                         "meshgate-sidecar-plain and haproxy-pair in the quick plan")
     ap.add_argument("--meshgate", default=os.path.join(HERE, "..", "target", "release", "meshgate"),
                     help="meshgate binary (default: target/release/meshgate)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
@@ -213,10 +213,11 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
 
     if args.targets is None:
-        # The plaintext pair only prices mTLS: left out of the quick plan,
-        # which must stay within 90 s.
+        # The plaintext pair only prices mTLS and the HAProxy pair only
+        # scales the sidecar pair: left out of the quick plan, which must
+        # stay within 90 s.
         args.targets = "direct,meshgate,nginx,haproxy,meshgate-sidecar,meshgate-sidecar-grpc,caddy" + (
-            "" if args.quick else ",meshgate-sidecar-plain")
+            "" if args.quick else ",meshgate-sidecar-plain,haproxy-pair")
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     header = {
         "command": os.environ.get("BENCH_COMMAND") or shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
@@ -241,6 +242,9 @@ def main():
             "certificate": "self-signed ECDSA P-256 (openssl req -newkey ec)",
             "meshgate-sidecar": "client sidecar -> mTLS, HTTP/2 -> server sidecar -> origin; both release, "
                                 "--threads 1, access_log off; figures are the pair's (RSS rows also per sidecar)",
+            "haproxy-pair": "the sidecar pair's peer: two HAProxy processes (-W, nbthread 1, no log, http-reuse "
+                            "always), mTLS 1.3 and HTTP/2 between them (ECDSA P-256 leaves of one CA, both sides "
+                            "verified), HTTP/1.1 to the origin",
             "meshgate-sidecar-plain": "the same pair in permissive mesh mode, plaintext HTTP/2 (prior "
                                       "knowledge) between the sidecars: prices mTLS",
             "meshgate-sidecar-grpc": "the mTLS pair carrying unary gRPC calls (h2load -d / oha -D with one "
@@ -291,7 +295,8 @@ def run_round(ctx, rnd, wanted, layout, all_cpus):
     plan, log = ctx.plan, ctx.log
     ctx.origin = targets.NginxOrigin()
     candidates = [targets.Direct(ctx.origin), targets.Meshgate(), targets.NginxProxy(), targets.Haproxy(),
-                  targets.SidecarPair(), targets.SidecarPairPlain(), targets.SidecarPairGrpc(), targets.Caddy()]
+                  targets.SidecarPair(), targets.SidecarPairPlain(), targets.SidecarPairGrpc(), targets.HaproxyPair(),
+                  targets.Caddy()]
     chosen = [t for t in candidates if t.name in wanted]
     shift = rnd % len(chosen)
     order = chosen[shift:] + chosen[:shift]

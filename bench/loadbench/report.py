@@ -166,7 +166,11 @@ def targets_check(rows):
                 verdict(idle[0], have and idle[0] <= 10 and busy[0] <= 15)))
     kw = dict(scenario="fixed-rate", mode="fixed-1k", proto="http1")
     added = _agg(list(_added(rows, "meshgate-sidecar", "p99_ms", **kw).values()), max)
-    out.append(("Sidecar pair added p99 at 1k rps (vs direct)", "≤ 0.25 ms", _cell(added, 3, " ms"),
+    # The peer pair in the same rounds, for scale: what two general-purpose
+    # proxies with mTLS between them add on this machine.
+    peer = _agg(list(_added(rows, "haproxy-pair", "p99_ms", **kw).values()), max)
+    beside = f"; HAProxy pair {_cell(peer, 3, ' ms')}" if peer[0] is not None else ""
+    out.append(("Sidecar pair added p99 at 1k rps (vs direct)", "≤ 0.25 ms", _cell(added, 3, " ms") + beside,
                 verdict(added[0], added[0] is not None and added[0] <= 0.25)))
     cost = {pct: _mtls_cost(rows, pct, **kw) for pct in ("p50_ms", "p99_ms")}
     have = all(c[0] is not None for c in cost.values())
@@ -338,7 +342,7 @@ def _fixed_rate_combos(rows, grpc=False):
 
 # ------------------------------------------------------------ sidecar pair
 
-PAIRS = ("meshgate-sidecar", "meshgate-sidecar-plain", "meshgate-sidecar-grpc")
+PAIRS = ("meshgate-sidecar", "meshgate-sidecar-plain", "meshgate-sidecar-grpc", "haproxy-pair")
 
 
 def _sidecar_section(rows):
@@ -349,7 +353,8 @@ def _sidecar_section(rows):
            "`meshgate-sidecar-plain`: the same pair with plaintext HTTP/2 between the sidecars "
            "(permissive mesh mode). `meshgate-sidecar-grpc`: the mTLS pair carrying unary gRPC calls, "
            "its server sidecar speaking h2c to the origin (`direct` is shown for reference in the gRPC "
-           "rows). `added` is the pair's percentile minus direct's in the same round "
+           "rows). `haproxy-pair`, the peer: two HAProxy processes in the sidecars' places, mTLS and "
+           "HTTP/2 between them, HTTP/1.1 to the origin. `added` is the pair's percentile minus direct's in the same round "
            "(ms); `mTLS / plain` divides the two pairs' added latency round by round. RSS is both "
            "sidecars together.\n"]
     body = []

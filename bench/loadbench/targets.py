@@ -17,7 +17,9 @@ that the reload really took effect.
 The sidecar pair is a client sidecar (the load generator is its
 application, naming the service in `Host`) and a server sidecar in front of
 the origin, with mTLS and HTTP/2 between them, set up by a meshgate
-appliance (control plane and CA) that is not itself measured.
+appliance (control plane and CA) that is not itself measured. Its peer,
+`haproxy-pair`, puts two HAProxy processes in the sidecars' places with
+the same mTLS and HTTP/2 between them.
 
 Caddy is only the HTTP/3 peer: it has just a TLS port (HTTP/1.1, h2 and
 HTTP/3) and is measured only in the HTTP/3 rows and their HTTP/2-over-TLS
@@ -570,6 +572,122 @@ class SidecarPair(Target):
             if p:
                 p.stop()
         self.proc = self.server = self.appliance = None
+
+
+def make_mesh_certs(workdir):
+    """A CA and two ECDSA P-256 leaf certificates it signed, one for each
+    proxy of a peer mTLS pair (made with the openssl CLI): each proxy shows
+    its own certificate and accepts only the other's CA."""
+    d = os.path.join(workdir, "mesh-pki")
+    os.makedirs(d, exist_ok=True)
+    ca_key, ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    procs.run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+               "-subj", "/CN=bench mesh CA"], timeout=30, check=True)
+    out = {"ca": ca}
+    for name in ("client", "server"):
+        key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
+        ext = os.path.join(d, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=DNS:{name}.bench.meshgate.invalid\n")
+        procs.run(["openssl", "req", "-new", *ec, "-keyout", key, "-out", csr,
+                   "-subj", f"/CN={name}.bench.meshgate.invalid"], timeout=30, check=True)
+        procs.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                   "-days", "2", "-extfile", ext, "-out", cert], timeout=30, check=True)
+        combined = os.path.join(d, f"{name}+key.pem")
+        with open(combined, "w") as w:
+            for path in (cert, key):
+                with open(path) as f:
+                    w.write(f.read())
+        out[name] = combined
+    return out
+
+
+SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+class HaproxyPair(Target):
+    """The peer of the sidecar pair: two HAProxy processes in the sidecars'
+    places, each -W master-worker with nbthread 1 and no logs. The client
+    side takes HTTP/1.1 (and h2c) from the application and forwards over
+    HTTP/2 with mutual TLS 1.3 (its own certificate, the server side's
+    verified against the pair's CA) to the server side, which verifies the
+    client's certificate the same way and forwards over HTTP/1.1 to the
+    origin; `http-reuse always` on both hops. What a pair of general-purpose
+    proxies costs where the mesh puts two sidecars."""
+
+    name = "haproxy-pair"
+    role = "sidecar"
+    client_tls = False
+    reloadable = False
+
+    def __init__(self):
+        super().__init__()
+        self.server = None
+
+    def _common(self, ctx, side):
+        return textwrap.dedent(f"""\
+            global
+                nbthread 1
+                maxconn 8000
+                pidfile {ctx.workdir}/haproxy-pair-{side}.pid
+                ssl-default-bind-options ssl-min-ver TLSv1.3
+                ssl-default-server-options ssl-min-ver TLSv1.3
+                # AES-128-GCM first, as the sidecars choose.
+                ssl-default-bind-ciphersuites {SUITES}
+                ssl-default-server-ciphersuites {SUITES}
+
+            defaults
+                mode http
+                timeout connect 5s
+                timeout client 300s
+                timeout server 300s
+                timeout http-keep-alive 300s
+                http-reuse always
+
+            """)
+
+    def start(self, ctx):
+        pki = make_mesh_certs(ctx.workdir)
+        inbound = procs.free_port()
+        app, h2c = procs.free_port(), procs.free_port()
+        server_conf = self._common(ctx, "server") + textwrap.dedent(f"""\
+            frontend inbound
+                bind 127.0.0.1:{inbound} ssl crt {pki['server']} ca-file {pki['ca']} verify required alpn h2
+                default_backend app
+
+            backend app
+                server origin 127.0.0.1:{ctx.origin.ports['http1']}
+            """)
+        client_conf = self._common(ctx, "client") + textwrap.dedent(f"""\
+            frontend outbound
+                bind 127.0.0.1:{app}
+                bind 127.0.0.1:{h2c} proto h2
+                default_backend mesh
+
+            backend mesh
+                server peer 127.0.0.1:{inbound} ssl crt {pki['client']} ca-file {pki['ca']} verify required verifyhost server.bench.meshgate.invalid alpn h2
+            """)
+        procs_started = []
+        for side, conf in (("server", server_conf), ("client", client_conf)):
+            path = os.path.join(ctx.workdir, f"haproxy-pair-{side}.cfg")
+            with open(path, "w") as f:
+                f.write(conf)
+            procs_started.append(procs.Proc(f"haproxy-pair-{side}", ["haproxy", "-W", "-db", "-f", path],
+                                            ctx.workdir))
+        self.server, self.proc = procs_started
+        procs.wait_port(inbound, self.server)
+        self.ports = {"http1": app, "http2": h2c}
+        self._wait()
+
+    def tree(self):
+        return (self.proc.tree() if self.proc else []) + (self.server.tree() if self.server else [])
+
+    def stop(self):
+        for p in (self.proc, self.server):
+            if p:
+                p.stop()
+        self.proc = self.server = None
 
 
 class SidecarPairPlain(SidecarPair):
