@@ -106,7 +106,7 @@ impl MeshTls {
         key_pem: &str,
         bundle_pem: &str,
     ) -> Result<Arc<Material>, MeshTlsError> {
-        let chain = pem_certs(chain_pem).map_err(MeshTlsError::Chain)?;
+        let chain = without_anchors(pem_certs(chain_pem).map_err(MeshTlsError::Chain)?);
         let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
             .map_err(|e| MeshTlsError::Chain(format!("leaf does not parse: {e}")))?;
         let id = crate::tls::uri_sans(&leaf)
@@ -198,6 +198,27 @@ impl MeshTls {
     }
 }
 
+/// The chain as this process sends it: the leaf and any intermediates,
+/// without the self-issued CA certificates the CA appends. Every mesh peer
+/// verifies against its own trust bundle, which holds them (RFC 8446
+/// 4.4.2 lets a trust anchor be left out), so sending one only adds bytes
+/// to each handshake; and pingora keys its upstream pool by the serial
+/// numbers of every certificate in the client chain, formatted as text on
+/// each pool lookup (twice a request), so a shorter chain is cheaper on
+/// every request too.
+fn without_anchors(chain: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(chain.len());
+    for (i, der) in chain.into_iter().enumerate() {
+        let anchor = i > 0
+            && x509_parser::parse_x509_certificate(&der)
+                .is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw());
+        if !anchor {
+            out.push(der);
+        }
+    }
+    out
+}
+
 /// Splits a PEM text into DER certificates, each checked to parse, since
 /// pingora's `CertKey` would panic on one that does not.
 fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
@@ -276,5 +297,74 @@ impl ClientCertVerifier for CurrentVerifier {
             .provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_identity::Ca;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    const TD: &str = "mesh.test";
+
+    /// What the CA hands out is the leaf and its own (self-signed)
+    /// certificate; this process sends only the leaf, as client and as
+    /// server, and pingora's pool key hashes only the leaf's serial.
+    #[test]
+    fn the_generated_ca_certificate_is_not_sent() {
+        let ca = Ca::generate(TD).expect("CA");
+        let id = SpiffeId::service(TD, "api").expect("id");
+        let (key, issued) = ca
+            .issue(&id, std::time::Duration::from_secs(3600))
+            .expect("issued");
+        assert_eq!(pem_certs(&issued.chain_pem).expect("chain").len(), 2);
+        let mesh = MeshTls::new(TD);
+        let m = mesh
+            .install(&issued.chain_pem, &key.key_pem(), &ca.trust_bundle_pem())
+            .expect("installed");
+        let leaf = pem_certs(&issued.chain_pem).expect("chain").remove(0);
+        assert!(m.client.intermediates().is_empty());
+        assert_eq!(m.client.leaf().borrow_raw_cert().as_slice(), &leaf[..]);
+        assert_eq!(m.server.cert.len(), 1);
+        assert_eq!(m.server.cert[0].as_ref(), &leaf[..]);
+        // The trust bundle still holds the CA: the chain is verified
+        // against it.
+        assert_eq!(m.bundle.len(), 1);
+        assert_eq!(m.bundle[0].as_ref(), ca.root_der());
+    }
+
+    /// An operator's CA that is itself an intermediate stays in the chain
+    /// (peers may trust only the root above it); only self-issued
+    /// certificates after the leaf are left out, and a chain that is one
+    /// self-signed certificate keeps it.
+    #[test]
+    fn intermediates_stay_and_only_anchors_after_the_leaf_go() {
+        let ca_params = || {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p
+        };
+        let mut p = ca_params();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        let root_key = KeyPair::generate().expect("key");
+        let root = p.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(p, root_key);
+        let mut p = ca_params();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "intermediate");
+        let mid_key = KeyPair::generate().expect("key");
+        let mid = p.signed_by(&mid_key, &root_issuer).expect("intermediate");
+        let mid_issuer = Issuer::new(p, mid_key);
+        let leaf_params =
+            CertificateParams::new(vec!["api.service.mesh.test".to_owned()]).expect("params");
+        let leaf = leaf_params
+            .signed_by(&KeyPair::generate().expect("key"), &mid_issuer)
+            .expect("leaf");
+        let der = |c: &rcgen::Certificate| c.der().to_vec();
+
+        let sent = without_anchors(vec![der(&leaf), der(&mid), der(&root)]);
+        assert_eq!(sent, vec![der(&leaf), der(&mid)]);
+        assert_eq!(without_anchors(vec![der(&root)]), vec![der(&root)]);
     }
 }

@@ -83,7 +83,7 @@ impl Ca {
             now.checked_add(validity)
                 .ok_or(IdentityError::TimeOutOfRange { time: now })?,
         )?;
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(random_serial(CA_SERIAL_BYTES)?);
         let cert = params
             .self_signed(&key)
             .map_err(|source| IdentityError::Sign {
@@ -365,7 +365,7 @@ impl Ca {
         ];
         params.not_before = asn1_time(not_before)?;
         params.not_after = asn1_time(not_after)?;
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(random_serial(LEAF_SERIAL_BYTES)?);
         params.use_authority_key_identifier_extension = true;
         let leaf = params
             .signed_by(public_key, &self.issuer)
@@ -536,19 +536,30 @@ fn asn1_time(t: SystemTime) -> Result<OffsetDateTime, IdentityError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| out_of_range())
 }
 
-/// 128 random bits, positive. RFC 5280 wants serials unique per CA, and
+/// The length of a CA certificate's serial number: 126 random bits.
+const CA_SERIAL_BYTES: usize = 16;
+
+/// The length of a workload certificate's serial number: 70 random bits,
+/// over the 64 the CA/Browser Forum's baseline requirements ask of public
+/// CAs. Shorter than a CA's because a client's serial is formatted as text
+/// on every upstream pool lookup (pingora keys its pool by it, twice a
+/// request), at about 550 instructions a byte.
+const LEAF_SERIAL_BYTES: usize = 9;
+
+/// `len` random bytes, positive. RFC 5280 wants serials unique per CA, and
 /// rcgen's default (a hash of the public key) repeats when a workload renews
 /// with the same key.
-fn random_serial() -> Result<SerialNumber, IdentityError> {
-    let mut serial = [0u8; 16];
+fn random_serial(len: usize) -> Result<SerialNumber, IdentityError> {
+    let mut serial = [0u8; CA_SERIAL_BYTES];
+    let serial = &mut serial[..len];
     rustls::crypto::ring::default_provider()
         .secure_random
-        .fill(&mut serial)
+        .fill(serial)
         .map_err(|_| IdentityError::Random)?;
     // Top bit clear keeps the INTEGER positive; the next bit set keeps it
-    // exactly 16 bytes long.
+    // exactly `len` bytes long.
     serial[0] = (serial[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&serial))
+    Ok(SerialNumber::from_slice(serial))
 }
 
 fn read_to_string(path: &Path) -> Result<String, IdentityError> {
@@ -885,7 +896,14 @@ pub(crate) mod tests {
         let a = serial(&ca.sign_csr(&csr, &id, HOUR).unwrap());
         let b = serial(&ca.sign_csr(&csr, &id, HOUR).unwrap());
         assert_ne!(a, b);
-        assert_eq!(a.len(), 16);
+        assert_eq!(a.len(), LEAF_SERIAL_BYTES);
+        assert_eq!(b.len(), LEAF_SERIAL_BYTES);
+        assert!(
+            a[0] & 0x80 == 0 && a[0] & 0x40 != 0,
+            "positive, full length"
+        );
+        let root = certificate::parse(ca.root_der(), "root").unwrap();
+        assert_eq!(root.raw_serial().len(), CA_SERIAL_BYTES);
     }
 
     #[test]
