@@ -54,6 +54,9 @@ def _load_row(ctx, target, base, load):
         res, cpu, ocpu, peak = _measure(ctx, target, load)
     except generators.LoadError as e:
         return row(**base, status=f"failed: {e}"[:600])
+    if not res["requests"] and res["errors"]:
+        return row(**{"tool": res["tool"], **base}, errors=res["errors"],
+                   status=f"failed: no request succeeded ({res['errors']} errors)")
     r = row(
         **{"tool": res["tool"], **base},
         rps=round(res["rps"], 1) if res["rps"] is not None else None,

@@ -663,6 +663,9 @@ class HaproxyPair(Target):
             frontend outbound
                 bind 127.0.0.1:{app}
                 bind 127.0.0.1:{h2c} proto h2
+                # A response that came over HTTP/2 has no reason phrase, and
+                # h2load's HTTP/1.1 client counts "HTTP/1.1 200 " as failed.
+                http-response set-status 200 reason OK if {{ status 200 }}
                 default_backend mesh
 
             backend mesh
