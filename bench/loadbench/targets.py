@@ -329,6 +329,20 @@ class NginxProxy(Target):
         return f"/__bench_reload_{self.reloads}"
 
 
+# Both HAProxy targets' defaults: HTTP mode, long client and keep-alive
+# timeouts, every idle server connection reusable by any request.
+HAPROXY_DEFAULTS = textwrap.dedent("""\
+    defaults
+        mode http
+        timeout connect 5s
+        timeout client 300s
+        timeout server 300s
+        timeout http-keep-alive 300s
+        http-reuse always
+
+    """)
+
+
 class Haproxy(Target):
     """HAProxy: master-worker (-W), nbthread 1, http-reuse always, no logs."""
 
@@ -347,14 +361,7 @@ class Haproxy(Target):
                 maxconn 8000
                 pidfile {ctx.workdir}/haproxy.pid
 
-            defaults
-                mode http
-                timeout connect 5s
-                timeout client 300s
-                timeout server 300s
-                timeout http-keep-alive 300s
-                http-reuse always
-
+            """) + HAPROXY_DEFAULTS + textwrap.dedent(f"""\
             frontend bench
                 bind 127.0.0.1:{self.ports['http1']}
                 bind 127.0.0.1:{self.ports['http2']} proto h2
@@ -459,21 +466,39 @@ class NotBuilt(Target):
         raise RuntimeError(f"{self.name}: {self.not_built}")
 
 
-class SidecarPair(Target):
-    """Client sidecar -> mTLS (HTTP/2) -> server sidecar -> origin. Both
-    sidecars: release build, --threads 1, access log off. Measured as the
-    two sidecars' process trees together."""
+class ProxyPair(Target):
+    """Two proxies between the load generator and the origin: `proc` the
+    client side, `server` the server side, measured as the two process
+    trees together. No client TLS port and no reload."""
 
-    name = "meshgate-sidecar"
     role = "sidecar"
-    host = "origin"
     client_tls = False
     reloadable = False
 
     def __init__(self):
         super().__init__()
-        self.appliance = None
         self.server = None
+
+    def tree(self):
+        return (self.proc.tree() if self.proc else []) + (self.server.tree() if self.server else [])
+
+    def stop(self):
+        for p in (self.proc, self.server):
+            if p:
+                p.stop()
+        self.proc = self.server = None
+
+
+class SidecarPair(ProxyPair):
+    """Client sidecar -> mTLS (HTTP/2) -> server sidecar -> origin. Both
+    sidecars: release build, --threads 1, access log off."""
+
+    name = "meshgate-sidecar"
+    host = "origin"
+
+    def __init__(self):
+        super().__init__()
+        self.appliance = None
 
     # The mesh's mode: the mTLS pair's is strict.
     mode = "strict"
@@ -564,14 +589,11 @@ class SidecarPair(Target):
                 raise RuntimeError("the sidecar pair never answered through the mesh")
             time.sleep(0.1)
 
-    def tree(self):
-        return (self.proc.tree() if self.proc else []) + (self.server.tree() if self.server else [])
-
     def stop(self):
-        for p in (self.proc, self.server, self.appliance):
-            if p:
-                p.stop()
-        self.proc = self.server = self.appliance = None
+        super().stop()
+        if self.appliance:
+            self.appliance.stop()
+            self.appliance = None
 
 
 def make_mesh_certs(workdir):
@@ -606,7 +628,7 @@ def make_mesh_certs(workdir):
 SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
-class HaproxyPair(Target):
+class HaproxyPair(ProxyPair):
     """The peer of the sidecar pair: two HAProxy processes in the sidecars'
     places, each -W master-worker with nbthread 1 and no logs. The client
     side takes HTTP/1.1 (and h2c) from the application and forwards over
@@ -617,13 +639,6 @@ class HaproxyPair(Target):
     proxies costs where the mesh puts two sidecars."""
 
     name = "haproxy-pair"
-    role = "sidecar"
-    client_tls = False
-    reloadable = False
-
-    def __init__(self):
-        super().__init__()
-        self.server = None
 
     def _common(self, ctx, side):
         return textwrap.dedent(f"""\
@@ -637,15 +652,7 @@ class HaproxyPair(Target):
                 ssl-default-bind-ciphersuites {SUITES}
                 ssl-default-server-ciphersuites {SUITES}
 
-            defaults
-                mode http
-                timeout connect 5s
-                timeout client 300s
-                timeout server 300s
-                timeout http-keep-alive 300s
-                http-reuse always
-
-            """)
+            """) + HAPROXY_DEFAULTS
 
     def start(self, ctx):
         pki = make_mesh_certs(ctx.workdir)
@@ -682,15 +689,6 @@ class HaproxyPair(Target):
         procs.wait_port(inbound, self.server)
         self.ports = {"http1": app, "http2": h2c}
         self._wait()
-
-    def tree(self):
-        return (self.proc.tree() if self.proc else []) + (self.server.tree() if self.server else [])
-
-    def stop(self):
-        for p in (self.proc, self.server):
-            if p:
-                p.stop()
-        self.proc = self.server = None
 
 
 class SidecarPairPlain(SidecarPair):
