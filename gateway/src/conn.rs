@@ -18,12 +18,19 @@
 //! does not arrive in time gets a 408 and the connection is closed, as
 //! HAProxy's `timeout http-request` does.
 //!
+//! A head pingora's own parser refuses (it answers 400, or 405 to CONNECT,
+//! and closes) never reaches the proxy's filters, so nothing of ours would
+//! see it: a head handed over that did not reach the pipeline
+//! ([`reached_pipeline`]) and ended the connection is counted and logged
+//! here, as the refusals above are.
+//!
 //! HTTP/2 (ALPN or h2c prior knowledge) and anything else goes to pingora
 //! unchanged, with a shutdown signal that a drain turns too
 //! ([`closing_signal`](crate::server::closing_signal)): pingora answers it
 //! with GOAWAY, so HTTP/2 clients move to other instances on `POST /drain`
 //! as they would on SIGTERM.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
@@ -41,6 +48,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::access_log::{Entry, Refusals};
 use crate::client_stream::ClientStream;
+
+tokio::task_local! {
+    /// Set once the request of the head `process_new` handed pingora has
+    /// reached the proxy's filters.
+    static REACHED: Cell<bool>;
+}
+
+/// Called by the proxies' first filter: pingora took the head, so an end of
+/// the connection without a request is not its parser's refusal.
+pub(crate) fn reached_pipeline() {
+    let _ = REACHED.try_with(|r| r.set(true));
+}
 
 /// What a connection may take before and while sending a request head,
 /// and how it is buffered.
@@ -121,6 +140,8 @@ where
         let mut shutdown = shutdown.clone();
         let mut drain = crate::server::drain_signal();
         let mut stream: Stream = Box::new(ClientStream::new(stream, self.limits.read_buffer));
+        // For a refusal's log line: the stream is pingora's when it refuses.
+        let client = client_of(&stream);
         let mut settings: Option<HttpPersistentSettings> = None;
         // Whether pingora cannot have read past the previous request.
         let mut clean = true;
@@ -169,11 +190,33 @@ where
             // Without a head of ours, the request began with pingora's
             // bytes: treat it as having read past.
             let past_head = head.as_ref().is_none_or(|h| h.past_head);
+            // A head of ours: if pingora ends the connection without the
+            // request reaching a filter, its parser refused it.
+            let handed = head
+                .as_ref()
+                .map(|h| (Instant::now(), h.bytes.starts_with(b"CONNECT ")));
             if let Some(h) = head {
                 session.set_pipelined_prefix(h.bytes);
             }
             first = false;
-            let reused = self.proxy.process_new_http(session, &shutdown).await?;
+            let (reused, reached) = REACHED
+                .scope(Cell::new(false), async {
+                    let reused = self.proxy.process_new_http(session, &shutdown).await;
+                    (reused, REACHED.with(Cell::get))
+                })
+                .await;
+            let Some(reused) = reused else {
+                if let Some((at, connect)) = handed.filter(|_| !reached && !*shutdown.borrow()) {
+                    // pingora refuses CONNECT unless told to proxy it.
+                    let (status, reason) = if connect {
+                        (405, "method-not-allowed")
+                    } else {
+                        (400, "bad-request")
+                    };
+                    self.record_refusal(client, status, reason, at.elapsed());
+                }
+                return None;
+            };
             let (next, next_settings) = reused.consume();
             let pingora_read = match (read_before, ClientStream::read_so_far(&next)) {
                 (Some(before), Some(after)) => after != before,
@@ -324,18 +367,7 @@ where
         reason: &'static str,
         elapsed: Duration,
     ) {
-        tracing::debug!(listener = %self.refusals.listener, status, reason, "request head refused");
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        self.refusals.record(Entry {
-            protocol: "http1",
-            client,
-            status,
-            reason: Some(reason),
-            duration: elapsed,
-            ..Entry::default()
-        });
+        self.record_refusal(client_of(stream), status, reason, elapsed);
         let phrase = if status == 408 {
             "Request Timeout"
         } else {
@@ -364,6 +396,34 @@ where
         // A client that stopped reading does not hold the connection open.
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
+}
+
+impl<SV> Listener<SV> {
+    /// Counts and logs a head refused before the proxy's filters saw it.
+    fn record_refusal(
+        &self,
+        client: Option<std::net::SocketAddr>,
+        status: u16,
+        reason: &'static str,
+        elapsed: Duration,
+    ) {
+        tracing::debug!(listener = %self.refusals.listener, status, reason, "request head refused");
+        self.refusals.record(Entry {
+            protocol: "http1",
+            client,
+            status,
+            reason: Some(reason),
+            duration: elapsed,
+            ..Entry::default()
+        });
+    }
+}
+
+/// The client's address, for a refusal's log line.
+fn client_of(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
 /// What a refused head's connection reads and discards before closing.

@@ -319,6 +319,7 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::conn::reached_pipeline();
         framing::enforce(session, self.head_limits).inspect_err(|_| {
             // request_filter will not run; logging needs a snapshot.
             ctx.snap = Some(self.store.current());

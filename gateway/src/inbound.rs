@@ -153,6 +153,7 @@ impl ProxyHttp for Inbound {
         session: &mut Session,
         _ctx: &mut InboundCtx,
     ) -> Result<()> {
+        crate::conn::reached_pipeline();
         // A plaintext caller (permissive mode) or a mesh peer's HTTP/1.1
         // head gets the same framing checks as at the edge: the
         // application behind may parse what pingora would let through
@@ -265,6 +266,7 @@ impl ProxyHttp for Inbound {
         resp: &mut ResponseHeader,
         _ctx: &mut InboundCtx,
     ) -> Result<()> {
+        crate::conn::reached_pipeline();
         // A plaintext caller in permissive mode may speak HTTP/1.0.
         crate::framing::close_unframed_for_http10(session, resp);
         Ok(())

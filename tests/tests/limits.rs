@@ -194,6 +194,69 @@ fn assert_refusals_logged(gw: &Gateway, status: u16, reason: &str, n: usize) {
     }
 }
 
+/// Heads pingora's parser refuses itself (a 400, or a 405 to CONNECT,
+/// before any filter of ours runs) are counted and logged like the
+/// refusals above, on a new connection and after a keep-alive request; a
+/// request that reached the proxy and closed its connection is not.
+#[test]
+fn heads_the_parser_refuses_are_counted_and_logged() {
+    let (gw, addr, origin) = start(r#"idle_timeout = "60s""#);
+    let answer = |s: &mut TcpStream, head: &[u8]| {
+        s.write_all(head).expect("write");
+        String::from_utf8_lossy(&read_to_close(s, Duration::from_secs(10)).0).into_owned()
+    };
+    // A keep-alive request, then a header line without a colon.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let text = answer(
+        &mut s,
+        b"GET /bad HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // Two different lengths: refused by pingora's framing check.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let text = answer(
+        &mut s,
+        b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let text = answer(
+        &mut s,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    // Proxied, then closed: no refusal.
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let text = answer(
+        &mut s,
+        b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    assert_eq!(origin.requests(), ["GET /ok 0", "GET /close 0"]);
+    let m = gw.metrics().expect("metrics");
+    for (status, reason, n) in [(400, "bad-request", 2.0), (405, "method-not-allowed", 1.0)] {
+        let got = metric(
+            &m,
+            "meshgate_requests_total",
+            &[
+                &format!(r#"status="{status}""#),
+                &format!(r#"reason="{reason}""#),
+            ],
+        );
+        assert_eq!(got, Some(n), "{status} {reason}: {m}");
+    }
+    assert_refusals_logged(&gw, 400, "bad-request", 2);
+    assert_refusals_logged(&gw, 405, "method-not-allowed", 1);
+}
+
 #[test]
 fn an_unfinished_head_past_the_limit_gets_431_at_once() {
     let (gw, addr, origin) =
