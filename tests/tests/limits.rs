@@ -219,26 +219,27 @@ fn heads_the_parser_refuses_are_counted_and_logged() {
         b"GET /bad HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
     );
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    // Two different lengths: refused by pingora's framing check.
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let text = answer(
-        &mut s,
-        b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-    );
-    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let text = answer(
-        &mut s,
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-    );
-    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
-    // Proxied, then closed: no refusal.
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let text = answer(
-        &mut s,
-        b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // Each on a new connection: two different lengths (pingora's framing
+    // check), CONNECT, and a request that is proxied and then closes its
+    // connection, which is no refusal.
+    for (head, want) in [
+        (
+            &b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+            "HTTP/1.1 400",
+        ),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+    ] {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let text = answer(&mut s, head);
+        assert!(text.starts_with(want), "{want}: {text}");
+    }
 
     assert_eq!(origin.requests(), ["GET /ok 0", "GET /close 0"]);
     let m = gw.metrics().expect("metrics");
