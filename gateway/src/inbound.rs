@@ -266,7 +266,6 @@ impl ProxyHttp for Inbound {
         resp: &mut ResponseHeader,
         _ctx: &mut InboundCtx,
     ) -> Result<()> {
-        crate::conn::reached_pipeline();
         // A plaintext caller in permissive mode may speak HTTP/1.0.
         crate::framing::close_unframed_for_http10(session, resp);
         Ok(())

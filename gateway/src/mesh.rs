@@ -318,12 +318,13 @@ mod tests {
         let (key, issued) = ca
             .issue(&id, std::time::Duration::from_secs(3600))
             .expect("issued");
-        assert_eq!(pem_certs(&issued.chain_pem).expect("chain").len(), 2);
+        let chain = pem_certs(&issued.chain_pem).expect("chain");
+        assert_eq!(chain.len(), 2);
+        let leaf = &chain[0];
         let mesh = MeshTls::new(TD);
         let m = mesh
             .install(&issued.chain_pem, &key.key_pem(), &ca.trust_bundle_pem())
             .expect("installed");
-        let leaf = pem_certs(&issued.chain_pem).expect("chain").remove(0);
         assert!(m.client.intermediates().is_empty());
         assert_eq!(m.client.leaf().borrow_raw_cert().as_slice(), &leaf[..]);
         assert_eq!(m.server.cert.len(), 1);

@@ -343,10 +343,12 @@ fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> 
     assert_eq!(j["caller"], me);
 
     // The inbound port is our accept loop: the server picks the cipher
-    // suite (a client listing AES-256 first gets AES-128), and its
-    // connections are counted.
+    // suite (a client listing AES-256 first gets AES-128), it sends its
+    // leaf alone (the CA certificate is in every peer's trust bundle),
+    // and its connections are counted.
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect", &inbound.to_string(), "-tls1_3"])
+        .arg("-showcerts")
         .args([
             "-ciphersuites",
             "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
@@ -361,6 +363,11 @@ fn inbound_ports_refuse_foreign_expired_missing_certificates_and_plaintext() -> 
     assert!(
         text.contains("Cipher is TLS_AES_128_GCM_SHA256"),
         "the server's choice: {text}"
+    );
+    assert_eq!(
+        text.matches("-----BEGIN CERTIFICATE-----").count(),
+        1,
+        "the server's chain: {text}"
     );
     let m = Client::new(lab.instances[0].admin).get("/metrics", &[])?;
     let accepted = m
