@@ -46,13 +46,13 @@ fn request_bodies_over_the_limit_get_413() {
     }
 }
 
-#[test]
-fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
-    let (_gw, addr, _o) = start(r#"idle_timeout = "1s""#);
+/// A connection that has had one keep-alive request (`GET path`)
+/// answered 200, and a 10 s read timeout.
+fn kept_alive(addr: SocketAddr, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("write");
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).expect("response");
@@ -61,6 +61,14 @@ fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
         "{}",
         String::from_utf8_lossy(&buf[..n])
     );
+    s
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
+    let (_gw, addr, _o) = start(r#"idle_timeout = "1s""#);
+    let mut s = kept_alive(addr, "/a");
+    let mut buf = [0u8; 4096];
     // Kept alive while used: a second request on the same connection.
     std::thread::sleep(Duration::from_millis(200));
     s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -206,14 +214,7 @@ fn heads_the_parser_refuses_are_counted_and_logged() {
         String::from_utf8_lossy(&read_to_close(s, Duration::from_secs(10)).0).into_owned()
     };
     // A keep-alive request, then a header line without a colon.
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).expect("response");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let mut s = kept_alive(addr, "/ok");
     let text = answer(
         &mut s,
         b"GET /bad HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
