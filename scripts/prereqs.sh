@@ -21,8 +21,10 @@ needs=(cmake:cmake)
 # aioquic: the HTTP/3 client of the HTTP/3 tests (tests/py/h3_client.py).
 # opentelemetry-proto (with protobuf): the OTLP receiver of the tracing test
 # decodes exported spans with the official generated classes.
-py_modules="grpc, websockets.asyncio.client, yaml, aioquic.h3.connection, opentelemetry.proto.collector.trace.v1.trace_service_pb2"
-py_requirements=(grpcio "websockets>=13" PyYAML "aioquic>=1.2" opentelemetry-proto)
+# h2 (with hpack): the HTTP/2 origin that reports how each header field
+# arrived (tests/py/h2_origin.py).
+py_modules="grpc, websockets.asyncio.client, yaml, aioquic.h3.connection, opentelemetry.proto.collector.trace.v1.trace_service_pb2, h2.connection, hpack"
+py_requirements=(grpcio "websockets>=13" PyYAML "aioquic>=1.2" opentelemetry-proto "h2>=4")
 need_py=0
 if [[ "$mode" == "test" ]]; then
     needs+=(curl:curl nghttp:nghttp2-client h2load:nghttp2-client openssl:openssl prometheus:prometheus)

@@ -859,7 +859,7 @@ impl ProxyHttp for Edge {
         }
         upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme))?;
         if !upstream.headers.contains_key(X_REQUEST_ID) {
-            upstream.insert_header(X_REQUEST_ID, request_id())?;
+            upstream.insert_header(X_REQUEST_ID, crate::trace::unindexed(request_id())?)?;
         }
         // The mirror gets the request as it goes upstream.
         if let Some(copy) = &mut ctx.mirror {

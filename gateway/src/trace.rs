@@ -35,8 +35,22 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use context::{Format, SpanId};
+
 pub(crate) use context::{TraceId, push_hex};
 use otlp::{Kind, SpanRecord, Status, Value};
+
+/// A header value that is new on every request (a span's `traceparent`,
+/// a generated `x-request-id`), marked so that HTTP/2 sends it as a
+/// never-indexed literal (RFC 7541 6.2.3). Indexed, each request would
+/// push one entry into both ends' HPACK tables, evicting the entries of
+/// the values that do repeat, and never be referenced again.
+pub(crate) fn unindexed(value: String) -> pingora::Result<http::HeaderValue> {
+    let mut v = http::HeaderValue::try_from(value).map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InternalError, "invalid id header value")
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
 
 /// What this process is, for span resources.
 #[derive(Debug)]
@@ -214,7 +228,10 @@ impl Hop {
     pub(crate) fn inject(&self, req: &mut RequestHeader) -> pingora::Result<()> {
         use context::*;
         let span = self.current.as_ref().map_or(self.span_id, |t| t.span_id);
-        req.insert_header(TRACEPARENT, traceparent(self.trace_id, span, self.sampled))?;
+        req.insert_header(
+            TRACEPARENT,
+            unindexed(traceparent(self.trace_id, span, self.sampled))?,
+        )?;
         // One pass over the names finds stale copies to remove; most
         // requests have none, and each removal is a hashed lookup.
         let (mut stale_state, mut stale_b3) = (false, false);
@@ -237,12 +254,12 @@ impl Hop {
         match self.format {
             Format::B3Single => req.insert_header(
                 B3,
-                b3_single(self.trace_id, span, self.sampled, self.span_id),
+                unindexed(b3_single(self.trace_id, span, self.sampled, self.span_id))?,
             )?,
             Format::B3Multi => {
-                req.insert_header(B3_TRACE_ID, self.trace_id.to_string())?;
-                req.insert_header(B3_SPAN_ID, span.to_string())?;
-                req.insert_header(B3_PARENT_SPAN_ID, self.span_id.to_string())?;
+                req.insert_header(B3_TRACE_ID, unindexed(self.trace_id.to_string())?)?;
+                req.insert_header(B3_SPAN_ID, unindexed(span.to_string())?)?;
+                req.insert_header(B3_PARENT_SPAN_ID, unindexed(self.span_id.to_string())?)?;
                 req.insert_header(B3_SAMPLED, if self.sampled { "1" } else { "0" })?;
             }
             Format::W3c | Format::New => {}

@@ -887,3 +887,95 @@ fn a_collector_that_refuses_or_hangs_fails_no_request() -> Result<()> {
     .with_context(|| gw.proc.stderr())?;
     Ok(())
 }
+
+/// What `tests/py/h2_origin.py` saw of one request's header fields.
+fn wire_fields(body: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let v: Value = serde_json::from_str(body).with_context(|| format!("origin said {body:?}"))?;
+    let names = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok((names("never_indexed"), names("other")))
+}
+
+/// The trace and request ids the gateway writes are new on every request,
+/// so over HTTP/2 they go as never-indexed HPACK literals: indexed, each
+/// would take a slot in both ends' dynamic tables and push out the
+/// headers that do repeat. Headers that repeat stay indexable, and so does
+/// a request id the client chose. The origin is a real HTTP/2 server
+/// (the `h2` package) whose HPACK decoder reports each field's form.
+#[test]
+fn per_request_ids_reach_an_http2_upstream_never_indexed() -> Result<()> {
+    let origin = PyServer::start("h2_origin.py", &[])?;
+    let (_gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\"]",
+        &format!(
+            r#"[[route]]
+name = "h2"
+match = {{ path_prefix = "/" }}
+service = "h2"
+
+[[service]]
+name = "h2"
+protocol = "http2"
+endpoints = [{{ address = "{}" }}]
+"#,
+            origin.addr
+        ),
+    )?;
+    let cases: [(&[&str], &[&str], &[&str]); 4] = [
+        // (request headers, must arrive never-indexed, must not)
+        (
+            &[],
+            &["traceparent", "x-request-id"],
+            &["x-forwarded-for", "x-forwarded-proto"],
+        ),
+        (
+            &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"],
+            &["b3", "traceparent", "x-request-id"],
+            &["x-forwarded-proto"],
+        ),
+        (
+            &[
+                "x-b3-traceid: 80f198ee56343ba864fe8b2a57d3eff7",
+                "x-b3-spanid: e457b5a2e4d86bd1",
+                "x-b3-sampled: 1",
+            ],
+            &[
+                "traceparent",
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "x-b3-parentspanid",
+            ],
+            &["x-b3-sampled", "x-forwarded-proto"],
+        ),
+        (
+            &["x-request-id: chosen-by-the-client"],
+            &["traceparent"],
+            &["x-request-id", "x-forwarded-proto"],
+        ),
+    ];
+    for (sent, never, other) in cases {
+        let r = get(addr, "/", sent)?;
+        assert_eq!(r.status, 200, "{sent:?}: {}", r.body);
+        let (got_never, got_other) = wire_fields(&r.body)?;
+        for name in never {
+            assert!(
+                got_never.iter().any(|n| n == name),
+                "{sent:?}: {name} not never-indexed; never-indexed {got_never:?}, other {got_other:?}"
+            );
+        }
+        for name in other {
+            assert!(
+                got_other.iter().any(|n| n == name),
+                "{sent:?}: {name} not sent indexable; never-indexed {got_never:?}, other {got_other:?}"
+            );
+        }
+    }
+    Ok(())
+}
