@@ -16,8 +16,9 @@
 //! upstream connections made with an old certificate are not reused, as
 //! pingora keys its pool by the client certificate.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -50,6 +51,9 @@ pub(crate) enum MeshTlsError {
     Bundle(String),
 }
 
+/// At most this many services' mesh DNS names are kept.
+const MAX_CACHED_NAMES: usize = 4096;
+
 /// One complete set of identity material.
 pub(crate) struct Material {
     /// Our SPIFFE ID, read from the certificate.
@@ -79,6 +83,10 @@ impl std::fmt::Debug for Material {
 #[derive(Debug)]
 pub(crate) struct MeshTls {
     trust_domain: String,
+    /// Each service's mesh DNS name (`None`: the name cannot be one),
+    /// derived on first use: building and checking the SPIFFE ID and the
+    /// name took about 2,500 instructions, on every request.
+    names: RwLock<HashMap<String, Option<String>>>,
     current: ArcSwapOption<Material>,
     provider: Arc<CryptoProvider>,
 }
@@ -88,6 +96,7 @@ impl MeshTls {
         let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
         Arc::new(MeshTls {
             trust_domain: trust_domain.to_owned(),
+            names: RwLock::default(),
             current: ArcSwapOption::empty(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
@@ -175,15 +184,35 @@ impl MeshTls {
     /// config only admits mesh service names that make one).
     pub(crate) fn peer(&self, addr: SocketAddr, svc: &ServiceSpec) -> Option<HttpPeer> {
         let m = self.material()?;
-        let name = SpiffeId::service(&self.trust_domain, &svc.name)
-            .and_then(|id| id.dns_name())
-            .ok()?;
+        let name = self.dns_name(&svc.name)?;
         let mut peer = HttpPeer::new(addr, true, name);
         peer.client_cert_key = Some(m.client.clone());
         peer.options.ca = Some(m.roots.clone());
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
         Some(peer)
+    }
+
+    /// `service`'s mesh DNS name, the name its certificates carry.
+    fn dns_name(&self, service: &str) -> Option<String> {
+        // A poisoned lock only means a panic elsewhere while it was held;
+        // the map is still whole (each insert is one call).
+        let known = self.names.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = known.get(service) {
+            return name.clone();
+        }
+        drop(known);
+        let name = SpiffeId::service(&self.trust_domain, service)
+            .and_then(|id| id.dns_name())
+            .ok();
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        // Services come from the config, so the map stays small; a config
+        // that keeps renaming them cannot grow it without bound.
+        if names.len() >= MAX_CACHED_NAMES {
+            names.clear();
+        }
+        names.insert(service.to_owned(), name.clone());
+        name
     }
 
     /// The server side: a certificate resolver and a client verifier that
@@ -333,6 +362,33 @@ mod tests {
         // against it.
         assert_eq!(m.bundle.len(), 1);
         assert_eq!(m.bundle[0].as_ref(), ca.root_der());
+    }
+
+    /// A service's mesh DNS name is derived once and then read from the
+    /// map; names that cannot be DNS labels stay refused on every call;
+    /// the map does not grow past its bound.
+    #[test]
+    fn mesh_names_are_derived_once_and_stay_bounded() {
+        let mesh = MeshTls::new(TD);
+        for _ in 0..2 {
+            assert_eq!(
+                mesh.dns_name("api").as_deref(),
+                Some("api.service.mesh.test")
+            );
+            assert_eq!(mesh.dns_name("Api"), None, "upper case");
+            assert_eq!(mesh.dns_name("a.b"), None, "two labels");
+            assert_eq!(mesh.dns_name("a/b"), None, "two segments");
+        }
+        let cached = |m: &MeshTls| m.names.read().expect("lock").len();
+        assert_eq!(cached(&mesh), 4);
+        for i in 0..MAX_CACHED_NAMES + 10 {
+            let name = format!("s{i}");
+            assert_eq!(
+                mesh.dns_name(&name),
+                Some(format!("{name}.service.mesh.test"))
+            );
+        }
+        assert!(cached(&mesh) <= MAX_CACHED_NAMES);
     }
 
     /// An operator's CA that is itself an intermediate stays in the chain
