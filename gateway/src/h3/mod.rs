@@ -11,6 +11,7 @@
 //! (`POST /drain`) sends the same GOAWAY and keeps the endpoint open.
 
 mod head;
+mod quic_io;
 mod session;
 
 use std::net::UdpSocket;
@@ -184,7 +185,7 @@ impl H3Listener {
             EndpointConfig::default(),
             Some(self.config),
             self.socket,
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(quic_io::QuicRuntime),
         ) {
             Ok(e) => e,
             Err(e) => {
