@@ -18,10 +18,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use meshgate_config::ServiceSpec;
 use meshgate_identity::SpiffeId;
 use pingora::upstreams::peer::HttpPeer;
@@ -51,9 +51,6 @@ pub(crate) enum MeshTlsError {
     Bundle(String),
 }
 
-/// At most this many services' mesh DNS names are kept.
-const MAX_CACHED_NAMES: usize = 4096;
-
 /// One complete set of identity material.
 pub(crate) struct Material {
     /// Our SPIFFE ID, read from the certificate.
@@ -79,14 +76,19 @@ impl std::fmt::Debug for Material {
     }
 }
 
+/// At most this many services' mesh DNS names are kept.
+const MAX_CACHED_NAMES: usize = 4096;
+
 /// The live identity of this process; empty until the first certificate.
 #[derive(Debug)]
 pub(crate) struct MeshTls {
     trust_domain: String,
     /// Each service's mesh DNS name (`None`: the name cannot be one),
     /// derived on first use: building and checking the SPIFFE ID and the
-    /// name took about 2,500 instructions, on every request.
-    names: RwLock<HashMap<String, Option<String>>>,
+    /// name took about 2,500 instructions, on every request. Read on
+    /// every request from every listener thread, written once a service:
+    /// swapped whole, so reads take no lock.
+    names: ArcSwap<HashMap<String, Option<String>>>,
     current: ArcSwapOption<Material>,
     provider: Arc<CryptoProvider>,
 }
@@ -96,7 +98,7 @@ impl MeshTls {
         let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
         Arc::new(MeshTls {
             trust_domain: trust_domain.to_owned(),
-            names: RwLock::default(),
+            names: ArcSwap::default(),
             current: ArcSwapOption::empty(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
@@ -195,23 +197,23 @@ impl MeshTls {
 
     /// `service`'s mesh DNS name, the name its certificates carry.
     fn dns_name(&self, service: &str) -> Option<String> {
-        // A poisoned lock only means a panic elsewhere while it was held;
-        // the map is still whole (each insert is one call).
-        let known = self.names.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(name) = known.get(service) {
+        if let Some(name) = self.names.load().get(service) {
             return name.clone();
         }
-        drop(known);
         let name = SpiffeId::service(&self.trust_domain, service)
             .and_then(|id| id.dns_name())
             .ok();
-        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
         // Services come from the config, so the map stays small; a config
         // that keeps renaming them cannot grow it without bound.
-        if names.len() >= MAX_CACHED_NAMES {
-            names.clear();
-        }
-        names.insert(service.to_owned(), name.clone());
+        self.names.rcu(|names| {
+            let mut names = if names.len() >= MAX_CACHED_NAMES {
+                HashMap::new()
+            } else {
+                HashMap::clone(names)
+            };
+            names.insert(service.to_owned(), name.clone());
+            names
+        });
         name
     }
 
@@ -379,7 +381,7 @@ mod tests {
             assert_eq!(mesh.dns_name("a.b"), None, "two labels");
             assert_eq!(mesh.dns_name("a/b"), None, "two segments");
         }
-        let cached = |m: &MeshTls| m.names.read().expect("lock").len();
+        let cached = |m: &MeshTls| m.names.load().len();
         assert_eq!(cached(&mesh), 4);
         for i in 0..MAX_CACHED_NAMES + 10 {
             let name = format!("s{i}");

@@ -35,7 +35,6 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use context::{Format, SpanId};
-
 pub(crate) use context::{TraceId, push_hex};
 use otlp::{Kind, SpanRecord, Status, Value};
 
