@@ -282,16 +282,26 @@ def _threads(pids):
 def context_switches(pids):
     """Voluntary and involuntary context switches of every thread of the
     processes so far (each thread counts its own in /proc/PID/task)."""
-    total = 0
+    return sum(switches_by_kind(pids))
+
+
+def switches_by_kind(pids):
+    """(voluntary, involuntary) context switches of every thread of the
+    processes so far. A voluntary one is a thread going to sleep (waiting
+    for I/O); an involuntary one is a runnable thread made to give up its
+    CPU, as when a process it woke on the same core preempts it."""
+    vol = invol = 0
     for pid, tid in _threads(pids):
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
         except OSError:
             continue
-    return total
+    return vol, invol
 
 
 def rss_kib(pids):

@@ -422,6 +422,29 @@ def _combos(rows, scenario, keys):
     return seen
 
 
+def _sched_table(rows):
+    """Pinned saturation rows: the proxy's preemptions and the origin's
+    sleeps per request, per target (older result files lack them)."""
+    body = []
+    for scen_proto, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"]):
+        if mode != "pinned" or scen_proto in H3_PROTOS or scen_proto == "grpc":
+            continue
+        kw = dict(scenario="saturation", proto=scen_proto, tool=tool, mode=mode)
+        cells, seen = [scen_proto, tool], False
+        for t in SHOWN:
+            if t == "direct":
+                continue
+            pre = _median(list(_by_round(rows, t, "preempted_per_req", **kw).values()))
+            sleeps = _median(list(_by_round(rows, t, "origin_sleeps_per_req", **kw).values()))
+            seen = seen or pre is not None
+            cells.append(f"{_fmt(pre)} / {_fmt(sleeps)}" if pre is not None else "–")
+        if seen:
+            body.append(cells)
+    if not body:
+        return None
+    return _table(["proto", "tool"] + [t for t in SHOWN if t != "direct"], body)
+
+
 def markdown(header, rows, base="latest"):
     """The report of one run; `base` names the JSON file it sits beside
     (latest.json, or quick.json / full.json: the last run of each plan)."""
@@ -491,6 +514,17 @@ def markdown(header, rows, base="latest"):
                "and meshgate's as a multiple of each peer's (lower is better):\n")
     out.append(_table(["proto", "tool", "mode"] + [f"{t} µs" for t in SHOWN]
                       + [f"meshgate/{p}" for p in PEERS], body) + "\n")
+    sched = _sched_table(rows)
+    if sched:
+        out.append(
+            "Taking turns on the shared core (pinned, so origin and proxy share CPU 0): how often "
+            "the proxy was preempted and how often the origin went to sleep, per request. Near 1 "
+            "each means the two alternated a request at a time (each turn costs two context "
+            "switches and a wake-up); well below 1, that each turn served a batch. A proxy that "
+            "costs more CPU per request relative to the origin is preempted more often by the "
+            "scheduler's fairness, so this multiplies a CPU gap into a wider throughput gap. "
+            "`preempted / origin sleeps`, median:\n")
+        out.append(sched + "\n")
 
     # Fixed rate
     out.append("## Latency at a fixed rate (oha --latency-correction)\n")

@@ -40,18 +40,30 @@ def _cpu_us_per_req(cpu_s, requests):
 
 def _measure(ctx, target, load):
     """Run `load()` and return (result, cpu seconds of the target, cpu seconds
-    of the origin, the target's RSS: its `peak` and `end` in KiB)."""
+    of the origin, the target's RSS: its `peak` and `end` in KiB, and the
+    context switches during the load: the target's (voluntary,
+    involuntary) and the origin's)."""
     origin = ctx.origin
     t0, o0 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
+    ts0, os0 = procs.switches_by_kind(target.tree()), procs.switches_by_kind(origin.tree())
     with procs.PeakRss(target.tree) as peak:
         res = load()
     t1, o1 = procs.cpu_seconds(target.tree()), procs.cpu_seconds(origin.tree())
-    return res, t1 - t0, o1 - o0, peak
+    ts1, os1 = procs.switches_by_kind(target.tree()), procs.switches_by_kind(origin.tree())
+    switches = {
+        "target": tuple(b - a for a, b in zip(ts0, ts1)),
+        "origin": tuple(b - a for a, b in zip(os0, os1)),
+    }
+    return res, t1 - t0, o1 - o0, peak, switches
+
+
+def _per_req(n, requests):
+    return round(n / requests, 3) if requests else None
 
 
 def _load_row(ctx, target, base, load):
     try:
-        res, cpu, ocpu, peak = _measure(ctx, target, load)
+        res, cpu, ocpu, peak, switches = _measure(ctx, target, load)
     except generators.LoadError as e:
         return row(**base, status=f"failed: {e}"[:600])
     if not res["requests"] and res["errors"]:
@@ -69,8 +81,15 @@ def _load_row(ctx, target, base, load):
         rss_mib=_mib(peak.peak),
         rss_end_mib=_mib(peak.end),
     )
+    # Where the target and the origin share a core (pinned), how often the
+    # target was preempted and how often the origin went to sleep tell
+    # whether the two took turns a request at a time or in batches.
+    vol, invol = switches["target"]
+    r["sleeps_per_req"] = _per_req(vol, res["requests"])
+    r["preempted_per_req"] = _per_req(invol, res["requests"])
     if target.name != "direct":
         r["origin_cpu_us_per_req"] = _cpu_us_per_req(ocpu, res["requests"])
+        r["origin_sleeps_per_req"] = _per_req(switches["origin"][0], res["requests"])
     for extra in ("socket_errors", "error_kinds", "bytes_per_conn"):
         if res.get(extra):
             r[extra] = res[extra]

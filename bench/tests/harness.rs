@@ -30,6 +30,13 @@ fn cpu_time_of_a_process_is_read_from_its_cpu_clock() {
     passes("procs_cpu.py");
 }
 
+/// Context switches per process, voluntary and involuntary apart: sleeps
+/// and preemptions of real processes (`bench/tests/procs_switches.py`).
+#[test]
+fn context_switches_are_counted_by_kind() {
+    passes("procs_switches.py");
+}
+
 /// The profile-guided link order (`scripts/pgo-order.py`): what every
 /// process ran first, then each set of processes' own functions together
 /// (`bench/tests/pgo_order.py`).
