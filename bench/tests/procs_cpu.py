@@ -7,12 +7,11 @@ milliseconds, which clock ticks (10 ms) cannot.
 """
 
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from loadbench import procs  # noqa: E402
+from child import Child  # noqa: E402
 
 CHILD = r"""
 import sys, threading, time
@@ -34,14 +33,8 @@ sys.stdin.readline()
 
 
 def main():
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout.readline().strip() == "ready"
+    with Child(CHILD) as child:
+        child.expect("ready")
         first = procs.cpu_seconds([child.pid])
         with open(f"/proc/{child.pid}/stat") as f:
             stat = f.read()
@@ -52,22 +45,14 @@ def main():
         # The same time /proc/PID/stat counts, to within its tick.
         assert abs(first - ticks) <= 0.02, f"clock {first:.4f} s, ticks {ticks:.2f} s"
 
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "done"
+        child.step("done")
         spent = procs.cpu_seconds([child.pid]) - first
         # 3 ms of burning (plus a read and a print) shows as that, not as
         # zero or a whole 10 ms tick.
         assert 0.003 <= spent < 0.009, f"3 ms of CPU measured as {spent * 1000:.3f} ms"
         # A process that has gone counts as nothing, without an error.
-        child.stdin.write("exit\n")
-        child.stdin.flush()
-        child.wait(timeout=10)
+        child.exit()
         assert procs.cpu_seconds([child.pid]) == 0.0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     print("ok")
 
 

@@ -9,10 +9,10 @@ must take turns between them (involuntary switches).
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from loadbench import procs  # noqa: E402
+from child import Child  # noqa: E402
 
 CHILD = r"""
 import sys, threading, time
@@ -43,19 +43,11 @@ SPINNER = "import time\nend = time.monotonic() + 0.6\nwhile time.monotonic() < e
 
 
 def main():
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     spinner = None
-    try:
-        assert child.stdout.readline().strip() == "ready"
+    with Child(CHILD) as child:
+        child.expect("ready")
         vol0, invol0 = procs.switches_by_kind([child.pid])
-        child.stdin.write("nap\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "napped"
+        child.step("napped")
         vol1, invol1 = procs.switches_by_kind([child.pid])
         # 40 naps in the main thread are 40 voluntary switches at least
         # (the second thread's have gone with it, as /proc keeps only live
@@ -67,25 +59,21 @@ def main():
         # sleep for it.
         cpu = {min(os.sched_getaffinity(0))}
         procs.set_affinity([child.pid], cpu)
-        spinner = subprocess.Popen([sys.executable, "-c", SPINNER])
-        procs.set_affinity([spinner.pid], cpu)
-        child.stdin.write("spin\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "spun"
+        try:
+            spinner = subprocess.Popen([sys.executable, "-c", SPINNER])
+            procs.set_affinity([spinner.pid], cpu)
+            child.step("spun")
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
         vol2, invol2 = procs.switches_by_kind([child.pid])
         assert invol2 - invol1 >= 1, "spinning beside another spinner was never preempted"
         assert vol2 - vol1 <= 10, f"spinning counted {vol2 - vol1} sleeps"
 
         # A process that has gone counts as nothing, without an error.
-        child.stdin.write("exit\n")
-        child.stdin.flush()
-        child.wait(timeout=10)
+        child.exit()
         assert procs.switches_by_kind([child.pid]) == (0, 0)
-    finally:
-        for p in (child, spinner):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
     print("ok")
 
 
