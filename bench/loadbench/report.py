@@ -13,6 +13,9 @@ import statistics
 
 PEERS = ["direct", "nginx", "haproxy"]
 SHOWN = ["direct", "meshgate", "nginx", "haproxy"]
+# The proxies whose turns with the origin the report shows (the pairs' two
+# processes counted together).
+SCHED_SHOWN = ["meshgate", "nginx", "haproxy", "meshgate-sidecar", "haproxy-pair"]
 
 
 def write_json(path, header, rows):
@@ -425,24 +428,22 @@ def _combos(rows, scenario, keys):
 def _sched_table(rows):
     """Pinned saturation rows: the proxy's preemptions and the origin's
     sleeps per request, per target (older result files lack them)."""
-    body = []
-    for scen_proto, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"]):
-        if mode != "pinned" or scen_proto in H3_PROTOS or scen_proto == "grpc":
-            continue
-        kw = dict(scenario="saturation", proto=scen_proto, tool=tool, mode=mode)
-        cells, seen = [scen_proto, tool], False
-        for t in SHOWN:
-            if t == "direct":
-                continue
+    combos = [(p, tool) for p, tool, mode in _combos(rows, "saturation", ["proto", "tool", "mode"])
+              if mode == "pinned" and p not in H3_PROTOS and p != "grpc"]
+    cells = {}
+    for proto, tool in combos:
+        kw = dict(scenario="saturation", proto=proto, tool=tool, mode="pinned")
+        for t in SCHED_SHOWN:
             pre = _median(list(_by_round(rows, t, "preempted_per_req", **kw).values()))
             sleeps = _median(list(_by_round(rows, t, "origin_sleeps_per_req", **kw).values()))
-            seen = seen or pre is not None
-            cells.append(f"{_fmt(pre)} / {_fmt(sleeps)}" if pre is not None else "–")
-        if seen:
-            body.append(cells)
-    if not body:
+            if pre is not None:
+                cells[(proto, tool, t)] = f"{_fmt(pre)} / {_fmt(sleeps)}"
+    shown = [t for t in SCHED_SHOWN if any(k[2] == t for k in cells)]
+    if not shown:
         return None
-    return _table(["proto", "tool"] + [t for t in SHOWN if t != "direct"], body)
+    body = [[proto, tool] + [cells.get((proto, tool, t), "–") for t in shown]
+            for proto, tool in combos if any((proto, tool, t) in cells for t in shown)]
+    return _table(["proto", "tool"] + shown, body)
 
 
 def markdown(header, rows, base="latest"):
@@ -518,7 +519,8 @@ def markdown(header, rows, base="latest"):
     if sched:
         out.append(
             "Taking turns on the shared core (pinned, so origin and proxy share CPU 0): how often "
-            "the proxy was preempted and how often the origin went to sleep, per request. Near 1 "
+            "the proxy was preempted (a pair's two processes together) and how often the origin "
+            "went to sleep, per request. Near 1 "
             "each means the two alternated a request at a time (each turn costs two context "
             "switches and a wake-up); well below 1, that each turn served a batch. A proxy that "
             "costs more CPU per request relative to the origin is preempted more often by the "
