@@ -258,6 +258,7 @@ pub(crate) struct RawService {
     pub connect_timeout: Option<S>,
     pub idle_timeout: Option<S>,
     pub max_idle_per_endpoint: Option<N>,
+    pub preserve_header_case: Option<bool>,
     pub circuit_breaker: Option<RawLimits>,
     pub outlier_detection: Option<Spanned<RawOutlier>>,
     pub retry_budget: Option<Spanned<RawRetryBudget>>,

@@ -542,6 +542,10 @@ pub struct ServiceSpec {
     pub idle_timeout: Duration,
     /// Idle pooled connections kept per endpoint. Default 128.
     pub max_idle_per_endpoint: u32,
+    /// Whether HTTP/1.1 requests forwarded to its endpoints keep the case
+    /// of header names their client sent. Default false: names go out in
+    /// the header map's own (mostly lower) case.
+    pub preserve_header_case: bool,
     /// Circuit-breaker limits.
     pub limits: Limits,
     /// Outlier detection.

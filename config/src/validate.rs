@@ -1284,6 +1284,7 @@ impl Cx<'_, '_> {
                 connect_timeout,
                 idle_timeout,
                 max_idle_per_endpoint,
+                preserve_header_case: r.preserve_header_case.unwrap_or(false),
                 limits,
                 outlier,
                 retry_budget,

@@ -165,6 +165,32 @@ fn apply_header_rules(
     Ok(())
 }
 
+/// Lets a request go upstream without the case its HTTP/1.1 client gave
+/// its header names. pingora keeps those beside the header map, in a
+/// second map every insertion and removal also updates, and writes them
+/// back on the wire; without it, names go out as the header map holds them
+/// (lower case, a few common ones such as `Host` and `Content-Length`
+/// capitalised), as from an HTTP/2 or HTTP/3 client, and as Envoy and
+/// HAProxy send them by default. A request target the URI cannot carry
+/// (absolute-form, not UTF-8), which pingora keeps beside it, is restored.
+fn drop_header_case(req: &mut RequestHeader) -> Result<()> {
+    if !req.has_case() {
+        return Ok(());
+    }
+    let in_uri = req
+        .uri
+        .path_and_query()
+        .map_or(&b""[..], |p| p.as_str().as_bytes());
+    let raw = (req.raw_path() != in_uri).then(|| req.raw_path().to_vec());
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let parts = http::request::Parts::from(std::mem::replace(req, empty));
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = raw {
+        req.set_raw_path(&raw)?;
+    }
+    Ok(())
+}
+
 /// The retry-policy view of a pingora error.
 fn error_outcome(e: &Error) -> Outcome {
     use pingora::ErrorType as T;
@@ -803,6 +829,15 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_times.sending(Instant::now());
+        // Before any header is added: each insertion would otherwise also
+        // go into the map of the names' case.
+        if ctx
+            .service
+            .as_deref()
+            .is_none_or(|s| !s.preserve_header_case || s.protocol == UpstreamProtocol::Http2)
+        {
+            drop_header_case(upstream)?;
+        }
         // pingora strips hop-by-hop headers from a custom (HTTP/3)
         // downstream, `te` included; `te: trailers` is end to end in
         // HTTP/2 and HTTP/3 and gRPC servers require it.

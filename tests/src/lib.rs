@@ -486,7 +486,8 @@ pub fn tempdir() -> Result<PathBuf> {
 /// itself and echoing the request path and selected headers as response
 /// headers (`x-seen-host`, `x-seen-xff`, `x-seen-added`), plus every
 /// request header as a JSON object of lower-cased name to list of values
-/// in `x-seen-headers` (see [`seen_headers`]). It reads request bodies
+/// in `x-seen-headers` (see [`seen_headers`]), and the names as they came
+/// on the wire, in order, as a JSON list in `x-seen-names`. It reads request bodies
 /// framed by `Content-Length` or chunked, and logs every request it
 /// answers (see [`Origin::requests`]). Bound to a port the OS picked;
 /// the port is read back from its first output line.
@@ -540,6 +541,7 @@ class H(http.server.BaseHTTPRequestHandler):
         for k, v in self.headers.items():
             seen.setdefault(k.lower(), []).append(v)
         self.send_header("x-seen-headers", json.dumps(seen, sort_keys=True))
+        self.send_header("x-seen-names", json.dumps(list(self.headers.keys())))
         self.end_headers()
         self.wfile.write(body)
     do_GET = _answer

@@ -551,6 +551,101 @@ fn every_x_forwarded_for_line_is_kept_and_the_client_appended() {
 }
 
 #[test]
+fn header_names_go_upstream_in_one_case_unless_the_service_keeps_the_clients() {
+    let plain = Origin::start("plain").expect("origin");
+    let kept = Origin::start("kept").expect("origin");
+    let (_gw, addr) = Gateway::start_web(
+        "protocols = [\"http1\", \"h2c\"]",
+        &format!(
+            r#"
+[[route]]
+name = "kept"
+match = {{ path_prefix = "/kept" }}
+service = "kept"
+
+[[route]]
+name = "plain"
+service = "plain"
+
+[[service]]
+name = "plain"
+endpoints = [{{ address = "{}" }}]
+
+[[service]]
+name = "kept"
+endpoints = [{{ address = "{}" }}]
+preserve_header_case = true
+"#,
+            plain.addr, kept.addr
+        ),
+    )
+    .expect("gateway");
+    // The names on the wire, as the origin read them, and the values of
+    // the one the client spelled oddly.
+    let send = |how: &str, path: &str, extra: &[&str]| {
+        let url = format!("http://{addr}{path}");
+        let mut args = vec![how, "-H", "X-Mixed-CASE: a", "-H", "x-MIXED-case: b"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let r = curl(&args).expect("curl");
+        assert_eq!(r.status, 200, "{how} {path}: {r:?}");
+        let names: Vec<String> =
+            serde_json::from_str(r.header("x-seen-names").expect("x-seen-names")).expect("json");
+        let seen = seen_headers(&r).expect("seen headers");
+        assert_eq!(
+            seen.get("x-mixed-case"),
+            Some(&vec!["a".to_owned(), "b".to_owned()]),
+            "{how} {path}: values and their order are kept: {seen:?}"
+        );
+        names
+    };
+
+    let names = send("--http1.1", "/plain", &[]);
+    for want in ["Host", "user-agent", "x-mixed-case", "x-forwarded-for"] {
+        assert!(names.contains(&want.to_owned()), "{want} in {names:?}");
+    }
+    assert_eq!(
+        names.iter().filter(|n| *n == "x-mixed-case").count(),
+        2,
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "User-Agent" || n == "X-Mixed-CASE"),
+        "{names:?}"
+    );
+
+    let names = send("--http1.1", "/kept", &[]);
+    for want in [
+        "Host",
+        "User-Agent",
+        "X-Mixed-CASE",
+        "x-MIXED-case",
+        "x-forwarded-for",
+    ] {
+        assert!(names.contains(&want.to_owned()), "{want} in {names:?}");
+    }
+    // An HTTP/2 client's names are lower case on the wire: there is no
+    // other spelling to keep.
+    let names = send("--http2-prior-knowledge", "/kept", &[]);
+    assert!(names.contains(&"x-mixed-case".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n == "X-Mixed-CASE"), "{names:?}");
+
+    // A target in absolute form, which pingora keeps apart from the URI,
+    // reaches both origins as the client sent it.
+    for (path, origin) in [("/plain/abs?q=1", &plain), ("/kept/abs?q=1", &kept)] {
+        let target = format!("http://{addr}{path}");
+        send("--http1.1", "/", &["--request-target", &target]);
+        let line = format!("GET {target} 0");
+        wait_for(Duration::from_secs(5), "the origin's log line", || {
+            origin.requests().contains(&line)
+        })
+        .unwrap_or_else(|_| panic!("{line} in {:?}", origin.requests()));
+    }
+}
+
+#[test]
 fn a_mirrored_route_copies_requests_to_the_shadow_and_ignores_its_answers() {
     let main = Origin::start("main").expect("origin");
     let shadow = Origin::start("shadow").expect("shadow");
