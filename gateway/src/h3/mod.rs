@@ -312,6 +312,12 @@ impl Conn {
         };
         let mut shutdown = self.shutdown.clone();
         let mut closing = *shutdown.borrow_and_update();
+        // One wait for the whole connection: a fresh `changed()` on each
+        // pass of the loop below would join the shutdown watch's list of
+        // waiters and leave it again for every request, under a lock that
+        // every connection's loop shares.
+        let shutdown_changed = shutdown.changed();
+        tokio::pin!(shutdown_changed);
         // GOAWAY: no new requests on this connection; those accepted carry
         // on. Its stream ID is the first one refused: one past the last
         // request accepted (`shutdown(1)`), 0 when there was none. A
@@ -345,7 +351,7 @@ impl Conn {
                         break;
                     }
                 },
-                _ = shutdown.changed(), if !closing => {
+                _ = &mut shutdown_changed, if !closing => {
                     closing = true;
                     goaway_sent = true;
                     let _ = h3.shutdown(1).await;
