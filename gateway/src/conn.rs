@@ -32,7 +32,9 @@
 
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -137,8 +139,18 @@ where
                 .get_or_init(|| crate::server::closing_signal(shutdown));
             return self.proxy.process_new(stream, closing).await;
         }
-        let mut shutdown = shutdown.clone();
+        // Waits that last the whole connection: made for each request, they
+        // would join the shared shutdown and drain watches' lists of waiters
+        // and leave them again every time the connection waits for a head.
+        let mut shutdown_rx = shutdown.clone();
+        let stopping = async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        };
         let mut drain = crate::server::drain_signal();
+        let draining = async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        };
+        tokio::pin!(stopping, draining);
         let mut stream: Stream = Box::new(ClientStream::new(stream, self.limits.read_buffer));
         // For a refusal's log line: the stream is pingora's when it refuses.
         let client = client_of(&stream);
@@ -155,7 +167,11 @@ where
                 // A drain closes idle keep-alive connections; a new one
                 // still gets its request answered.
                 _ => match self
-                    .wait_for_head(&mut stream, &mut shutdown, (!first).then_some(&mut drain))
+                    .wait_for_head(
+                        &mut stream,
+                        stopping.as_mut(),
+                        (!first).then_some(draining.as_mut()),
+                    )
                     .await
                 {
                     Waited::Head(head) => Some(head),
@@ -201,7 +217,7 @@ where
             first = false;
             let (reused, reached) = REACHED
                 .scope(Cell::new(false), async {
-                    let reused = self.proxy.process_new_http(session, &shutdown).await;
+                    let reused = self.proxy.process_new_http(session, shutdown).await;
                     (reused, REACHED.with(Cell::get))
                 })
                 .await;
@@ -303,15 +319,15 @@ where
     async fn wait_for_head(
         &self,
         stream: &mut Stream,
-        shutdown: &mut ShutdownWatch,
-        drain: Option<&mut tokio::sync::watch::Receiver<bool>>,
+        stopping: Pin<&mut impl Future<Output = ()>>,
+        drain: Option<Pin<&mut impl Future<Output = ()>>>,
     ) -> Waited {
         let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut filled = ReadBuf::uninit(&mut first);
         let read = tokio::time::timeout(self.limits.idle, read_some(stream, &mut filled));
         let drained = async {
             match drain {
-                Some(d) => drop(d.wait_for(|draining| *draining).await),
+                Some(d) => d.await,
                 None => std::future::pending().await,
             }
         };
@@ -322,8 +338,8 @@ where
                 // Closed, failed or idle too long before a request began.
                 _ => return Waited::Close,
             },
-            _ = shutdown.wait_for(|stop| *stop) => return Waited::Close,
-            _ = drained => return Waited::Close,
+            () = stopping => return Waited::Close,
+            () = drained => return Waited::Close,
         };
         let mut head = BytesMut::with_capacity(HEAD_BUFFER);
         head.extend_from_slice(&filled.filled()[..n]);
