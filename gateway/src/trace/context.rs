@@ -22,10 +22,11 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `bytes` as lower-case hex. Ids are written on every proxied
 /// request (`traceparent`, `x-request-id`, the access log), so this avoids
-/// the formatter's per-byte padding machinery.
+/// the formatter's per-byte padding machinery, and appends each id's digits
+/// at once rather than a character at a time.
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        out.extend(hex_pair(b).map(char::from));
+    for id in bytes.chunks(16) {
+        out.push_str(hex(&mut [0; 32], id));
     }
 }
 
@@ -37,14 +38,18 @@ fn hex_pair(b: u8) -> [u8; 2] {
     ]
 }
 
-/// Ids (at most 16 bytes) as hex through one `write_str`.
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    let mut buf = [0u8; 32];
+/// An id (at most 16 bytes are taken) as hex, written into `buf`.
+fn hex<'b>(buf: &'b mut [u8; 32], bytes: &[u8]) -> &'b str {
     for (pair, &b) in buf.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&hex_pair(b));
     }
     let len = (bytes.len() * 2).min(buf.len());
-    f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+/// Ids (at most 16 bytes) as hex through one `write_str`.
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    f.write_str(hex(&mut [0; 32], bytes))
 }
 
 impl fmt::Display for TraceId {
@@ -451,6 +456,17 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).expect("header value"));
         }
         h
+    }
+
+    #[test]
+    fn bytes_are_appended_as_lower_case_hex_of_any_length() {
+        let bytes: Vec<u8> = (0..=40u8).map(|i| i.wrapping_mul(37)).collect();
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut out = String::from("id=");
+        push_hex(&mut out, &bytes);
+        assert_eq!(out, format!("id={want}"));
+        push_hex(&mut out, &[]);
+        assert_eq!(out, format!("id={want}"));
     }
 
     #[test]
