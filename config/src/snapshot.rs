@@ -558,6 +558,15 @@ pub struct ServiceSpec {
     pub callers: IdentityPolicy,
 }
 
+impl ServiceSpec {
+    /// Whether requests reach its endpoints with header names spelled as
+    /// their HTTP/1.1 client wrote them: only with `preserve_header_case`,
+    /// and only over HTTP/1.1 (HTTP/2 names are lower case on the wire).
+    pub fn keeps_header_case(&self) -> bool {
+        self.preserve_header_case && self.protocol == UpstreamProtocol::Http1
+    }
+}
+
 /// How sidecars call a service: the route each sidecar's outbound side
 /// gets for it (the control plane renders it from `[service.calls]`).
 #[derive(Debug, Clone)]

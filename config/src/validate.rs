@@ -2498,6 +2498,25 @@ mod tests {
         assert!(!url_host_is_loopback("not a url"));
     }
 
+    #[test]
+    fn header_case_is_kept_only_when_asked_and_over_http1() {
+        let text = "[[service]]\nname = \"plain\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\n\n\
+                    [[service]]\nname = \"kept\"\nendpoints = [{ address = \"127.0.0.1:2\" }]\n\
+                    preserve_header_case = true\n\n\
+                    [[service]]\nname = \"kept-h2\"\nendpoints = [{ address = \"127.0.0.1:3\" }]\n\
+                    preserve_header_case = true\nprotocol = \"http2\"\n";
+        let snap = crate::load_str(text, "t.toml", std::path::Path::new("/")).expect("valid");
+        let keeps: Vec<(&str, bool)> = snap
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.keeps_header_case()))
+            .collect();
+        assert_eq!(
+            keeps,
+            [("plain", false), ("kept", true), ("kept-h2", false)]
+        );
+    }
+
     fn tracing(table: &str) -> Result<crate::TracingSpec, String> {
         let text = format!("[observability.tracing]\n{table}\n");
         crate::load_str(&text, "t.toml", std::path::Path::new("/"))

@@ -831,10 +831,10 @@ impl ProxyHttp for Edge {
         ctx.upstream_times.sending(Instant::now());
         // Before any header is added: each insertion would otherwise also
         // go into the map of the names' case.
-        if ctx
+        if !ctx
             .service
             .as_deref()
-            .is_none_or(|s| !s.preserve_header_case || s.protocol == UpstreamProtocol::Http2)
+            .is_some_and(ServiceSpec::keeps_header_case)
         {
             drop_header_case(upstream)?;
         }

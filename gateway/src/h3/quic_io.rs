@@ -345,7 +345,7 @@ mod tests {
             .expect("received");
         assert_eq!(got, 4);
         let Poll::Ready(Ok(1)) = recv(&mut cx, &mut spaces, &mut metas) else {
-            panic!("the fifth datagram waits for a wake-up");
+            panic!("after a full batch the next poll reads the fifth datagram");
         };
         assert_eq!(&spaces[0][..metas[0].len], b"7");
 
